@@ -1,0 +1,63 @@
+// Credentials and where they come from. A CredentialProvider answers "what do I present to
+// this registry host?"; providers are tried in order (a keychain) and the first answer wins.
+// Cloud providers (ECR, Artifact Registry) and the control plane's one-time token exchange
+// implement the same interface.
+
+export type Credential =
+  | { kind: 'anonymous' }
+  | { kind: 'basic'; username: string; password: string }
+  /** A registry bearer token used as is (no token-server round trip). */
+  | { kind: 'bearer'; token: string }
+  /** An OAuth2 refresh token for the registry's token server (docker config `identitytoken`). */
+  | { kind: 'identity-token'; token: string };
+
+export interface CredentialRequest {
+  /** Registry host[:port] as named in the reference (e.g. `docker.io`, `localhost:5000`). */
+  registry: string;
+  /** Set when the registry rejected the previous answer: bypass caches and fetch anew. */
+  refresh?: boolean;
+}
+
+export interface CredentialProvider {
+  /** For logs and error messages: where the credential came from (never the secret). */
+  readonly description: string;
+  /** Credentials for the registry, or undefined when this provider has none for it. */
+  resolve(req: CredentialRequest): Promise<Credential | undefined>;
+}
+
+export const ANONYMOUS: Credential = { kind: 'anonymous' };
+
+/** Try providers in order; the first that answers wins; anonymous if none does. */
+export class Keychain implements CredentialProvider {
+  readonly providers: CredentialProvider[];
+  constructor(providers: CredentialProvider[]) {
+    this.providers = providers;
+  }
+  get description(): string {
+    return this.providers.map((p) => p.description).join(', ') || 'anonymous';
+  }
+  async resolve(req: CredentialRequest): Promise<Credential> {
+    for (const p of this.providers) {
+      const c = await p.resolve(req);
+      if (c) return c;
+    }
+    return ANONYMOUS;
+  }
+}
+
+/** Fixed credentials for exactly one registry (from `--src-creds`, a plan, the agent's config). */
+export class StaticCredentials implements CredentialProvider {
+  readonly description: string;
+  private readonly registry: string | undefined;
+  private readonly credential: Credential;
+  /** registry undefined: these credentials apply to whichever registry the copy side names. */
+  constructor(credential: Credential, registry: string | undefined, description: string) {
+    this.credential = credential;
+    this.registry = registry;
+    this.description = description;
+  }
+  async resolve(req: CredentialRequest): Promise<Credential | undefined> {
+    if (this.registry !== undefined && this.registry !== req.registry) return undefined;
+    return this.credential;
+  }
+}

@@ -1,0 +1,77 @@
+// Logging. Library code receives a Logger and never creates one; only the CLI and the agent
+// build the root logger here. Logs are pino JSON on stderr (stdout carries results), with no
+// worker-thread transports so the bundle stays one file.
+//
+// Secrets are kept out of logs twice over: known secret-bearing fields are redacted by path,
+// and every secret value ferry learns at run time (passwords, tokens) is registered here and
+// scrubbed from each serialized line before it is written, wherever it appears.
+import { pino, type Logger as PinoLogger, type DestinationStream } from 'pino';
+
+export type Logger = PinoLogger;
+
+const REDACT_PATHS = [
+  'password',
+  'token',
+  'access_token',
+  'refresh_token',
+  'one_time_token',
+  'authorization',
+  'Authorization',
+  '*.password',
+  '*.token',
+  '*.access_token',
+  '*.one_time_token',
+  '*.authorization',
+  '*.Authorization',
+  'headers.authorization',
+  'req.headers.authorization',
+];
+
+const secrets = new Set<string>();
+let secretPattern: RegExp | undefined;
+
+/** Remember a secret value so that no log line can ever contain it. Short values are ignored (too common to scrub safely). */
+export function registerSecret(value: string | undefined): void {
+  if (!value || value.length < 6 || secrets.has(value)) return;
+  secrets.add(value);
+  // Longest first, so a secret that contains another is scrubbed whole.
+  const parts = [...secrets].sort((a, b) => b.length - a.length).map(escapeRegExp);
+  // Also match the JSON-escaped form a value takes inside a serialized log line.
+  const jsonParts = [...secrets].map((s) => escapeRegExp(JSON.stringify(s).slice(1, -1))).filter((p) => !parts.includes(p));
+  secretPattern = new RegExp([...parts, ...jsonParts].join('|'), 'g');
+}
+
+/** Replace every registered secret in a string. */
+export function scrubSecrets(line: string): string {
+  return secretPattern ? line.replace(secretPattern, '[REDACTED]') : line;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+export interface LoggerOptions {
+  level?: string;
+  /** Where lines go; default stderr. Tests pass a capturing stream. */
+  destination?: DestinationStream;
+  name?: string;
+}
+
+export function createLogger(opts: LoggerOptions = {}): Logger {
+  return pino(
+    {
+      level: opts.level ?? 'info',
+      name: opts.name ?? 'ferry',
+      base: { pid: process.pid },
+      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+      hooks: { streamWrite: scrubSecrets },
+      serializers: { err: pino.stdSerializers.err },
+    },
+    opts.destination ?? pino.destination({ fd: 2, sync: true }),
+  );
+}
+
+/** A logger that drops everything: for library callers that did not pass one. */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}
