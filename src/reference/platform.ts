@@ -23,9 +23,20 @@ export function formatPlatform(p: Platform): string {
   return p.variant ? `${p.os}/${p.architecture}/${p.variant}` : `${p.os}/${p.architecture}`;
 }
 
-/** Does a manifest's platform satisfy a requested one? A request without variant matches any variant. */
+/**
+ * Does a manifest's platform satisfy a requested one? A request without variant matches any variant.
+ * Variants are compared as containerd normalizes them: arm64 without a variant is arm64/v8 and
+ * amd64 without one is amd64/v1, so `linux/arm64/v8` finds an index entry that omits the variant.
+ */
 export function platformMatches(want: Platform, have: Platform | undefined): boolean {
   if (!have) return false;
   if (want.os !== have.os || want.architecture !== have.architecture) return false;
-  return want.variant === undefined || want.variant === have.variant;
+  if (want.variant === undefined) return true;
+  return normalizedVariant(want.architecture, want.variant) === normalizedVariant(have.architecture, have.variant);
+}
+
+const DEFAULT_VARIANT: Record<string, string> = { arm64: 'v8', amd64: 'v1' };
+
+function normalizedVariant(architecture: string, variant: string | undefined): string | undefined {
+  return variant === undefined || variant === '' ? DEFAULT_VARIANT[architecture] : variant;
 }

@@ -25,7 +25,12 @@ const DOMAIN_COMPONENT = /^(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])$/
 const PORT = /^[0-9]+$/;
 
 /** Parse a reference. Throws UsageError quoting the part that is wrong. */
-export function parseReference(input: string): Reference {
+export interface ParseOptions {
+  /** Give a reference with neither tag nor digest the tag `latest` (default true). */
+  defaultTag?: boolean;
+}
+
+export function parseReference(input: string, opts: ParseOptions = {}): Reference {
   const original = input;
   let s = input.trim();
   if (s.startsWith('docker://')) s = s.slice('docker://'.length);
@@ -81,12 +86,13 @@ export function parseReference(input: string): Reference {
       );
     }
   }
-  const fullName = registry === DOCKER_HUB ? path : `${registry}/${path}`;
+  // Docker counts the whole normalized name, `docker.io/` included, against the limit.
+  const fullName = `${registry}/${path}`;
   if (fullName.length > MAX_NAME_LENGTH) {
     throw new UsageError(`invalid reference "${original}": name is ${fullName.length} characters, more than ${MAX_NAME_LENGTH}`);
   }
 
-  if (tag === undefined && digest === undefined) tag = 'latest';
+  if (tag === undefined && digest === undefined && opts.defaultTag !== false) tag = 'latest';
   const ref: Reference = { registry, repository: path };
   if (tag !== undefined) ref.tag = tag;
   if (digest !== undefined) ref.digest = digest;

@@ -1,0 +1,54 @@
+// Turning command-line flags into the library's objects: the transport, keychains, registry
+// clients, the logger. Commands stay thin: flags → options → library call → output.
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Side } from '../errors.ts';
+import { Keychain, StaticCredentials, type CredentialProvider } from '../auth/credentials.ts';
+import { DockerConfigCredentials } from '../auth/docker-config.ts';
+import { parseCredsFlag } from '../auth/cli-credentials.ts';
+import { createLogger, type Logger } from '../log/logger.ts';
+import { HttpTransport } from '../transport/http.ts';
+import { RegistryClient } from '../registry/client.ts';
+import { USER_AGENT } from '../version.ts';
+
+export interface GlobalFlags {
+  'log-level'?: string | undefined;
+  json?: boolean | undefined;
+  'plain-http'?: string[] | undefined;
+  'ca-file'?: string[] | undefined;
+  authfile?: string | undefined;
+}
+
+export function makeLogger(flags: GlobalFlags, interactive: boolean): Logger {
+  // On a terminal the progress display is the interface; logs only speak up for problems.
+  return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info') });
+}
+
+export function makeTransport(flags: GlobalFlags): HttpTransport {
+  return new HttpTransport({
+    plainHttp: flags['plain-http'] ?? [],
+    caFiles: flags['ca-file'] ?? [],
+    userAgent: USER_AGENT,
+  });
+}
+
+/** Credentials for one side: the explicit flag first, then the docker config. */
+export function makeKeychain(side: Side, registry: string, credsFlag: string | undefined, flags: GlobalFlags, logger: Logger): CredentialProvider {
+  const providers: CredentialProvider[] = [];
+  const flagName = side === 'source' ? '--src-creds' : '--dst-creds';
+  if (credsFlag !== undefined) providers.push(new StaticCredentials(parseCredsFlag(credsFlag, flagName), registry, flagName));
+  const dockerConfig: ConstructorParameters<typeof DockerConfigCredentials>[0] = { side, logger };
+  if (flags.authfile !== undefined) dockerConfig.authFile = flags.authfile;
+  providers.push(new DockerConfigCredentials(dockerConfig));
+  return new Keychain(providers);
+}
+
+export function makeClient(registry: string, side: Side, credentials: CredentialProvider, transport: HttpTransport, logger: Logger): RegistryClient {
+  return new RegistryClient({ registry, side, credentials, transport, logger: logger.child({ side, registry }) });
+}
+
+/** `$XDG_STATE_HOME/ferry`, else `~/.local/state/ferry`. */
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_STATE_HOME;
+  return xdg ? join(xdg, 'ferry') : join(env.HOME || homedir(), '.local', 'state', 'ferry');
+}

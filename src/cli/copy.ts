@@ -1,0 +1,124 @@
+// `ferry copy SRC DST`.
+import type { Options } from 'yargs';
+import { FerryError, UsageError, exitCodeFor, toFerryError } from '../errors.ts';
+import { parseReference, type Reference } from '../reference/reference.ts';
+import { parsePlatform } from '../reference/platform.ts';
+import { copyImage } from '../copy/engine.ts';
+import { ContentCache } from '../copy/content-cache.ts';
+import { TransferLimits } from '../copy/limits.ts';
+import type { CopyReport } from '../copy/types.ts';
+import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
+import { ProgressDisplay, formatBytes } from './progress.ts';
+import { join } from 'node:path';
+
+export const copyOptions = {
+  platform: { type: 'string', array: true, describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
+  referrers: { type: 'boolean', default: false, describe: 'also copy referrers: signatures, SBOMs, attestations (API, fallback tag, cosign tags)' },
+  concurrency: { type: 'number', default: 8, describe: 'blob transfers at once' },
+  'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
+  'dst-creds': { type: 'string', describe: 'destination credentials: USER:PASS, or env:NAME' },
+  'dry-run': { type: 'boolean', default: false, describe: 'print the plan (blobs to copy, skip and mount, and bytes) and change nothing' },
+  'state-dir': { type: 'string', describe: 'where ferry keeps its cache and resume state (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)' },
+} as const satisfies Record<string, Options>;
+
+interface CopyArgs extends GlobalFlags {
+  source: string;
+  destination: string;
+  platform?: string[];
+  referrers: boolean;
+  concurrency: number;
+  'src-creds'?: string;
+  'dst-creds'?: string;
+  'dry-run': boolean;
+  'state-dir'?: string;
+}
+
+export async function runCopy(args: CopyArgs): Promise<number> {
+  const interactive = !args.json && process.stderr.isTTY === true;
+  const logger = makeLogger(args, interactive);
+  const started = Date.now();
+  let source: Reference | undefined;
+  let destination: Reference | undefined;
+  const transport = makeTransport(args);
+  const abort = new AbortController();
+  const onSigint = () => abort.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    if (!Number.isInteger(args.concurrency) || args.concurrency < 1 || args.concurrency > 256) {
+      throw new UsageError(`--concurrency must be a whole number from 1 to 256, not ${args.concurrency}`);
+    }
+    source = parseReference(args.source);
+    destination = parseReference(args.destination, { defaultTag: false });
+    if (destination.tag === undefined && destination.digest === undefined) {
+      // No tag on the destination: keep the source's tag (or push by digest only).
+      if (source.tag !== undefined) destination.tag = source.tag;
+    }
+    const platforms = args.platform && args.platform.length > 0 ? args.platform.map(parsePlatform) : 'all';
+    const srcClient = makeClient(source.registry, 'source', makeKeychain('source', source.registry, args['src-creds'], args, logger), transport, logger);
+    const dstClient = makeClient(destination.registry, 'destination', makeKeychain('destination', destination.registry, args['dst-creds'], args, logger), transport, logger);
+    const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
+    const report = await copyImage({
+      source,
+      destination,
+      sourceClient: srcClient,
+      destinationClient: dstClient,
+      platforms,
+      referrers: args.referrers,
+      limits: new TransferLimits(args.concurrency),
+      logger,
+      cache: new ContentCache(join(args['state-dir'] ?? defaultStateDir(), 'cache')),
+      signal: abort.signal,
+      dryRun: args['dry-run'],
+      ...(display ? { onProgress: (p) => display.update(p) } : {}),
+    });
+    display?.finish();
+    if (args.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+    else process.stdout.write(humanSummary(report, args['dry-run']));
+    if (!args.json && !interactive) logger.info({ digest: report.image.digest, transfer: report.transfer }, 'copy finished');
+    return 0;
+  } catch (e) {
+    const err = toFerryError(e);
+    logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
+    if (args.json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          source: source ? args.source : args.source,
+          destination: args.destination,
+          error: { code: err.code, message: err.message },
+          transfer: { duration_ms: Date.now() - started },
+        })}\n`,
+      );
+    }
+    process.stderr.write(`ferry: ${err.code}: ${err.message}\n`);
+    return exitCodeFor(err);
+  } finally {
+    process.off('SIGINT', onSigint);
+    await transport.close().catch(() => undefined);
+  }
+}
+
+function humanSummary(r: CopyReport, dryRun: boolean): string {
+  const t = r.transfer;
+  const lines: string[] = [];
+  if (dryRun && r.dry_run) {
+    lines.push(`Plan for ${r.source} → ${r.destination} (dry run, nothing written)`);
+    for (const b of r.dry_run.blobs) lines.push(`  ${b.action.padEnd(5)} ${b.digest}  ${formatBytes(b.size)}`);
+    for (const m of r.dry_run.manifests) lines.push(`  ${m.action.padEnd(5)} ${m.digest}  ${m.media_type}`);
+    lines.push(`  bytes to copy: ${formatBytes(r.dry_run.bytes_to_copy)} of ${formatBytes(t.bytes_total)}`);
+    return `${lines.join('\n')}\n`;
+  }
+  lines.push(`Copied ${r.source} → ${r.destination}`);
+  lines.push(`  digest:    ${r.image.digest}${r.digest_changed ? ' (new: platform subset)' : ''}`);
+  if (r.image.platforms.length) lines.push(`  platforms: ${r.image.platforms.map((p) => [p.os, p.architecture, p.variant].filter(Boolean).join('/')).join(', ')}`);
+  lines.push(`  size:      ${formatBytes(r.image.size)}`);
+  lines.push(
+    `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}`,
+  );
+  if (r.image.referrers.length) lines.push(`  referrers: ${r.image.referrers.length}`);
+  if (r.referrers_left_behind.length) lines.push(`  note: ${r.referrers_left_behind.length} referrer(s) of the original index were left behind (the digest changed)`);
+  if (r.previous_digest) lines.push(`  note: the tag pointed at ${r.previous_digest} before; overwritten`);
+  lines.push(`  time:      ${(t.duration_ms / 1000).toFixed(2)} s`);
+  return `${lines.join('\n')}\n`;
+}
+
+export type { FerryError };

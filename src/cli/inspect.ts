@@ -1,0 +1,46 @@
+// `ferry inspect REF`.
+import { exitCodeFor, toFerryError } from '../errors.ts';
+import { parseReference } from '../reference/reference.ts';
+import { inspectImage } from '../copy/inspect.ts';
+import { makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
+import { formatBytes } from './progress.ts';
+
+interface InspectArgs extends GlobalFlags {
+  reference: string;
+  creds?: string;
+}
+
+export async function runInspect(args: InspectArgs): Promise<number> {
+  const logger = makeLogger(args, false);
+  const transport = makeTransport(args);
+  try {
+    const ref = parseReference(args.reference);
+    const client = makeClient(ref.registry, 'source', makeKeychain('source', ref.registry, args.creds, args, logger), transport, logger);
+    const info = await inspectImage(client, ref);
+    if (args.json) {
+      process.stdout.write(`${JSON.stringify(info)}\n`);
+      return 0;
+    }
+    const lines = [
+      `${info.repository}${info.tag ? `:${info.tag}` : ''}`,
+      `  digest:     ${info.digest}`,
+      `  media type: ${info.media_type}`,
+      `  size:       ${formatBytes(info.size)} (${info.size} bytes: manifests, configs and layers)`,
+    ];
+    if (info.platforms.length) {
+      lines.push('  platforms:');
+      for (const p of info.platforms) lines.push(`    ${[p.os, p.architecture, p.variant].filter(Boolean).join('/').padEnd(16)} ${p.digest}`);
+    }
+    lines.push(`  layers: ${info.layers.length}`);
+    for (const l of info.layers) lines.push(`    ${l.digest}  ${formatBytes(l.size).padStart(10)}${l.platform ? `  ${l.platform}` : ''}`);
+    process.stdout.write(`${lines.join('\n')}\n`);
+    return 0;
+  } catch (e) {
+    const err = toFerryError(e);
+    if (args.json) process.stdout.write(`${JSON.stringify({ error: { code: err.code, message: err.message } })}\n`);
+    process.stderr.write(`ferry: ${err.code}: ${err.message}\n`);
+    return exitCodeFor(err);
+  } finally {
+    await transport.close().catch(() => undefined);
+  }
+}

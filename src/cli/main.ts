@@ -1,0 +1,74 @@
+// ferry's command line. Each command maps flags to library options and prints the result:
+// stdout carries only the result (text, or one JSON document with --json); logs go to stderr.
+// Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad local input.
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { FerryError, UsageError, exitCodeFor, toFerryError } from '../errors.ts';
+import { COMMIT, VERSION } from '../version.ts';
+import { runCopy, copyOptions } from './copy.ts';
+import { runInspect } from './inspect.ts';
+import { globalOptions } from './options.ts';
+
+export async function main(argv: string[] = hideBin(process.argv)): Promise<number> {
+  let exitCode = 0;
+  const wantsJson = argv.includes('--json');
+  const parser = yargs(argv)
+    .scriptName('ferry')
+    .usage('ferry: copy container images into a registry, byte-exact, verified and resumable.\n\nUsage: $0 <command> [options]')
+    .options(globalOptions)
+    .command(
+      'copy <source> <destination>',
+      'Copy an image (all platforms, byte-exact) from one registry to another',
+      (y: Argv) =>
+        y
+          .positional('source', { type: 'string', describe: 'source image: [docker://]host[:port]/path[:tag][@sha256:…]' })
+          .positional('destination', { type: 'string', describe: 'destination image; without a tag, the source tag is used' })
+          .options(copyOptions)
+          .example('$0 copy docker.io/library/alpine:3.20 registry.internal/mirror/alpine:3.20', 'copy every platform of alpine')
+          .example('$0 copy --platform linux/amd64 SRC DST', 'copy one platform (writes a new manifest)'),
+      async (args) => {
+        exitCode = await runCopy(args as never);
+      },
+    )
+    .command(
+      'inspect <reference>',
+      'Describe an image: digest, media type, platforms, layers and total size',
+      (y: Argv) => y.positional('reference', { type: 'string', describe: 'image reference' }).options({ creds: { type: 'string', describe: 'credentials: user:pass or env:NAME' } }),
+      async (args) => {
+        exitCode = await runInspect(args as never);
+      },
+    )
+    .command(
+      'version',
+      'Print the version, git commit and Node.js version',
+      (y: Argv) => y,
+      (args) => {
+        const info = { version: VERSION, commit: COMMIT, node: process.version };
+        process.stdout.write(args.json ? `${JSON.stringify(info)}\n` : `ferry ${info.version} (commit ${info.commit}, node ${info.node})\n`);
+      },
+    )
+    .demandCommand(1, 'Name a command: copy, inspect or version (see --help).')
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias('help', 'h')
+    .version(false)
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg: string | undefined, err: Error | undefined, y: Argv) => {
+      if (err) throw err;
+      throw new UsageError(`${msg ?? 'invalid usage'}\n\n${wantsJson ? '' : 'Run "ferry --help" for usage.'}`.trim());
+    });
+  try {
+    await parser.parseAsync();
+    return exitCode;
+  } catch (e) {
+    const err = toFerryError(e);
+    reportFatal(err, wantsJson);
+    return exitCodeFor(err);
+  }
+}
+
+function reportFatal(err: FerryError, json: boolean): void {
+  if (json) process.stdout.write(`${JSON.stringify({ error: { code: err.code, message: err.message } })}\n`);
+  process.stderr.write(`ferry: ${err.code}: ${err.message}\n`);
+}

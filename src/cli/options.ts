@@ -1,0 +1,21 @@
+// Options shared by the commands. Declared once, as data, so the README's configuration
+// reference can be generated from (and checked against) the same definitions.
+import type { Options } from 'yargs';
+
+export const globalOptions = {
+  'log-level': {
+    type: 'string',
+    choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
+    describe: 'log level for the JSON logs on stderr (default: info; warn on a terminal)',
+    global: true,
+  },
+  json: { type: 'boolean', describe: 'print one JSON document on stdout (on failure too)', global: true },
+  'plain-http': {
+    type: 'string',
+    array: true,
+    describe: 'HOST[:PORT] that speaks plain HTTP (repeatable; loopback registries always may)',
+    global: true,
+  },
+  'ca-file': { type: 'string', array: true, describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)', global: true },
+  authfile: { type: 'string', describe: 'docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)', global: true },
+} as const satisfies Record<string, Options>;

@@ -1,0 +1,154 @@
+// Reading a blob from the source as a stream of chunks that survives broken connections
+// (it resumes with Range from where it stopped) and verifies size and digest as it goes.
+// The last chunk is held back until the digest checks out, so a consumer that forwards the
+// chunks to a registry never completes an upload of unverified bytes.
+import { createHash, type Hash } from 'node:crypto';
+import { AbortedError, DigestMismatchError, FerryError, NetworkError } from '../errors.ts';
+import { parseDigest, type Digest } from '../reference/digest.ts';
+import type { RegistryClient } from '../registry/client.ts';
+
+/** Hash state at an offset: lets an upload resume mid-blob without re-reading the prefix. */
+export interface HashCheckpoint {
+  offset: number;
+  hash: Hash;
+}
+
+export interface BlobReadOptions {
+  client: RegistryClient;
+  repository: string;
+  digest: Digest;
+  size: number;
+  /** Start here, with the hash state of the bytes before it. */
+  from?: HashCheckpoint;
+  /** The caller's hasher, so it can checkpoint at chunk boundaries (created from `from` if absent). */
+  hasher?: BlobHasher;
+  /** No yielded chunk crosses a multiple of this: when a consumer has taken exactly up to a boundary, the hasher is there too. */
+  alignTo?: number;
+  signal?: AbortSignal | undefined;
+  /** Consecutive failures without progress before giving up. */
+  maxStalls?: number;
+  onResume?: (offset: number, error: FerryError) => void;
+}
+
+/** The hasher over a blob's bytes, with checkpoints. */
+export class BlobHasher {
+  private hash: Hash;
+  offset: number;
+  constructor(digest: Digest, from?: HashCheckpoint) {
+    const { algorithm } = parseDigest(digest);
+    this.hash = from ? from.hash.copy() : createHash(algorithm);
+    this.offset = from?.offset ?? 0;
+  }
+  update(chunk: Uint8Array): void {
+    this.hash.update(chunk);
+    this.offset += chunk.byteLength;
+  }
+  checkpoint(): HashCheckpoint {
+    return { offset: this.offset, hash: this.hash.copy() };
+  }
+  hex(): string {
+    return this.hash.copy().digest('hex');
+  }
+}
+
+export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<Buffer, void, undefined> {
+  const { client, repository, digest, size, signal } = opts;
+  const hasher = opts.hasher ?? new BlobHasher(digest, opts.from);
+  const align = opts.alignTo ?? 0;
+  const expectedHex = parseDigest(digest).hex;
+  const maxStalls = opts.maxStalls ?? 5;
+  let stalls = 0;
+  if (hasher.offset === size) {
+    checkDigest(hasher, expectedHex, digest, repository);
+    return;
+  }
+  while (hasher.offset < size) {
+    if (signal?.aborted) throw new AbortedError();
+    const before = hasher.offset;
+    try {
+      const res = await client.openBlob(repository, digest, hasher.offset, signal);
+      let skip = (res as { ignoredRange?: boolean }).ignoredRange ? hasher.offset : 0;
+      for await (const raw of res.body as AsyncIterable<Buffer>) {
+        let chunk = raw;
+        if (skip > 0) {
+          if (chunk.byteLength <= skip) {
+            skip -= chunk.byteLength;
+            continue;
+          }
+          chunk = chunk.subarray(skip);
+          skip = 0;
+        }
+        if (hasher.offset + chunk.byteLength > size) {
+          res.body.destroy();
+          throw new DigestMismatchError(`blob ${digest} in ${repository} is longer than its declared ${size} bytes`, { side: 'source' });
+        }
+        while (chunk.byteLength > 0) {
+          let piece = chunk;
+          if (align > 0) {
+            const toBoundary = align - (hasher.offset % align);
+            if (piece.byteLength > toBoundary) piece = chunk.subarray(0, toBoundary);
+          }
+          chunk = chunk.subarray(piece.byteLength);
+          hasher.update(piece);
+          if (hasher.offset === size) {
+            res.body.destroy();
+            checkDigest(hasher, expectedHex, digest, repository);
+          }
+          yield piece;
+        }
+        if (hasher.offset === size) return;
+      }
+      // The body ended early: a truncated response. Resume from here.
+      throw new NetworkError(`download of ${digest} ended at byte ${hasher.offset} of ${size}`, { side: 'source' });
+    } catch (e) {
+      const err = e instanceof FerryError ? e : new NetworkError(`download of ${digest}: ${(e as Error).message}`, { side: 'source', cause: e });
+      if (!err.retryable || signal?.aborted) throw err;
+      stalls = hasher.offset > before ? 0 : stalls + 1;
+      if (stalls >= maxStalls) throw err;
+      opts.onResume?.(hasher.offset, err);
+    }
+  }
+}
+
+function checkDigest(hasher: BlobHasher, expectedHex: string, digest: Digest, repository: string): void {
+  const actual = hasher.hex();
+  if (actual !== expectedHex) {
+    throw new DigestMismatchError(`blob ${digest} in ${repository} hashes to ${digest.split(':')[0]}:${actual}; refusing to copy it`, { side: 'source' });
+  }
+}
+
+/** A readable sequence of checkpoints for the upload side: take `length` bytes from a chunk iterator. */
+export class ChunkCursor {
+  private readonly source: AsyncIterator<Buffer>;
+  private pending: Buffer | undefined;
+  private done = false;
+  constructor(source: AsyncIterable<Buffer>) {
+    this.source = source[Symbol.asyncIterator]();
+  }
+  /** Yields exactly `length` bytes (fewer only if the source ends). */
+  async *take(length: number): AsyncGenerator<Buffer, void, undefined> {
+    let left = length;
+    while (left > 0) {
+      let chunk = this.pending;
+      this.pending = undefined;
+      if (!chunk) {
+        if (this.done) return;
+        const r = await this.source.next();
+        if (r.done) {
+          this.done = true;
+          return;
+        }
+        chunk = r.value;
+      }
+      if (chunk.byteLength > left) {
+        this.pending = chunk.subarray(left);
+        chunk = chunk.subarray(0, left);
+      }
+      left -= chunk.byteLength;
+      yield chunk;
+    }
+  }
+  async close(): Promise<void> {
+    await this.source.return?.(undefined);
+  }
+}

@@ -1,0 +1,402 @@
+// The copy engine: walk the source graph (index → manifests → config and layers, plus
+// referrers), move every blob the destination lacks exactly once (skip → mount → stream,
+// verified), then push manifests children-first and the tag last, so a failed copy never
+// leaves a tag pointing at an incomplete image.
+import { AbortedError, FerryError, toFerryError } from '../errors.ts';
+import type { Logger } from '../log/logger.ts';
+import { digestOf, type Digest } from '../reference/digest.ts';
+import { formatPlatform, platformMatches, type Platform } from '../reference/platform.ts';
+import { formatReference, referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
+import { MediaType, parseManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../oci/manifest.ts';
+import type { RegistryClient } from '../registry/client.ts';
+import { uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import { SourceGraph, type ManifestNode } from './graph.ts';
+import { ContentCache } from './content-cache.ts';
+import { TransferLimits } from './limits.ts';
+import type { CopyProgress, CopyReport, DryRunPlan, ImageOutput, PlatformSelection, TransferStats } from './types.ts';
+
+export interface CopyRequest {
+  source: Reference;
+  destination: Reference;
+  sourceClient: RegistryClient;
+  destinationClient: RegistryClient;
+  platforms: PlatformSelection;
+  referrers: boolean;
+  limits: TransferLimits;
+  logger: Logger;
+  tuning?: UploadTuning;
+  cache?: ContentCache;
+  signal?: AbortSignal;
+  onProgress?: (p: CopyProgress) => void;
+  dryRun?: boolean;
+}
+
+/** Referrers of referrers (signatures of attestations): deeper than this is a loop. */
+const MAX_REFERRER_DEPTH = 3;
+
+
+interface BlobInfo {
+  digest: Digest;
+  size: number;
+  mediaType: string;
+}
+
+export async function copyImage(req: CopyRequest): Promise<CopyReport> {
+  const started = Date.now();
+  const engine = new CopyRun(req);
+  try {
+    return await engine.run(started);
+  } catch (e) {
+    throw toFerryError(e);
+  }
+}
+
+class CopyRun {
+  private readonly req: CopyRequest;
+  private readonly src: RegistryClient;
+  private readonly dst: RegistryClient;
+  private readonly srcRepo: string;
+  private readonly dstRepo: string;
+  private readonly log: Logger;
+  private readonly cache: ContentCache;
+  private readonly tuning: UploadTuning;
+  private readonly graph: SourceGraph;
+  private readonly stats: TransferStats = {
+    blobs_copied: 0,
+    blobs_skipped: 0,
+    blobs_mounted: 0,
+    blobs_restarted: 0,
+    bytes_transferred: 0,
+    bytes_total: 0,
+    duration_ms: 0,
+  };
+  private readonly progress: CopyProgress = { bytes_done: 0, bytes_total: 0, blobs_done: 0, blobs_total: 0, active: [] };
+
+  constructor(req: CopyRequest) {
+    this.req = req;
+    this.src = req.sourceClient;
+    this.dst = req.destinationClient;
+    this.srcRepo = req.source.repository;
+    this.dstRepo = req.destination.repository;
+    this.log = req.logger;
+    this.cache = req.cache ?? new ContentCache();
+    this.tuning = req.tuning ?? DEFAULT_UPLOAD_TUNING;
+    this.graph = new SourceGraph(req.sourceClient, req.source.repository, this.cache, req.signal);
+  }
+
+  async run(started: number): Promise<CopyReport> {
+    const { source, destination, signal } = this.req;
+    // 1. The source root, by digest when pinned.
+    const sourceRoot = await this.graph.fetchNode(source.digest ?? referenceTarget(source), undefined);
+    if (source.digest && sourceRoot.digest !== source.digest) {
+      throw new FerryError('DIGEST_MISMATCH', `source manifest hashes to ${sourceRoot.digest}, not the pinned ${source.digest}`, { side: 'source' });
+    }
+
+    // 2. What we will write at the destination: the root as is, or a platform subset.
+    const { root, leftBehindIndex } = await this.selectPlatforms(sourceRoot);
+    const digestChanged = root.digest !== sourceRoot.digest;
+
+    // 3. Does the destination already have it? One HEAD answers that for a re-run.
+    const dstTarget = destination.tag ?? destination.digest ?? root.digest;
+    if (destination.digest && !destination.tag && destination.digest !== root.digest) {
+      throw new FerryError('USAGE', `destination pins ${destination.digest} but the image to copy is ${root.digest}`);
+    }
+    const existing = await this.dst.headManifest(this.dstRepo, dstTarget, signal);
+    const upToDate = existing?.digest === root.digest;
+    let previousDigest: string | undefined;
+    if (existing?.digest && !upToDate && destination.tag) previousDigest = existing.digest;
+
+    // 4. The rest of the graph (children come from the cache on a re-run).
+    await this.graph.expand(root, 0, new Set());
+    const referrers = this.req.referrers ? await this.discoverReferrers(root) : { nodes: [], tags: [] as Array<{ tag: string; node: ManifestNode }> };
+    const leftBehind = leftBehindIndex && this.req.referrers ? (await this.referrerDescriptors(leftBehindIndex.digest)).map((d) => d.digest) : [];
+
+    const imageOutput = await this.graph.imageOutput(root, referrers.nodes, destination);
+    const toWrite = upToDate ? [] : [root];
+    const referrerRoots = referrers.nodes;
+    const blobs = this.collectBlobs([...toWrite, ...referrerRoots]);
+    this.stats.bytes_total = [...blobs.values()].reduce((n, b) => n + b.size, 0);
+    this.progress.bytes_total = this.stats.bytes_total;
+    this.progress.blobs_total = blobs.size;
+
+    if (upToDate && referrerRoots.length === 0) {
+      this.log.info({ destination: formatReference(destination), digest: root.digest }, 'destination already up to date');
+    }
+
+    if (this.req.dryRun) {
+      const plan = await this.planDryRun(blobs, [...toWrite, ...referrerRoots]);
+      this.stats.duration_ms = Date.now() - started;
+      return this.report(imageOutput, digestChanged, leftBehind, previousDigest, plan);
+    }
+
+    // 5. Blobs, all at once within the limits.
+    await this.transferBlobs(blobs);
+
+    // 6. Manifests children-first, referrers after their subjects, the tag last.
+    const pushed = new Set<Digest>();
+    // With referrers to push, the root goes up by digest first and gets its tag at the very end.
+    const tagNow = referrerRoots.length === 0 ? destination.tag : undefined;
+    for (const node of toWrite) await this.pushTree(node, pushed, tagNow);
+    for (const node of referrerRoots) await this.pushTree(node, pushed, undefined);
+    for (const { tag, node } of referrers.tags) await this.dst.putManifest(this.dstRepo, tag, node.bytes, node.mediaType, signal);
+    if (!upToDate && referrerRoots.length > 0 && destination.tag) {
+      await this.dst.putManifest(this.dstRepo, destination.tag, root.bytes, root.mediaType, signal);
+    }
+    if (previousDigest) {
+      this.log.warn({ tag: destination.tag, previous_digest: previousDigest, digest: root.digest }, 'destination tag pointed at another digest; overwritten');
+    }
+    this.stats.duration_ms = Date.now() - started;
+    return this.report(imageOutput, digestChanged, leftBehind, previousDigest);
+  }
+
+  private report(image: ImageOutput, digestChanged: boolean, leftBehind: string[], previousDigest: string | undefined, plan?: DryRunPlan): CopyReport {
+    const r: CopyReport = {
+      source: formatReference(this.req.source),
+      destination: formatReference(this.req.destination),
+      image,
+      digest_changed: digestChanged,
+      referrers_left_behind: leftBehind,
+      transfer: { ...this.stats },
+    };
+    if (previousDigest) r.previous_digest = previousDigest;
+    if (plan) r.dry_run = plan;
+    return r;
+  }
+
+  // ---- graph -----------------------------------------------------------------------------
+
+  private async selectPlatforms(root: ManifestNode): Promise<{ root: ManifestNode; leftBehindIndex?: ManifestNode }> {
+    const wanted = this.req.platforms;
+    if (wanted === 'all' || root.parsed.kind !== 'index') return { root };
+    const index = root.parsed.index;
+    const selected = index.manifests.filter((d) => wanted.some((w) => platformMatches(w, d.platform)));
+    const missing = wanted.filter((w) => !index.manifests.some((d) => platformMatches(w, d.platform)));
+    if (missing.length > 0) {
+      const have = index.manifests.map((d) => (d.platform ? formatPlatform(d.platform) : d.digest)).join(', ');
+      throw new FerryError('SOURCE_NOT_FOUND', `platform ${missing.map(formatPlatform).join(', ')} not in the source index (it has: ${have})`, { side: 'source' });
+    }
+    if (selected.length === index.manifests.length) return { root };
+    if (selected.length === 1) {
+      const only = selected[0]!;
+      const child = await this.graph.fetchNode(only.digest, only);
+      if (only.platform) child.platform = only.platform;
+      return { root: child, leftBehindIndex: root };
+    }
+    // A new index with just the chosen platforms: same fields, fewer entries.
+    const subset: ImageIndex = { ...index, manifests: selected };
+    const bytes = Buffer.from(JSON.stringify(subset));
+    const digest = digestOf(bytes);
+    const parsed = parseManifest(bytes, root.mediaType, 'source');
+    return { root: { digest, mediaType: root.mediaType, bytes, parsed, children: [] }, leftBehindIndex: root };
+  }
+
+  /** Every blob under these manifests, each once. */
+  private collectBlobs(nodes: ManifestNode[]): Map<Digest, BlobInfo> {
+    const blobs = new Map<Digest, BlobInfo>();
+    const add = (d: Descriptor) => {
+      const seen = blobs.get(d.digest);
+      if (seen && seen.size !== d.size) {
+        throw new FerryError('SOURCE_INVALID', `blob ${d.digest} is declared with two sizes (${seen.size} and ${d.size})`, { side: 'source' });
+      }
+      if (!seen) blobs.set(d.digest, { digest: d.digest, size: d.size, mediaType: d.mediaType });
+    };
+    const visit = (n: ManifestNode) => {
+      if (n.parsed.kind === 'image') {
+        add(n.parsed.manifest.config);
+        for (const l of n.parsed.manifest.layers) {
+          // Foreign layers (urls) are not stored in the registry; they are not ours to copy.
+          if (l.urls && l.urls.length > 0 && l.mediaType.includes('foreign')) continue;
+          add(l);
+        }
+      }
+      n.children.forEach(visit);
+    };
+    nodes.forEach(visit);
+    return blobs;
+  }
+
+  // ---- referrers -------------------------------------------------------------------------
+
+  private async referrerDescriptors(subject: Digest): Promise<Descriptor[]> {
+    const pages = await this.src.getReferrers(this.srcRepo, subject, this.req.signal);
+    if (pages === undefined) return [];
+    const out: Descriptor[] = [];
+    for (const page of pages) {
+      const parsed = parseManifest(page, MediaType.OciIndex, 'source');
+      if (parsed.kind !== 'index') throw new FerryError('SOURCE_INVALID', `referrers response for ${subject} is not an index`, { side: 'source' });
+      out.push(...parsed.index.manifests);
+    }
+    return out;
+  }
+
+  /**
+   * Referrers of every manifest in the image: through the referrers API, else the
+   * `sha256-<hex>` fallback tag, plus cosign's `.sig` / `.att` / `.sbom` tags.
+   */
+  private async discoverReferrers(root: ManifestNode): Promise<{ nodes: ManifestNode[]; tags: Array<{ tag: string; node: ManifestNode }> }> {
+    const nodes: ManifestNode[] = [];
+    const tags: Array<{ tag: string; node: ManifestNode }> = [];
+    const seen = new Set<Digest>();
+    const subjects: ManifestNode[] = [];
+    const collect = (n: ManifestNode) => {
+      subjects.push(n);
+      n.children.forEach(collect);
+    };
+    collect(root);
+    seen.add(root.digest);
+    for (const s of subjects) seen.add(s.digest);
+
+    const visit = async (subject: Digest, depth: number): Promise<void> => {
+      if (depth > MAX_REFERRER_DEPTH) {
+        throw new FerryError('SOURCE_INVALID', `referrers nest more than ${MAX_REFERRER_DEPTH} levels below ${root.digest} (a loop?)`, { side: 'source' });
+      }
+      const hex = subject.split(':')[1]!;
+      const algo = subject.split(':')[0]!;
+      let descriptors = await this.referrerDescriptors(subject);
+      const found: ManifestNode[] = [];
+      if (descriptors.length === 0) {
+        const fallback = await this.src.getManifest(this.srcRepo, `${algo}-${hex}`, this.req.signal);
+        if (fallback) {
+          const parsed = parseManifest(fallback.bytes, fallback.mediaType, 'source');
+          if (parsed.kind === 'index') {
+            descriptors = parsed.index.manifests;
+            tags.push({ tag: `${algo}-${hex}`, node: { digest: fallback.digest, mediaType: parsed.mediaType, bytes: fallback.bytes, parsed, children: [] } });
+          }
+        }
+      }
+      for (const d of descriptors) {
+        if (seen.has(d.digest)) continue;
+        seen.add(d.digest);
+        const node = await this.graph.fetchNode(d.digest, d);
+        await this.graph.expand(node, 0, new Set());
+        found.push(node);
+      }
+      for (const suffix of ['sig', 'att', 'sbom']) {
+        const tag = `${algo}-${hex}.${suffix}`;
+        const m = await this.src.getManifest(this.srcRepo, tag, this.req.signal);
+        if (!m) continue;
+        const parsed = parseManifest(m.bytes, m.mediaType, 'source');
+        const node: ManifestNode = { digest: m.digest, mediaType: parsed.mediaType, bytes: m.bytes, parsed, children: [] };
+        await this.graph.expand(node, 0, new Set());
+        tags.push({ tag, node });
+        if (!seen.has(node.digest)) {
+          seen.add(node.digest);
+          found.push(node);
+        }
+      }
+      nodes.push(...found);
+      for (const n of found) await visit(n.digest, depth + 1);
+    };
+    for (const s of subjects) await visit(s.digest, 1);
+    return { nodes, tags };
+  }
+
+  // ---- transfer --------------------------------------------------------------------------
+
+  private async planDryRun(blobs: Map<Digest, BlobInfo>, manifests: ManifestNode[]): Promise<DryRunPlan> {
+    const sameRegistry = this.src.registry === this.dst.registry && this.srcRepo !== this.dstRepo;
+    const entries = await Promise.all(
+      [...blobs.values()].map((b) =>
+        this.req.limits.run(this.dst.registry, async () => {
+          const have = await this.dst.headBlob(this.dstRepo, b.digest, this.req.signal);
+          const action: 'copy' | 'skip' | 'mount' = have !== undefined ? 'skip' : sameRegistry ? 'mount' : 'copy';
+          return { digest: b.digest, size: b.size, action };
+        }),
+      ),
+    );
+    const all: ManifestNode[] = [];
+    const walk = (n: ManifestNode) => {
+      n.children.forEach(walk);
+      all.push(n);
+    };
+    manifests.forEach(walk);
+    return {
+      blobs: entries,
+      manifests: all.map((n) => ({ digest: n.digest, media_type: n.mediaType, action: 'copy' as const })),
+      bytes_to_copy: entries.filter((e) => e.action === 'copy').reduce((n, e) => n + e.size, 0),
+    };
+  }
+
+  private async transferBlobs(blobs: Map<Digest, BlobInfo>): Promise<void> {
+    // One failure stops the others (their sessions are cancelled), then the first error is thrown.
+    const inner = new AbortController();
+    const outer = this.req.signal;
+    const onOuterAbort = () => inner.abort();
+    outer?.addEventListener('abort', onOuterAbort, { once: true });
+    let firstError: unknown;
+    try {
+      await Promise.all(
+        [...blobs.values()].map((b) =>
+          this.req.limits
+            .run(this.dst.registry, () => {
+              if (inner.signal.aborted) throw new AbortedError();
+              return this.transferBlob(b, inner.signal);
+            })
+            .catch((e) => {
+              if (firstError === undefined) {
+                firstError = e;
+                inner.abort();
+              }
+            }),
+        ),
+      );
+    } finally {
+      outer?.removeEventListener('abort', onOuterAbort);
+    }
+    if (firstError !== undefined) {
+      if (outer?.aborted) throw new AbortedError('copy cancelled');
+      throw firstError;
+    }
+  }
+
+  private async transferBlob(b: BlobInfo, signal: AbortSignal): Promise<void> {
+    const active = { digest: b.digest, done: 0, size: b.size };
+    const finish = (kind: 'copied' | 'skipped' | 'mounted') => {
+      this.stats[`blobs_${kind}`]++;
+      this.progress.blobs_done++;
+      this.progress.bytes_done += b.size - active.done;
+      this.progress.active = this.progress.active.filter((a) => a !== active);
+      this.emit();
+    };
+    const have = await this.dst.headBlob(this.dstRepo, b.digest, signal);
+    if (have !== undefined) return finish('skipped');
+    if (this.src.registry === this.dst.registry && this.srcRepo !== this.dstRepo) {
+      if (await this.dst.mountBlob(this.dstRepo, b.digest, this.srcRepo, signal)) return finish('mounted');
+    }
+    this.progress.active.push(active);
+    const result = await uploadBlob({
+      source: this.src,
+      sourceRepository: this.srcRepo,
+      destination: this.dst,
+      destinationRepository: this.dstRepo,
+      digest: b.digest,
+      size: b.size,
+      tuning: this.tuning,
+      logger: this.log,
+      signal,
+      onBytes: (n) => {
+        this.stats.bytes_transferred += n;
+        if (active.done + n <= b.size) {
+          active.done += n;
+          this.progress.bytes_done += n;
+        }
+        this.emit();
+      },
+    });
+    this.stats.blobs_restarted += result.restarts;
+    finish('copied');
+  }
+
+  private emit(): void {
+    this.req.onProgress?.(this.progress);
+  }
+
+  /** Push a manifest tree children-first; the node itself by digest, or by `tag` when given. */
+  private async pushTree(node: ManifestNode, pushed: Set<Digest>, tag: string | undefined): Promise<void> {
+    for (const c of node.children) await this.pushTree(c, pushed, undefined);
+    if (tag === undefined && pushed.has(node.digest)) return;
+    await this.dst.putManifest(this.dstRepo, tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
+    pushed.add(node.digest);
+  }
+}
+

@@ -1,0 +1,26 @@
+// Concurrency limits for blob transfers: one limit shared by every transfer of the process
+// (all jobs of an agent), plus one per registry so a slow registry cannot take every slot.
+import pLimit, { type LimitFunction } from 'p-limit';
+
+export class TransferLimits {
+  private readonly global: LimitFunction;
+  private readonly perRegistry = new Map<string, LimitFunction>();
+  readonly globalLimit: number;
+  readonly registryLimit: number;
+
+  constructor(globalLimit = 8, registryLimit = globalLimit) {
+    this.globalLimit = globalLimit;
+    this.registryLimit = registryLimit;
+    this.global = pLimit(globalLimit);
+  }
+
+  /** Run `fn` holding a slot for `registry` and a global slot. */
+  run<T>(registry: string, fn: () => Promise<T>): Promise<T> {
+    let limit = this.perRegistry.get(registry);
+    if (!limit) {
+      limit = pLimit(this.registryLimit);
+      this.perRegistry.set(registry, limit);
+    }
+    return limit(() => this.global(fn));
+  }
+}

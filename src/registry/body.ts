@@ -1,0 +1,50 @@
+// Reading response bodies from untrusted servers: always bounded.
+import { FerryError, type Side } from '../errors.ts';
+
+/** Read a whole body, failing as soon as it grows past `limit` bytes. */
+export async function readBounded(body: AsyncIterable<Uint8Array>, limit: number, what: string, side: Side): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += chunk.byteLength;
+    if (total > limit) {
+      // Stop reading; destroying the stream frees the connection.
+      (body as { destroy?: () => void }).destroy?.();
+      throw new FerryError(side === 'source' ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED', `${what} is larger than the ${limit}-byte limit`, { side });
+    }
+    parts.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+  }
+  return Buffer.concat(parts, total);
+}
+
+/** Discard a body we do not need, so the connection can be reused. */
+export async function drain(body: { dump?: () => Promise<void> } & AsyncIterable<Uint8Array>): Promise<void> {
+  try {
+    if (body.dump) await body.dump();
+    else for await (const _ of body);
+  } catch {
+    // The connection is closed anyway.
+  }
+}
+
+interface RegistryErrorBody {
+  errors?: Array<{ code?: unknown; message?: unknown; detail?: unknown }>;
+}
+
+/** Parse a registry's JSON error body into codes and a readable message. */
+export function parseRegistryErrors(text: string): { codes: string[]; message: string } {
+  try {
+    const doc = JSON.parse(text) as RegistryErrorBody;
+    if (Array.isArray(doc.errors)) {
+      const codes = doc.errors.map((e) => String(e.code ?? '')).filter(Boolean);
+      const message = doc.errors
+        .map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': '))
+        .filter(Boolean)
+        .join('; ');
+      return { codes, message: message.slice(0, 500) };
+    }
+  } catch {
+    // not JSON
+  }
+  return { codes: [], message: text.replace(/\s+/g, ' ').trim().slice(0, 200) };
+}

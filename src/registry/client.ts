@@ -1,0 +1,495 @@
+// The registry client: the OCI distribution API for one registry, seen from one side of a
+// copy. Every request goes through `send`, which adds auth, retries what is safe to retry,
+// and turns failures into FerryErrors blamed on the right side.
+import { FerryError, NetworkError, RegistryError, type ErrorCode, type Side } from '../errors.ts';
+import type { CredentialProvider } from '../auth/credentials.ts';
+import type { Logger } from '../log/logger.ts';
+import { registryEndpoint } from '../reference/reference.ts';
+import { digestOf, isDigest, type Digest } from '../reference/digest.ts';
+import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES } from '../oci/manifest.ts';
+import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
+import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
+import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
+import { RegistryAuth } from './auth.ts';
+import { drain, parseRegistryErrors, readBounded } from './body.ts';
+import { registryProfile, type RegistryProfile } from './profile.ts';
+
+export interface RegistryClientOptions {
+  /** Registry name as in references: `docker.io`, `localhost:5000`. */
+  registry: string;
+  transport: HttpTransport;
+  credentials: CredentialProvider;
+  side: Side;
+  logger: Logger;
+  retry?: RetryPolicy;
+  /** Counts every request sent; the benchmark and the agent's metrics read it. */
+  onRequest?: (method: string, path: string) => void;
+}
+
+export interface ManifestHead {
+  digest: Digest | undefined;
+  mediaType: string | undefined;
+  size: number | undefined;
+}
+
+export interface FetchedManifest {
+  bytes: Buffer;
+  mediaType: string;
+  digest: Digest;
+}
+
+export interface SendOptions {
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  /** Path below the registry root (`/v2/...`) or an absolute URL (upload Locations). */
+  path: string | URL;
+  /** Token scopes this request needs. */
+  scopes: string[];
+  headers?: Record<string, string>;
+  /** A Buffer can be re-sent on retry; a stream cannot, so a request with one is tried once. */
+  body?: Body;
+  signal?: AbortSignal | undefined;
+  /** Statuses the caller handles itself (no error thrown, no retry). */
+  accept: number[];
+  /** What the request is about, for error messages. */
+  what: string;
+  followRedirects?: boolean;
+}
+
+export class RegistryClient {
+  readonly registry: string;
+  readonly side: Side;
+  readonly baseUrl: URL;
+  readonly profile: RegistryProfile;
+  readonly logger: Logger;
+  private readonly transport: HttpTransport;
+  private readonly auth: RegistryAuth;
+  private readonly retry: RetryPolicy;
+  private readonly onRequest: ((method: string, path: string) => void) | undefined;
+
+  constructor(opts: RegistryClientOptions) {
+    this.registry = opts.registry;
+    this.side = opts.side;
+    this.transport = opts.transport;
+    this.logger = opts.logger;
+    this.retry = opts.retry ?? DEFAULT_RETRY;
+    this.onRequest = opts.onRequest;
+    const endpoint = registryEndpoint(opts.registry);
+    this.baseUrl = new URL(`${opts.transport.schemeFor(endpoint)}://${endpoint}`);
+    this.profile = registryProfile(opts.registry);
+    this.auth = new RegistryAuth({
+      registry: opts.registry,
+      registryUrl: this.baseUrl,
+      transport: opts.transport,
+      credentials: opts.credentials,
+      side: opts.side,
+      logger: opts.logger,
+    });
+  }
+
+  // ---- manifests -------------------------------------------------------------------------
+
+  /** HEAD a manifest; undefined when it does not exist. */
+  async headManifest(repository: string, target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
+    const res = await this.send({
+      method: 'HEAD',
+      path: `/v2/${repository}/manifests/${target}`,
+      scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
+      headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
+      accept: [200, 404],
+      what: `manifest ${repository}:${target}`,
+      signal,
+    });
+    await drain(res.body);
+    if (res.status === 404) return undefined;
+    const digest = header(res, 'docker-content-digest');
+    const length = header(res, 'content-length');
+    return {
+      digest: digest && isDigest(digest) ? digest : undefined,
+      mediaType: header(res, 'content-type')?.split(';')[0]?.trim(),
+      size: length !== undefined ? Number(length) : undefined,
+    };
+  }
+
+  /** GET a manifest's exact bytes, bounded, and verify them when asked for by digest. */
+  async getManifest(repository: string, target: string, signal?: AbortSignal): Promise<FetchedManifest | undefined> {
+    const res = await this.send({
+      method: 'GET',
+      path: `/v2/${repository}/manifests/${target}`,
+      scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
+      headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
+      accept: [200, 404],
+      what: `manifest ${repository}:${target}`,
+      signal,
+    });
+    if (res.status === 404) {
+      await drain(res.body);
+      return undefined;
+    }
+    const declaredLength = Number(header(res, 'content-length') ?? '0');
+    if (declaredLength > MAX_MANIFEST_BYTES) {
+      await drain(res.body);
+      throw this.invalid(`manifest ${repository}:${target} is ${declaredLength} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`);
+    }
+    const bytes = await readBounded(res.body, MAX_MANIFEST_BYTES, `manifest ${repository}:${target}`, this.side);
+    const mediaType = header(res, 'content-type')?.split(';')[0]?.trim() ?? '';
+    const expected = isDigest(target) ? target : header(res, 'docker-content-digest');
+    const algorithm = expected?.startsWith('sha512:') ? 'sha512' : 'sha256';
+    const digest = digestOf(bytes, algorithm);
+    if (expected && isDigest(expected) && expected !== digest) {
+      throw new FerryError('DIGEST_MISMATCH', `manifest ${repository}:${target} hashes to ${digest}, not ${expected}`, { side: this.side });
+    }
+    return { bytes, mediaType, digest };
+  }
+
+  /** PUT exact manifest bytes under a tag or digest. Returns the digest the registry reports. */
+  async putManifest(repository: string, target: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<Digest> {
+    const res = await this.send({
+      method: 'PUT',
+      path: `/v2/${repository}/manifests/${target}`,
+      scopes: [repositoryScope(repository, ['pull', 'push'])],
+      headers: { 'content-type': mediaType },
+      body: bytes,
+      accept: [200, 201],
+      what: `manifest ${repository}:${target}`,
+      signal,
+    });
+    await drain(res.body);
+    const local = digestOf(bytes, target.startsWith('sha512:') ? 'sha512' : 'sha256');
+    const reported = header(res, 'docker-content-digest');
+    if (reported && isDigest(reported) && reported.split(':')[0] === local.split(':')[0] && reported !== local) {
+      throw new FerryError('DESTINATION_REJECTED', `registry stored manifest ${repository}:${target} as ${reported}, expected ${local}`, { side: this.side });
+    }
+    return local;
+  }
+
+  /** Referrers through the API; undefined when the registry has no referrers API (404). */
+  async getReferrers(repository: string, digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
+    const pages: Buffer[] = [];
+    let path: string | URL = `/v2/${repository}/referrers/${digest}`;
+    for (let page = 0; page < 20; page++) {
+      const res = await this.send({
+        method: 'GET',
+        path,
+        scopes: [repositoryScope(repository, ['pull'])],
+        headers: { accept: 'application/vnd.oci.image.index.v1+json' },
+        accept: [200, 404, 400, 405],
+        what: `referrers of ${repository}@${digest}`,
+        signal,
+      });
+      if (res.status !== 200) {
+        await drain(res.body);
+        return page === 0 ? undefined : pages;
+      }
+      const ct = header(res, 'content-type') ?? '';
+      const bytes = await readBounded(res.body, MAX_MANIFEST_BYTES, `referrers of ${repository}@${digest}`, this.side);
+      if (!ct.includes('application/vnd.oci.image.index.v1+json')) return page === 0 ? undefined : pages;
+      pages.push(bytes);
+      const next = nextLink(header(res, 'link'));
+      if (!next) return pages;
+      const nextUrl = new URL(next, res.url);
+      if (nextUrl.host !== res.url.host) throw this.invalid(`referrers pagination of ${repository} points at another host (${nextUrl.host})`);
+      path = nextUrl;
+    }
+    throw this.invalid(`referrers of ${repository}@${digest} span more than 20 pages`);
+  }
+
+  // ---- blobs -----------------------------------------------------------------------------
+
+  /** HEAD a blob: its size when present, undefined when absent. */
+  async headBlob(repository: string, digest: Digest, signal?: AbortSignal): Promise<number | undefined> {
+    const res = await this.send({
+      method: 'HEAD',
+      path: `/v2/${repository}/blobs/${digest}`,
+      scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
+      accept: [200, 404],
+      what: `blob ${digest} in ${repository}`,
+      signal,
+    });
+    await drain(res.body);
+    if (res.status === 404) return undefined;
+    const len = header(res, 'content-length');
+    return len !== undefined ? Number(len) : -1;
+  }
+
+  /** Open a blob for reading from `offset` (Range). Redirects (S3, CDNs) get no Authorization. */
+  async openBlob(repository: string, digest: Digest, offset: number, signal?: AbortSignal): Promise<HttpResponse> {
+    const headers: Record<string, string> = {};
+    if (offset > 0) headers.range = `bytes=${offset}-`;
+    const res = await this.send({
+      method: 'GET',
+      path: `/v2/${repository}/blobs/${digest}`,
+      scopes: [repositoryScope(repository, ['pull'])],
+      headers,
+      accept: offset > 0 ? [200, 206] : [200],
+      what: `blob ${digest} in ${repository}`,
+      signal,
+    });
+    if (offset > 0 && res.status === 200) {
+      // The server ignored Range: the caller must skip the prefix itself.
+      (res as HttpResponse & { ignoredRange?: boolean }).ignoredRange = true;
+    }
+    return res;
+  }
+
+  // ---- uploads ---------------------------------------------------------------------------
+
+  /**
+   * Try to mount a blob from another repository of this registry. Returns true when mounted
+   * (201); otherwise the session the registry opened instead (202) is cancelled and false
+   * is returned.
+   */
+  async mountBlob(repository: string, digest: Digest, from: string, signal?: AbortSignal): Promise<boolean> {
+    const res = await this.send({
+      method: 'POST',
+      path: `/v2/${repository}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`,
+      scopes: [repositoryScope(repository, ['pull', 'push']), repositoryScope(from, ['pull'])],
+      accept: [201, 202],
+      what: `mount of ${digest} into ${repository}`,
+      signal,
+    });
+    await drain(res.body);
+    if (res.status === 201) return true;
+    const location = header(res, 'location');
+    if (location) await this.cancelUpload(repository, new URL(location, res.url)).catch(() => undefined);
+    return false;
+  }
+
+  /** Open an upload session. */
+  async startUpload(repository: string, signal?: AbortSignal): Promise<{ location: URL; minChunk: number }> {
+    const res = await this.send({
+      method: 'POST',
+      path: `/v2/${repository}/blobs/uploads/`,
+      scopes: [repositoryScope(repository, ['pull', 'push'])],
+      accept: [202],
+      what: `upload to ${repository}`,
+      signal,
+    });
+    await drain(res.body);
+    return { location: this.uploadLocation(res, repository), minChunk: Number(header(res, 'oci-chunk-min-length') ?? '0') || 0 };
+  }
+
+  /** PATCH one chunk at `start`. Returns the new Location and the acknowledged end (exclusive). */
+  async patchChunk(
+    repository: string,
+    location: URL,
+    start: number,
+    length: number,
+    body: Body,
+    signal?: AbortSignal,
+  ): Promise<{ location: URL; acknowledged: number | undefined }> {
+    const res = await this.send({
+      method: 'PATCH',
+      path: location,
+      scopes: [repositoryScope(repository, ['pull', 'push'])],
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-range': `${start}-${start + length - 1}`,
+        'content-length': String(length),
+      },
+      body,
+      accept: [201, 202, 204],
+      what: `chunk ${start}-${start + length - 1} of an upload to ${repository}`,
+      signal,
+    });
+    await drain(res.body);
+    return { location: this.uploadLocation(res, repository, location), acknowledged: rangeEnd(header(res, 'range')) };
+  }
+
+  /** Ask how much of an upload the registry holds: end offset (exclusive), or undefined when the session is gone or status is unsupported. */
+  async uploadStatus(repository: string, location: URL, signal?: AbortSignal): Promise<{ offset: number; location: URL } | 'gone' | 'unsupported'> {
+    const res = await this.send({
+      method: 'GET',
+      path: location,
+      scopes: [repositoryScope(repository, ['pull', 'push'])],
+      accept: [204, 200, 400, 404, 405, 416],
+      what: `status of an upload to ${repository}`,
+      signal,
+    });
+    await drain(res.body);
+    if (res.status === 404) return 'gone';
+    if (res.status !== 204 && res.status !== 200) return 'unsupported';
+    const end = rangeEnd(header(res, 'range'));
+    return { offset: end ?? 0, location: this.uploadLocation(res, repository, location) };
+  }
+
+  /** Commit an upload: PUT with `?digest=`, optionally carrying the last bytes. */
+  async commitUpload(repository: string, location: URL, digest: Digest, body: Body, length: number, signal?: AbortSignal): Promise<void> {
+    const url = new URL(location);
+    url.searchParams.set('digest', digest);
+    const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(length) };
+    const res = await this.send({
+      method: 'PUT',
+      path: url,
+      scopes: [repositoryScope(repository, ['pull', 'push'])],
+      headers,
+      body: length > 0 ? body : Buffer.alloc(0),
+      accept: [201, 204],
+      what: `commit of ${digest} to ${repository}`,
+      signal,
+    });
+    await drain(res.body);
+  }
+
+  /** Cancel an upload session. Failures are ignored: the registry will expire it anyway. */
+  async cancelUpload(repository: string, location: URL): Promise<void> {
+    try {
+      const res = await this.send({
+        method: 'DELETE',
+        path: location,
+        scopes: [repositoryScope(repository, ['pull', 'push'])],
+        accept: [200, 202, 204, 400, 404, 405],
+        what: `cancel of an upload to ${repository}`,
+      });
+      await drain(res.body);
+    } catch (e) {
+      this.logger.debug({ err: e }, 'upload cancel failed (ignored)');
+    }
+  }
+
+  private uploadLocation(res: HttpResponse, repository: string, previous?: URL): URL {
+    const location = header(res, 'location');
+    if (!location) {
+      if (previous) return previous;
+      throw new RegistryError('DESTINATION_REJECTED', `registry ${this.registry} opened an upload to ${repository} without a Location`, { side: this.side });
+    }
+    const url = new URL(location, res.url);
+    if (url.host !== res.url.host && url.protocol === 'http:' && !this.transport.allowsPlainHttp(url.host)) {
+      throw new RegistryError('DESTINATION_REJECTED', `upload Location points at plain-HTTP host ${url.host}; refusing`, { side: this.side });
+    }
+    return url;
+  }
+
+  // ---- the request path ------------------------------------------------------------------
+
+  /** Send a request with auth and retries; throws a FerryError for statuses not in `accept`. */
+  async send(opts: SendOptions): Promise<HttpResponse> {
+    const url = typeof opts.path === 'string' ? new URL(opts.path, this.baseUrl) : opts.path;
+    const replayable = opts.body === undefined || opts.body instanceof Uint8Array;
+    let authAttempts = 0;
+    let failures = 0;
+    for (;;) {
+      const authorization = await this.auth.header(opts.scopes, opts.signal ?? undefined);
+      const headers: Record<string, string> = { ...opts.headers };
+      // Upload Locations on another host (S3-backed registries) must not get our credentials.
+      if (authorization && url.host === this.baseUrl.host) headers.authorization = authorization;
+      this.onRequest?.(opts.method, url.pathname);
+      let res: HttpResponse;
+      try {
+        res = await this.transport.request({
+          method: opts.method,
+          url,
+          headers,
+          body: opts.body,
+          signal: opts.signal,
+          followRedirects: opts.followRedirects,
+        });
+      } catch (e) {
+        const err = this.blame(e);
+        if (err.retryable && replayable && !opts.signal?.aborted && ++failures < this.retry.attempts) {
+          const delay = backoffDelay(this.retry, failures);
+          this.logger.debug({ what: opts.what, err: err.message, delay_ms: delay }, 'request failed; retrying');
+          await sleep(delay, opts.signal ?? undefined);
+          continue;
+        }
+        throw err;
+      }
+
+      if (res.status === 401 && !opts.accept.includes(401)) {
+        await drain(res.body);
+        const challenges = parseChallenges(res.headers['www-authenticate']);
+        if (replayable && (await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts++))) continue;
+        const detail = challenges.find((c) => c.params.error)?.params.error;
+        throw this.auth.authError(
+          `${this.registry} refused ${opts.what} (HTTP 401${detail ? `, ${detail}` : ''})`,
+          true,
+        );
+      }
+      if (opts.accept.includes(res.status)) {
+        if (res.status < 300) this.auth.noteAnonymousOk();
+        return res;
+      }
+
+      const text = (await readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side).catch(() => Buffer.alloc(0))).toString('utf8');
+      const parsed = parseRegistryErrors(text);
+      if (isRetryableStatus(res.status)) {
+        const retryAfter = parseRetryAfter(res.headers['retry-after']);
+        const tooLong = retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs;
+        if (replayable && !tooLong && ++failures < this.retry.attempts) {
+          const delay = Math.max(retryAfter ?? 0, backoffDelay(this.retry, failures));
+          this.logger.info({ what: opts.what, status: res.status, delay_ms: delay }, 'registry busy or failing; retrying');
+          await sleep(delay, opts.signal ?? undefined);
+          continue;
+        }
+        throw new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${res.status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
+          side: this.side,
+          status: res.status,
+          registryCodes: parsed.codes,
+          retryable: true,
+        });
+      }
+      throw this.statusError(res.status, parsed, opts.what);
+    }
+  }
+
+  private statusError(status: number, parsed: { codes: string[]; message: string }, what: string): RegistryError {
+    const detail = parsed.message ? `: ${parsed.message}` : '';
+    const src = this.side === 'source';
+    let code: ErrorCode;
+    let message = `${this.registry} answered HTTP ${status} to ${what}${detail}`;
+    if (status === 403) {
+      code = src ? 'SOURCE_AUTH' : 'DESTINATION_AUTH';
+      message += src ? ' (the credentials lack pull access)' : ' (the credentials lack push access)';
+    } else if (status === 404) {
+      code = src ? 'SOURCE_NOT_FOUND' : 'DESTINATION_REJECTED';
+      if (!src && parsed.codes.includes('NAME_UNKNOWN')) message += ' (the destination repository does not exist: create it first)';
+    } else if (parsed.codes.includes('DIGEST_INVALID')) {
+      code = 'DIGEST_MISMATCH';
+    } else if (!src && parsed.codes.includes('TAG_INVALID') && /immutab/i.test(parsed.message)) {
+      code = 'DESTINATION_REJECTED';
+      message = `${this.registry} refused to overwrite an immutable tag (${what}): the repository has tag immutability on; push to a new tag or turn immutability off${detail}`;
+    } else if (status === 413 || parsed.codes.includes('DENIED') || parsed.codes.includes('SIZE_INVALID')) {
+      code = src ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED';
+    } else {
+      code = src ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED';
+    }
+    return new RegistryError(code, message, { side: this.side, status, registryCodes: parsed.codes });
+  }
+
+  private blame(e: unknown): FerryError {
+    if (e instanceof FerryError) {
+      if (e.side === undefined && e.code === 'SOURCE_INVALID' && this.side === 'destination') {
+        return new FerryError('DESTINATION_REJECTED', e.message, { side: this.side, cause: e });
+      }
+      if (e.side === undefined) Object.defineProperty(e, 'side', { value: this.side });
+      return e;
+    }
+    return new NetworkError(`${this.registry}: ${(e as Error).message}`, { side: this.side, cause: e });
+  }
+
+  private invalid(message: string): FerryError {
+    return new FerryError(this.side === 'source' ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED', message, { side: this.side });
+  }
+}
+
+function header(res: HttpResponse, name: string): string | undefined {
+  const v = res.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/** `Range: 0-1023` → 1024 (exclusive end). Some registries write `bytes=0-1023`. */
+export function rangeEnd(value: string | undefined): number | undefined {
+  if (!value) return undefined;
+  const m = /^(?:bytes[= ])?(\d+)-(\d+)$/.exec(value.trim());
+  if (!m) return undefined;
+  // distribution writes `0-0` for an empty upload; a 1-byte upload is indistinguishable, and
+  // assuming empty only costs re-sending one byte.
+  if (m[1] === '0' && m[2] === '0') return 0;
+  return Number(m[2]) + 1;
+}
+
+/** `<url>; rel="next"` from a Link header. */
+function nextLink(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  const m = /<([^>]+)>\s*;\s*rel="?next"?/.exec(value);
+  return m?.[1];
+}

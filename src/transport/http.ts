@@ -1,0 +1,184 @@
+// The process's one HTTP transport: a single undici dispatcher with keep-alive pools per
+// origin, proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, extra CA certificates, and the
+// scheme policy (TLS always, except loopback and hosts the operator named as plain HTTP).
+// Redirects are followed here, by hand, so that credentials never leave their host.
+import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
+import { Agent, EnvHttpProxyAgent, type Dispatcher } from 'undici';
+import { FerryError, NetworkError, UsageError } from '../errors.ts';
+import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
+
+export interface TransportOptions {
+  /** Hosts (host or host:port) that speak plain HTTP. Loopback hosts always may. */
+  plainHttp?: string[];
+  /** PEM files with extra CA certificates (on top of the system roots and NODE_EXTRA_CA_CERTS). */
+  caFiles?: string[];
+  userAgent?: string;
+  /** Connections per origin. Registries are few; transfers are many. */
+  connectionsPerOrigin?: number;
+  /** No bytes for this long on a response body: the connection is considered stalled. */
+  bodyTimeoutMs?: number;
+  headersTimeoutMs?: number;
+  connectTimeoutMs?: number;
+}
+
+export type Body = Uint8Array | AsyncIterable<Uint8Array> | NodeJS.ReadableStream | undefined;
+
+export interface HttpRequest {
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  url: URL;
+  headers?: Record<string, string>;
+  body?: Body;
+  signal?: AbortSignal | undefined;
+  /** Follow 3xx for GET/HEAD (default true). Authorization is dropped when the host changes. */
+  followRedirects?: boolean;
+}
+
+export interface HttpResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+  /** The URL that finally answered (after redirects). */
+  url: URL;
+}
+
+const MAX_REDIRECTS = 5;
+
+export class HttpTransport {
+  private readonly dispatcher: Dispatcher;
+  private readonly plainHttp: Set<string>;
+  readonly userAgent: string;
+
+  constructor(opts: TransportOptions = {}) {
+    this.plainHttp = new Set((opts.plainHttp ?? []).map((h) => h.toLowerCase()));
+    this.userAgent = opts.userAgent ?? 'ferry';
+    const connect: Record<string, unknown> = { timeout: opts.connectTimeoutMs ?? 30_000 };
+    const extraCa = loadCaFiles(opts.caFiles ?? []);
+    if (extraCa.length > 0) {
+      // Prefer changing the process default, so every client (cloud SDKs too) trusts the CA.
+      if (typeof tls.setDefaultCACertificates === 'function' && typeof tls.getCACertificates === 'function') {
+        tls.setDefaultCACertificates([...tls.getCACertificates('default'), ...extraCa]);
+      } else {
+        connect.ca = [...tls.rootCertificates, ...extraCa];
+      }
+    }
+    const poolOptions = {
+      connections: opts.connectionsPerOrigin ?? 16,
+      keepAliveTimeout: 30_000,
+      keepAliveMaxTimeout: 120_000,
+      headersTimeout: opts.headersTimeoutMs ?? 60_000,
+      bodyTimeout: opts.bodyTimeoutMs ?? 60_000,
+      connect,
+    };
+    const proxied = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((k) => process.env[k]);
+    this.dispatcher = proxied
+      ? new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect })
+      : new Agent(poolOptions);
+  }
+
+  /** `http` for loopback and named plain-HTTP hosts, `https` for everything else. */
+  schemeFor(host: string): 'http' | 'https' {
+    const h = host.toLowerCase();
+    if (this.plainHttp.has(h) || this.plainHttp.has(hostOf(h))) return 'http';
+    return isLoopbackHost(hostOf(h)) ? 'http' : 'https';
+  }
+
+  /** May this host be spoken to in plain HTTP? */
+  allowsPlainHttp(host: string): boolean {
+    return this.schemeFor(host) === 'http';
+  }
+
+  async request(req: HttpRequest): Promise<HttpResponse> {
+    let url = req.url;
+    let headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
+    const follow = req.followRedirects ?? (req.method === 'GET' || req.method === 'HEAD');
+    for (let hop = 0; ; hop++) {
+      if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
+        throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
+      }
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await this.dispatcher.request({
+          origin: url.origin,
+          path: url.pathname + url.search,
+          method: req.method,
+          headers,
+          body: req.body as Dispatcher.DispatchOptions['body'],
+          signal: req.signal ?? null,
+        });
+      } catch (e) {
+        throw networkError(e, url);
+      }
+      if (!follow || res.statusCode < 300 || res.statusCode >= 400 || res.statusCode === 304) {
+        return { status: res.statusCode, headers: res.headers, body: res.body, url };
+      }
+      const location = res.headers.location;
+      await res.body.dump().catch(() => undefined);
+      if (typeof location !== 'string') {
+        throw new FerryError('INTERNAL', `redirect ${res.statusCode} from ${url.host} without a Location`);
+      }
+      if (hop >= MAX_REDIRECTS) throw new FerryError('INTERNAL', `too many redirects from ${req.url.host}`);
+      const next = new URL(location, url);
+      checkRedirectTarget(url, next);
+      if (next.host !== url.host || next.protocol !== url.protocol) {
+        // Never send the registry's credentials to another host (S3, a CDN, an attacker).
+        headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));
+      }
+      url = next;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}
+
+function loadCaFiles(files: string[]): string[] {
+  const out: string[] = [];
+  for (const f of files) {
+    let pem: string;
+    try {
+      pem = readFileSync(f, 'utf8');
+    } catch (e) {
+      throw new UsageError(`cannot read CA file ${f}: ${(e as Error).message}`);
+    }
+    const certs = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+    if (!certs) throw new UsageError(`CA file ${f} contains no PEM certificate`);
+    out.push(...certs);
+  }
+  return out;
+}
+
+const TLS_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+]);
+
+function networkError(e: unknown, url: URL): FerryError {
+  if (e instanceof FerryError) return e;
+  const err = e as Error & { code?: string; cause?: { code?: string } };
+  if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') {
+    const ab = new FerryError('INTERNAL', `request to ${url.host} was cancelled`, { cause: e });
+    ab.name = 'AbortedError';
+    return ab;
+  }
+  const code = err.code ?? err.cause?.code ?? '';
+  if (TLS_CODES.has(code)) {
+    return new FerryError('REGISTRY_UNAVAILABLE', `TLS verification failed for ${url.host} (${code}): add its CA with --ca-file or NODE_EXTRA_CA_CERTS`, {
+      cause: e,
+      retryable: false,
+    });
+  }
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') {
+    return new NetworkError(`cannot resolve ${url.hostname} (${code})`, { cause: e, retryable: code === 'EAI_AGAIN' });
+  }
+  if (code === 'ECONNREFUSED') {
+    return new NetworkError(`cannot connect to ${url.host} (connection refused): check the address and that the registry is running`, { cause: e });
+  }
+  return new NetworkError(`${url.host}: ${code || err.message}`, { cause: e });
+}
+
