@@ -10,12 +10,13 @@ import { createLogger, type Logger } from '../log/logger.ts';
 import { HttpTransport } from '../transport/http.ts';
 import { RegistryClient } from '../registry/client.ts';
 import { USER_AGENT } from '../version.ts';
+import { repeated } from './options.ts';
 
 export interface GlobalFlags {
   'log-level'?: string | undefined;
   json?: boolean | undefined;
-  'plain-http'?: string[] | undefined;
-  'ca-file'?: string[] | undefined;
+  'plain-http'?: string | string[] | undefined;
+  'ca-file'?: string | string[] | undefined;
   authfile?: string | undefined;
 }
 
@@ -26,8 +27,8 @@ export function makeLogger(flags: GlobalFlags, interactive: boolean): Logger {
 
 export function makeTransport(flags: GlobalFlags): HttpTransport {
   return new HttpTransport({
-    plainHttp: flags['plain-http'] ?? [],
-    caFiles: flags['ca-file'] ?? [],
+    plainHttp: repeated(flags['plain-http']),
+    caFiles: repeated(flags['ca-file']),
     userAgent: USER_AGENT,
   });
 }

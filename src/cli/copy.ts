@@ -9,10 +9,11 @@ import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { ProgressDisplay, formatBytes } from './progress.ts';
+import { repeated } from './options.ts';
 import { join } from 'node:path';
 
 export const copyOptions = {
-  platform: { type: 'string', array: true, describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
+  platform: { type: 'string', describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
   referrers: { type: 'boolean', default: false, describe: 'also copy referrers: signatures, SBOMs, attestations (API, fallback tag, cosign tags)' },
   concurrency: { type: 'number', default: 8, describe: 'blob transfers at once' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
@@ -24,7 +25,7 @@ export const copyOptions = {
 interface CopyArgs extends GlobalFlags {
   source: string;
   destination: string;
-  platform?: string[];
+  platform?: string | string[];
   referrers: boolean;
   concurrency: number;
   'src-creds'?: string;
@@ -53,7 +54,8 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       // No tag on the destination: keep the source's tag (or push by digest only).
       if (source.tag !== undefined) destination.tag = source.tag;
     }
-    const platforms = args.platform && args.platform.length > 0 ? args.platform.map(parsePlatform) : 'all';
+    const wanted = repeated(args.platform);
+    const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
     const srcClient = makeClient(source.registry, 'source', makeKeychain('source', source.registry, args['src-creds'], args, logger), transport, logger);
     const dstClient = makeClient(destination.registry, 'destination', makeKeychain('destination', destination.registry, args['dst-creds'], args, logger), transport, logger);
     const display = interactive ? new ProgressDisplay(process.stderr) : undefined;

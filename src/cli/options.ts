@@ -12,10 +12,18 @@ export const globalOptions = {
   json: { type: 'boolean', describe: 'print one JSON document on stdout (on failure too)', global: true },
   'plain-http': {
     type: 'string',
-    array: true,
     describe: 'HOST[:PORT] that speaks plain HTTP (repeatable; loopback registries always may)',
     global: true,
   },
-  'ca-file': { type: 'string', array: true, describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)', global: true },
+  'ca-file': { type: 'string', describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)', global: true },
   authfile: { type: 'string', describe: 'docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)', global: true },
 } as const satisfies Record<string, Options>;
+
+/**
+ * Repeatable flags are plain strings (yargs collects repeats into an array): an `array` option
+ * would swallow the positional arguments that follow it.
+ */
+export function repeated(value: string | string[] | undefined): string[] {
+  if (value === undefined) return [];
+  return (Array.isArray(value) ? value : [value]).map(String);
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the programs ferry's tests and benchmark run against, from Debian's packages:
+#   docker-registry (distribution 2.8) and skopeo  from the machine's own suite;
+#   crane and oras                                  from Debian sid (they need only libc6),
+# through a private sources list and lists directory, never by editing the machine's apt sources.
+# Needs root. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v openssl >/dev/null || need+=(openssl)
+sid=()
+command -v crane >/dev/null || sid+=(crane)
+command -v oras >/dev/null || sid+=(oras)
+if [ ${#need[@]} -eq 0 ] && [ ${#sid[@]} -eq 0 ]; then
+  echo "system packages: all present (docker-registry, skopeo, openssl, crane, oras)"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ferry's tests need: ${need[*]} ${sid[*]}" >&2
+  echo "Run as root:  sudo bash scripts/install-system-deps.sh" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing from Debian: ${need[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ${#sid[@]} -gt 0 ]; then
+  echo "installing from Debian sid (private apt lists, machine sources untouched): ${sid[*]}"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/lists/partial" "$work/archives/partial"
+  cat > "$work/sid.sources" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  opts=(-o "Dir::Etc::SourceList=$work/sid.sources" -o "Dir::Etc::SourceParts=/dev/null"
+        -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::Archives=$work/archives" -o "APT::Sandbox::User=root")
+  apt-get "${opts[@]}" update -qq
+  (cd "$work" && apt-get "${opts[@]}" download "${sid[@]}")
+  dpkg -i "$work"/*.deb >/dev/null
+fi
+echo "system packages: installed"

@@ -1,0 +1,313 @@
+// A reverse proxy in front of a real registry that injects network and server faults on
+// matching requests: error statuses, connections cut mid-download or mid-upload, a flipped byte,
+// a stalled body. Bodies stream through both ways, so it works for multi-hundred-MiB blobs.
+import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+interface RuleMatch {
+  /** HTTP method to match (any if omitted). */
+  method?: string;
+  /** Matched against the request's path and query, e.g. /\/blobs\/sha256:/. */
+  path: RegExp;
+  /** Apply to this many matching requests, then stop matching. Default: every one. */
+  times?: number;
+}
+
+export type FaultRule = RuleMatch &
+  (
+    | {
+        /** Answer with this status and a registry-style JSON error, without forwarding. */
+        action: 'status';
+        status: number;
+        /** Adds `Retry-After: <seconds>`. */
+        retryAfter?: number;
+      }
+    | {
+        /**
+         * Cut the connection after `bytes` bytes of the response body (a broken download), or of
+         * the request body with `on: 'request'` (a broken upload: the registry gets a truncated body).
+         */
+        action: 'reset-after-bytes';
+        bytes: number;
+        on?: 'response' | 'request';
+      }
+    | {
+        /** Flip (xor 0xff) the byte at `offset` of the response body. */
+        action: 'corrupt-byte';
+        offset: number;
+      }
+    | {
+        /** Send the response headers, then nothing for `ms`; then cut the connection (default) or carry on. */
+        action: 'stall';
+        ms: number;
+        then?: 'reset' | 'continue';
+      }
+  );
+
+export interface ProxiedRequest {
+  method: string;
+  /** Path and query as the client sent them. */
+  path: string;
+  /** Status sent to the client; 0 if the connection was cut before any response. */
+  status: number;
+  /** The fault applied to this request, if any. */
+  fault?: FaultRule['action'];
+}
+
+export interface ActiveRule {
+  readonly rule: FaultRule;
+  /** How many requests this rule has been applied to. */
+  hits(): number;
+  /** Stop applying this rule. */
+  remove(): void;
+}
+
+export interface FaultProxy {
+  /** `127.0.0.1:PORT`: point clients here instead of at the registry. */
+  host: string;
+  url: string;
+  /** The registry behind the proxy. */
+  target: string;
+  /** Every request so far, in arrival order. */
+  requests: ProxiedRequest[];
+  /** Number of logged requests matching the filter (all if none). */
+  count(filter?: { method?: string; path?: RegExp }): number;
+  resetLog(): void;
+  /** Rules are tried in the order added; the first live match applies. */
+  addRule(rule: FaultRule): ActiveRule;
+  clearRules(): void;
+  stop(): Promise<void>;
+}
+
+// Per-connection headers that must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
+
+function forwardable(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const out = { ...headers };
+  for (const h of HOP_BY_HOP) delete out[h];
+  return out;
+}
+
+const ERROR_CODES: Record<number, string> = { 429: 'TOOMANYREQUESTS', 500: 'UNKNOWN', 502: 'UNAVAILABLE', 503: 'UNAVAILABLE', 504: 'UNAVAILABLE' };
+
+interface RuleState {
+  rule: FaultRule;
+  remaining: number;
+  hits: number;
+}
+
+export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
+  const target = new URL(`http://${targetHost}`);
+  const agent = new Agent({ keepAlive: true });
+  const requests: ProxiedRequest[] = [];
+  let rules: RuleState[] = [];
+  const timers = new Set<NodeJS.Timeout>();
+  let proxyHost = '';
+
+  const take = (req: IncomingMessage): FaultRule | undefined => {
+    for (const state of rules) {
+      if (state.remaining <= 0) continue;
+      if (state.rule.method && state.rule.method.toUpperCase() !== req.method) continue;
+      if (!state.rule.path.test(req.url ?? '')) continue;
+      state.remaining -= 1;
+      state.hits += 1;
+      return state.rule;
+    }
+    return undefined;
+  };
+
+  /** Flush what was written so far, then close the client connection. */
+  const cutAfterFlush = (socket: Socket | null): void => {
+    if (!socket || socket.destroyed) return;
+    // Writes on a socket complete in order: when this empty write is done, everything before it
+    // has reached the kernel, and destroy() will not discard it.
+    socket.write(Buffer.alloc(0), () => socket.destroy());
+  };
+
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const entry: ProxiedRequest = { method: req.method ?? 'GET', path: req.url ?? '/', status: 0 };
+    requests.push(entry);
+    const rule = take(req);
+    if (rule) entry.fault = rule.action;
+
+    if (rule?.action === 'status') {
+      req.resume(); // drain any upload so the connection stays usable
+      const body = JSON.stringify({ errors: [{ code: ERROR_CODES[rule.status] ?? 'UNKNOWN', message: `injected ${rule.status} by the fault proxy` }] });
+      const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
+      if (rule.retryAfter !== undefined) headers['retry-after'] = String(rule.retryAfter);
+      entry.status = rule.status;
+      res.writeHead(rule.status, headers);
+      res.end(body);
+      return;
+    }
+
+    // The registry sees the proxy's own host, so the absolute Locations it builds point back here.
+    const upstream = httpRequest({
+      host: target.hostname,
+      port: target.port,
+      method: req.method,
+      path: req.url,
+      headers: { ...forwardable(req.headers), host: proxyHost },
+      agent,
+    });
+    const abort = (): void => {
+      upstream.destroy();
+      req.socket.destroy();
+    };
+    res.on('close', () => {
+      if (!res.writableFinished) upstream.destroy(); // the client went away
+    });
+    upstream.on('error', () => {
+      if (!res.headersSent && !req.socket.destroyed) {
+        entry.status = 502;
+        res.writeHead(502, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'fault proxy: upstream connection failed' }] }));
+      } else {
+        req.socket.destroy();
+      }
+    });
+
+    // Request body: straight through, or cut after N bytes.
+    if (rule?.action === 'reset-after-bytes' && rule.on === 'request') {
+      let sent = 0;
+      let cut = rule.bytes <= 0;
+      if (cut) abort();
+      req.on('data', (chunk: Buffer) => {
+        if (cut) return;
+        const room = rule.bytes - sent;
+        if (chunk.byteLength < room) {
+          sent += chunk.byteLength;
+          if (!upstream.write(chunk)) {
+            req.pause();
+            upstream.once('drain', () => req.resume());
+          }
+          return;
+        }
+        // Let the registry receive exactly the first N bytes, then kill both connections.
+        cut = true;
+        req.pause();
+        sent += room;
+        upstream.write(chunk.subarray(0, room), () => abort());
+      });
+      req.on('end', () => {
+        if (!cut) upstream.end(); // the body was shorter than the cut point
+      });
+    } else {
+      req.pipe(upstream);
+    }
+
+    upstream.on('response', (upRes) => {
+      entry.status = upRes.statusCode ?? 0;
+      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardable(upRes.headers));
+
+      if (rule?.action === 'reset-after-bytes' && rule.on !== 'request') {
+        res.flushHeaders();
+        let sent = 0;
+        if (rule.bytes <= 0) {
+          upRes.destroy();
+          cutAfterFlush(res.socket);
+          return;
+        }
+        upRes.on('data', (chunk: Buffer) => {
+          if (sent >= rule.bytes) return;
+          const room = rule.bytes - sent;
+          sent += Math.min(room, chunk.byteLength);
+          if (chunk.byteLength < room) {
+            if (!res.write(chunk)) {
+              upRes.pause();
+              res.once('drain', () => upRes.resume());
+            }
+            return;
+          }
+          upRes.destroy();
+          // The write callback runs once the first N bytes have reached the kernel.
+          res.write(chunk.subarray(0, room), () => res.socket?.destroy());
+        });
+        upRes.on('end', () => {
+          if (sent < rule.bytes) res.end(); // shorter than the cut point: nothing to cut
+        });
+        return;
+      }
+
+      if (rule?.action === 'corrupt-byte') {
+        let position = 0;
+        upRes.on('data', (chunk: Buffer) => {
+          const at = rule.offset - position;
+          position += chunk.byteLength;
+          if (at >= 0 && at < chunk.byteLength) {
+            chunk = Buffer.from(chunk); // don't modify a buffer we don't own
+            chunk[at] = (chunk[at] ?? 0) ^ 0xff;
+          }
+          if (!res.write(chunk)) {
+            upRes.pause();
+            res.once('drain', () => upRes.resume());
+          }
+        });
+        upRes.on('end', () => res.end());
+        return;
+      }
+
+      if (rule?.action === 'stall') {
+        res.flushHeaders();
+        const timer = setTimeout(() => {
+          timers.delete(timer);
+          if (rule.then === 'continue') {
+            upRes.pipe(res);
+          } else {
+            upRes.destroy();
+            cutAfterFlush(res.socket);
+          }
+        }, rule.ms);
+        timers.add(timer);
+        res.on('close', () => {
+          clearTimeout(timer);
+          timers.delete(timer);
+          upRes.destroy();
+        });
+        return;
+      }
+
+      upRes.pipe(res);
+    });
+  };
+
+  // No server-side timeouts: the proxy must not add faults of its own to slow or stalled transfers.
+  const server = createServer({ requestTimeout: 0, headersTimeout: 0 }, handle);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  proxyHost = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  return {
+    host: proxyHost,
+    url: `http://${proxyHost}`,
+    target: targetHost,
+    requests,
+    count(filter = {}) {
+      return requests.filter((r) => (!filter.method || r.method === filter.method.toUpperCase()) && (!filter.path || filter.path.test(r.path))).length;
+    },
+    resetLog: () => void requests.splice(0),
+    addRule(rule) {
+      const state: RuleState = { rule, remaining: rule.times ?? Infinity, hits: 0 };
+      rules.push(state);
+      return {
+        rule,
+        hits: () => state.hits,
+        remove: () => {
+          rules = rules.filter((r) => r !== state);
+        },
+      };
+    },
+    clearRules: () => {
+      rules = [];
+    },
+    async stop() {
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      agent.destroy();
+    },
+  };
+}
