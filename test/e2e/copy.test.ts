@@ -233,6 +233,22 @@ describe('ferry copy through a fault-injecting proxy', () => {
     await assertSameImage(srcC, 'cut/patch', 'v1', dstC, 'cut/patch', 'v1');
   });
 
+  test('a chunk refused between chunks resumes from the acknowledged offset (no restart)', async () => {
+    await pushLargeImage(srcC, 'cut/resume', 'v1', { layerCount: 1, layerSize: 40 * MiB });
+    dstProxy.resetLog();
+    // The second PATCH of the upload is answered 503 before reaching the registry.
+    const rule = dstProxy.addRule({ method: 'PATCH', path: /\/blobs\/uploads\//, action: 'status', status: 503, skip: 1, times: 1 });
+    const r = await copyVia('cut/resume');
+    rule.remove();
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.json.transfer.blobs_restarted, 0, 'the blob started over instead of resuming');
+    assert.match(r.stderr, /resuming upload from the registry's acknowledged offset/);
+    // Re-sent bytes are at most one chunk (16 MiB).
+    assert.ok(r.json.transfer.bytes_transferred - r.json.transfer.bytes_total <= 16 * MiB);
+    assert.ok(dstProxy.count({ method: 'GET', path: /\/blobs\/uploads\// }) >= 1, 'no upload status request was made');
+    await assertSameImage(srcC, 'cut/resume', 'v1', dstC, 'cut/resume', 'v1');
+  });
+
   test('503 storms and 429 with Retry-After are retried', async () => {
     await pushImage(srcC, 'busy/app', 'v1', { layerSizes: [10_000, 20_000] });
     const r503 = srcProxy.addRule({ method: 'GET', path: /\/blobs\//, action: 'status', status: 503, times: 3 });

@@ -11,6 +11,8 @@ interface RuleMatch {
   path: RegExp;
   /** Apply to this many matching requests, then stop matching. Default: every one. */
   times?: number;
+  /** Let this many matching requests through untouched before the rule starts to apply. */
+  skip?: number;
 }
 
 export type FaultRule = RuleMatch &
@@ -93,6 +95,7 @@ const ERROR_CODES: Record<number, string> = { 429: 'TOOMANYREQUESTS', 500: 'UNKN
 interface RuleState {
   rule: FaultRule;
   remaining: number;
+  skipped: number;
   hits: number;
 }
 
@@ -109,6 +112,10 @@ export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
       if (state.remaining <= 0) continue;
       if (state.rule.method && state.rule.method.toUpperCase() !== req.method) continue;
       if (!state.rule.path.test(req.url ?? '')) continue;
+      if (state.skipped < (state.rule.skip ?? 0)) {
+        state.skipped += 1;
+        continue;
+      }
       state.remaining -= 1;
       state.hits += 1;
       return state.rule;
@@ -289,7 +296,7 @@ export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
     },
     resetLog: () => void requests.splice(0),
     addRule(rule) {
-      const state: RuleState = { rule, remaining: rule.times ?? Infinity, hits: 0 };
+      const state: RuleState = { rule, remaining: rule.times ?? Infinity, skipped: 0, hits: 0 };
       rules.push(state);
       return {
         rule,

@@ -1,0 +1,146 @@
+// The transport and registry client against small real HTTP servers that misbehave the way
+// hostile or unusual registries do: redirects to other hosts, token realms at metadata
+// addresses, challenges with several scopes.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { HttpTransport } from '../../src/transport/http.ts';
+import { parseChallenges, mergeScopes } from '../../src/transport/challenge.ts';
+import { parseRetryAfter, backoffDelay, DEFAULT_RETRY } from '../../src/transport/retry.ts';
+import { isLoopbackHost, isMetadataOrLinkLocal } from '../../src/transport/address.ts';
+import { RegistryClient, rangeEnd } from '../../src/registry/client.ts';
+import { StaticCredentials } from '../../src/auth/credentials.ts';
+import { silentLogger } from '../../src/log/logger.ts';
+import { FerryError } from '../../src/errors.ts';
+
+function listen(handler: (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => void, host = '127.0.0.1'): Promise<{ server: Server; port: number }> {
+  return new Promise((resolve) => {
+    const server = createServer(handler);
+    server.listen(0, host, () => resolve({ server, port: (server.address() as AddressInfo).port }));
+  });
+}
+
+describe('challenges and scopes', () => {
+  test('several challenges, quoted values with commas and escapes', () => {
+    const c = parseChallenges('Bearer realm="https://auth.example/token",service="reg.example",scope="repository:a/b:pull,push repository:c:pull", Basic realm="x\\"y"');
+    assert.equal(c.length, 2);
+    assert.equal(c[0]!.scheme, 'bearer');
+    assert.equal(c[0]!.params.realm, 'https://auth.example/token');
+    assert.equal(c[0]!.params.scope, 'repository:a/b:pull,push repository:c:pull');
+    assert.equal(c[1]!.scheme, 'basic');
+    assert.equal(c[1]!.params.realm, 'x"y');
+  });
+
+  test('scopes merge per resource, also when the name holds host:port', () => {
+    assert.deepEqual(mergeScopes(['repository:localhost:5000/a:pull', 'repository:localhost:5000/a:push', 'repository:b:pull']), [
+      'repository:b:pull',
+      'repository:localhost:5000/a:pull,push',
+    ]);
+  });
+
+  test('Retry-After in seconds and as a date; backoff grows and is capped', () => {
+    assert.equal(parseRetryAfter('3'), 3000);
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    assert.equal(parseRetryAfter('Thu, 01 Jan 2026 00:00:05 GMT', now), 5000);
+    assert.equal(parseRetryAfter('soon'), undefined);
+    const d1 = backoffDelay(DEFAULT_RETRY, 1, () => 1);
+    const d4 = backoffDelay(DEFAULT_RETRY, 4, () => 1);
+    const d30 = backoffDelay(DEFAULT_RETRY, 30, () => 1);
+    assert.ok(d4 > d1);
+    assert.ok(d30 <= DEFAULT_RETRY.maxDelayMs);
+  });
+
+  test('upload Range headers', () => {
+    assert.equal(rangeEnd('0-1023'), 1024);
+    assert.equal(rangeEnd('bytes=0-99'), 100);
+    assert.equal(rangeEnd('0-0'), 0);
+    assert.equal(rangeEnd('garbage'), undefined);
+  });
+
+  test('address classes', () => {
+    assert.ok(isLoopbackHost('127.0.0.1') && isLoopbackHost('::1') && isLoopbackHost('localhost'));
+    assert.ok(!isLoopbackHost('10.0.0.1'));
+    assert.ok(isMetadataOrLinkLocal('169.254.169.254') && isMetadataOrLinkLocal('fd00:ec2::254') && isMetadataOrLinkLocal('fe80::1'));
+    assert.ok(!isMetadataOrLinkLocal('8.8.8.8'));
+  });
+});
+
+describe('redirects and token realms', () => {
+  let registry: { server: Server; port: number };
+  let other: { server: Server; port: number };
+  const seenByOther: IncomingHttpHeaders[] = [];
+  let redirectTarget = '';
+  let realm = '';
+
+  before(async () => {
+    // "Another host": the same machine under another name (localhost vs 127.0.0.1).
+    other = await listen((req, res) => {
+      seenByOther.push(req.headers);
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': '5' });
+      res.end('hello');
+    });
+    registry = await listen((req, res) => {
+      if (req.headers.authorization !== `Basic ${Buffer.from('u:secret-pw').toString('base64')}`) {
+        res.writeHead(401, { 'www-authenticate': realm || 'Basic realm="r"' });
+        return res.end();
+      }
+      if (req.url?.includes('/blobs/')) {
+        res.writeHead(307, { location: redirectTarget });
+        return res.end();
+      }
+      res.writeHead(404);
+      res.end();
+    });
+  });
+  after(() => {
+    registry.server.close();
+    other.server.close();
+  });
+
+  function client(): RegistryClient {
+    return new RegistryClient({
+      registry: `127.0.0.1:${registry.port}`,
+      side: 'source',
+      transport: new HttpTransport({}),
+      credentials: new StaticCredentials({ kind: 'basic', username: 'u', password: 'secret-pw' }, undefined, 'test'),
+      logger: silentLogger(),
+    });
+  }
+
+  test('a redirect to another host is followed without Authorization', async () => {
+    redirectTarget = `http://localhost:${other.port}/bucket/blob?sig=1`;
+    realm = '';
+    const res = await client().openBlob('a/b', `sha256:${'a'.repeat(64)}`, 0);
+    assert.equal(res.status, 200);
+    assert.equal(await res.body.text(), 'hello');
+    assert.equal(seenByOther.length, 1);
+    assert.equal(seenByOther[0]!.authorization, undefined, 'Authorization was forwarded to another host');
+  });
+
+  test('a redirect to a metadata address is refused', async () => {
+    redirectTarget = 'http://169.254.169.254/latest/meta-data/';
+    await assert.rejects(client().openBlob('a/b', `sha256:${'b'.repeat(64)}`, 0), (e: FerryError) => e.code === 'SOURCE_INVALID' && /metadata/.test(e.message));
+  });
+
+  test('a token realm at a metadata address is refused', async () => {
+    realm = 'Bearer realm="http://169.254.169.254/token",service="x"';
+    const c = new RegistryClient({
+      registry: `127.0.0.1:${registry.port}`,
+      side: 'source',
+      transport: new HttpTransport({}),
+      credentials: new StaticCredentials({ kind: 'anonymous' }, undefined, 'none'),
+      logger: silentLogger(),
+    });
+    await assert.rejects(c.headManifest('a/b', 'v1'), (e: FerryError) => e.code === 'SOURCE_INVALID' && /token realm/.test(e.message));
+    realm = '';
+  });
+
+  test('plain HTTP to a non-loopback host is refused before any connection', async () => {
+    const t = new HttpTransport({});
+    assert.equal(t.schemeFor('registry.example.com'), 'https');
+    assert.equal(t.schemeFor('127.0.0.1:5000'), 'http');
+    assert.equal(new HttpTransport({ plainHttp: ['registry.lan:5000'] }).schemeFor('registry.lan:5000'), 'http');
+    await assert.rejects(t.request({ method: 'GET', url: new URL('http://registry.example.com/v2/') }), /refusing plain HTTP/);
+  });
+});
