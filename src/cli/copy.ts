@@ -1,6 +1,6 @@
 // `ferry copy SRC DST`.
 import type { Options } from 'yargs';
-import { FerryError, UsageError, exitCodeFor, toFerryError } from '../errors.ts';
+import { UsageError, exitCodeFor, toFerryError } from '../errors.ts';
 import { parseReference, type Reference } from '../reference/reference.ts';
 import { parsePlatform } from '../reference/platform.ts';
 import { copyImage } from '../copy/engine.ts';
@@ -84,7 +84,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     if (args.json) {
       process.stdout.write(
         `${JSON.stringify({
-          source: source ? args.source : args.source,
+          source: args.source,
           destination: args.destination,
           error: { code: err.code, message: err.message },
           transfer: { duration_ms: Date.now() - started },
@@ -123,4 +123,3 @@ function humanSummary(r: CopyReport, dryRun: boolean): string {
   return `${lines.join('\n')}\n`;
 }
 
-export type { FerryError };

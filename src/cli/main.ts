@@ -54,7 +54,7 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
     .alias('help', 'h')
     .version(false)
     .wrap(Math.min(110, process.stdout.columns || 100))
-    .fail((msg: string | undefined, err: Error | undefined, y: Argv) => {
+    .fail((msg: string | undefined, err: Error | undefined) => {
       if (err) throw err;
       throw new UsageError(`${msg ?? 'invalid usage'}\n\n${wantsJson ? '' : 'Run "ferry --help" for usage.'}`.trim());
     });

@@ -5,9 +5,9 @@
 import { AbortedError, FerryError, toFerryError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
-import { formatPlatform, platformMatches, type Platform } from '../reference/platform.ts';
-import { formatReference, referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
-import { MediaType, parseManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../oci/manifest.ts';
+import { formatPlatform, platformMatches } from '../reference/platform.ts';
+import { formatReference, referenceTarget, type Reference } from '../reference/reference.ts';
+import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../oci/manifest.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import { uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';

@@ -372,10 +372,11 @@ describe('DockerConfigCredentials: credential helpers', () => {
   });
 
   it('output just under 64 KiB is fine', async () => {
-    const secret = `s${'x'.repeat(60_000)}`;
-    const env = helperEnv({ test: `cat >/dev/null; printf '{"Username":"big","Secret":"%s"}' '${secret}'` });
+    // Padded with a long ServerURL: the secret itself stays an ordinary size.
+    const pad = `https://${'x'.repeat(65_000)}`;
+    const env = helperEnv({ test: `cat >/dev/null; printf '{"ServerURL":"%s","Username":"big","Secret":"big-output-secret"}' '${pad}'` });
     const c = await new DockerConfigCredentials({ authFile: writeConfig({ credsStore: 'test' }), env }).resolve({ registry: 'r.example' });
-    assert.deepEqual(c, { kind: 'basic', username: 'big', password: secret });
+    assert.deepEqual(c, { kind: 'basic', username: 'big', password: 'big-output-secret' });
   });
 
   it('a helper that hangs is stopped after the timeout', async () => {
