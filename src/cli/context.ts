@@ -6,6 +6,7 @@ import type { Side } from '../errors.ts';
 import { Keychain, StaticCredentials, type CredentialProvider } from '../auth/credentials.ts';
 import { DockerConfigCredentials } from '../auth/docker-config.ts';
 import { parseCredsFlag } from '../auth/cli-credentials.ts';
+import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { createLogger, type Logger } from '../log/logger.ts';
 import { HttpTransport } from '../transport/http.ts';
 import { RegistryClient } from '../registry/client.ts';
@@ -33,11 +34,13 @@ export function makeTransport(flags: GlobalFlags): HttpTransport {
   });
 }
 
-/** Credentials for one side: the explicit flag first, then the docker config. */
+/** Credentials for one side: the explicit flag first, then cloud identity for ECR / Artifact Registry hosts, then the docker config. */
 export function makeKeychain(side: Side, registry: string, credsFlag: string | undefined, flags: GlobalFlags, logger: Logger): CredentialProvider {
   const providers: CredentialProvider[] = [];
   const flagName = side === 'source' ? '--src-creds' : '--dst-creds';
   if (credsFlag !== undefined) providers.push(new StaticCredentials(parseCredsFlag(credsFlag, flagName), registry, flagName));
+  // ECR and Artifact Registry hosts: the environment's cloud identity, unless a docker config overrides below.
+  providers.push(new CloudCredentials({ side, logger }));
   const dockerConfig: ConstructorParameters<typeof DockerConfigCredentials>[0] = { side, logger };
   if (flags.authfile !== undefined) dockerConfig.authFile = flags.authfile;
   providers.push(new DockerConfigCredentials(dockerConfig));

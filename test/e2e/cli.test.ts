@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
+import { spawnSync } from 'node:child_process';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { clientFor } from '../harness/oci-client.ts';
 import { pushMultiArch } from '../harness/fixtures.ts';
@@ -37,6 +38,20 @@ describe('ferry inspect and version', () => {
     const r = await runFerry(['inspect', '--json', `${reg.host}/ins/app:nope`]);
     assert.equal(r.code, 1);
     assert.equal(r.json.error.code, 'SOURCE_NOT_FOUND');
+  });
+
+  test('npm run build makes one file that runs a real copy', async () => {
+    const root = new URL('../../', import.meta.url).pathname;
+    const built = spawnSync(process.execPath, ['scripts/build.mjs'], { cwd: root, encoding: 'utf8' });
+    assert.equal(built.status, 0, built.stderr);
+    await pushMultiArch(clientFor(reg), 'bundle/app', 'v1');
+    const r = spawnSync(process.execPath, [`${root}dist/ferry.mjs`, 'copy', '--json', `${reg.host}/bundle/app:v1`, `${reg.host}/bundle/copy:v1`], {
+      encoding: 'utf8',
+      env: { ...process.env, XDG_STATE_HOME: tempStateHome() },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.image.digest, (await clientFor(reg).verifyImage('bundle/copy', 'v1')).digest);
   });
 
   test('version prints version, commit and Node', async () => {
