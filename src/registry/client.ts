@@ -90,15 +90,7 @@ export class RegistryClient {
 
   /** HEAD a manifest; undefined when it does not exist. */
   async headManifest(repository: string, target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
-    const res = await this.send({
-      method: 'HEAD',
-      path: `/v2/${repository}/manifests/${target}`,
-      scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
-      headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
-      accept: [200, 404],
-      what: `manifest ${repository}:${target}`,
-      signal,
-    });
+    const res = await this.readManifest('HEAD', repository, target, signal);
     await drain(res.body);
     if (res.status === 404) return undefined;
     const digest = header(res, 'docker-content-digest');
@@ -112,15 +104,7 @@ export class RegistryClient {
 
   /** GET a manifest's exact bytes, bounded, and verify them when asked for by digest. */
   async getManifest(repository: string, target: string, signal?: AbortSignal): Promise<FetchedManifest | undefined> {
-    const res = await this.send({
-      method: 'GET',
-      path: `/v2/${repository}/manifests/${target}`,
-      scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
-      headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
-      accept: [200, 404],
-      what: `manifest ${repository}:${target}`,
-      signal,
-    });
+    const res = await this.readManifest('GET', repository, target, signal);
     if (res.status === 404) {
       await drain(res.body);
       return undefined;
@@ -139,6 +123,20 @@ export class RegistryClient {
       throw new FerryError('DIGEST_MISMATCH', `manifest ${repository}:${target} hashes to ${digest}, not ${expected}`, { side: this.side });
     }
     return { bytes, mediaType, digest };
+  }
+
+  /** GET or HEAD a manifest with the full Accept set; 404 is returned, not thrown. */
+  private readManifest(method: 'GET' | 'HEAD', repository: string, target: string, signal: AbortSignal | undefined): Promise<HttpResponse> {
+    return this.send({
+      method,
+      path: `/v2/${repository}/manifests/${target}`,
+      // The destination side reads with push scope: its token then serves the writes that follow.
+      scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
+      headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
+      accept: [200, 404],
+      what: `manifest ${repository}:${target}`,
+      signal,
+    });
   }
 
   /** PUT exact manifest bytes under a tag or digest. Returns the digest the registry reports. */
