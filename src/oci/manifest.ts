@@ -70,7 +70,8 @@ function invalid(side: Side, what: string): FerryError {
 
 /**
  * Parse untrusted manifest bytes. `contentType` is what the registry said; the manifest's own
- * `mediaType` wins when present, and they must not contradict each other.
+ * `mediaType` wins when present (registries are known to send loose Content-Types, so a
+ * disagreement is not treated as hostile). Without either, the shape decides.
  */
 export function parseManifest(bytes: Uint8Array, contentType: string | undefined, side: Side = 'source'): ParsedManifest {
   if (bytes.byteLength > MAX_MANIFEST_BYTES) {
