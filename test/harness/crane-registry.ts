@@ -4,7 +4,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort } from './ports.ts';
-import { findOnPath, makeTempDir, readLog, startProcess, waitForRegistry, type ManagedProcess, type RegistryHandle } from './process.ts';
+import { findOnPath, makeTempDir, manageRegistry, readLog, startProcess, waitForRegistry, type RegistryHandle } from './process.ts';
 
 export interface CraneRegistryOptions {
   port?: number;
@@ -31,37 +31,21 @@ export async function startCraneRegistry(opts: CraneRegistryOptions = {}): Promi
   const host = `127.0.0.1:${port}`;
   const url = `http://${host}`;
 
-  let proc: ManagedProcess | undefined;
-  const launch = async (): Promise<void> => {
-    // --disk keeps blobs out of memory, which matters for the multi-hundred-MiB layer tests.
-    proc = startProcess(binary, ['registry', 'serve', '--address', host, '--disk', storageDir], { logFile, cwd: dir });
-    await waitForRegistry(url, proc, logFile);
-  };
-  try {
-    await launch();
-  } catch (e) {
-    temp.remove();
-    throw e;
-  }
-
-  let stopped = false;
+  const lifecycle = await manageRegistry(
+    async () => {
+      // --disk keeps blobs out of memory, which matters for the multi-hundred-MiB layer tests.
+      const proc = startProcess(binary, ['registry', 'serve', '--address', host, '--disk', storageDir], { logFile, cwd: dir });
+      await waitForRegistry(url, proc, logFile);
+      return proc;
+    },
+    () => temp.remove(),
+  );
   return {
     kind: 'crane',
     host,
     url,
     storageDir,
     logs: () => readLog(logFile),
-    async restart({ downMs = 0 } = {}) {
-      if (stopped) throw new Error('restart() after stop()');
-      await proc?.stop();
-      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
-      await launch();
-    },
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await proc?.stop();
-      temp.remove();
-    },
+    ...lifecycle,
   };
 }

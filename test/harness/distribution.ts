@@ -4,7 +4,7 @@ import bcrypt from 'bcryptjs';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort } from './ports.ts';
-import { findOnPath, makeTempDir, readLog, startProcess, waitForRegistry, type ManagedProcess, type RegistryHandle } from './process.ts';
+import { findOnPath, makeTempDir, manageRegistry, readLog, startProcess, waitForRegistry, type RegistryHandle } from './process.ts';
 import { startTokenServer, type TokenServer, type TokenServerOptions } from './token-server.ts';
 
 export interface DistributionOptions {
@@ -94,20 +94,18 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
     authYaml;
   writeFileSync(configPath, config);
 
-  let proc: ManagedProcess | undefined;
-  const launch = async (): Promise<void> => {
-    proc = startProcess(binary, ['serve', configPath], { logFile, cwd: dir });
-    await waitForRegistry(url, proc, logFile);
-  };
-
-  let stopped = false;
-  try {
-    await launch();
-  } catch (e) {
-    if (ownsTokenServer) await tokenServer?.stop();
-    temp.remove();
-    throw e;
-  }
+  const lifecycle = await manageRegistry(
+    async () => {
+      const proc = startProcess(binary, ['serve', configPath], { logFile, cwd: dir });
+      await waitForRegistry(url, proc, logFile);
+      return proc;
+    },
+    async () => {
+      if (ownsTokenServer) await tokenServer?.stop();
+      // A caller-supplied storageDir lies outside the temp dir and is left alone.
+      temp.remove();
+    },
+  );
 
   return {
     kind: 'distribution',
@@ -118,19 +116,6 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
     configPath,
     ...(tokenServer ? { tokenServer } : {}),
     logs: () => readLog(logFile),
-    async restart({ downMs = 0 } = {}) {
-      if (stopped) throw new Error('restart() after stop()');
-      await proc?.stop();
-      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
-      await launch();
-    },
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await proc?.stop();
-      if (ownsTokenServer) await tokenServer?.stop();
-      // A caller-supplied storageDir lies outside `dir` and is left alone.
-      temp.remove();
-    },
+    ...lifecycle,
   };
 }

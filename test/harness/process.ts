@@ -166,3 +166,36 @@ export function findOnPath(name: string): string | undefined {
   const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), '/usr/bin', '/usr/local/bin'];
   return findExecutable(dirs.map((d) => `${d}/${name}`));
 }
+
+/**
+ * The start / restart / stop lifecycle every harness registry shares: `launch` starts the
+ * process (and waits until it answers), `cleanup` removes what the registry owns. Launches
+ * once now; a failed first launch cleans up and rethrows.
+ */
+export async function manageRegistry(
+  launch: () => Promise<ManagedProcess>,
+  cleanup: () => Promise<void> | void,
+): Promise<Pick<RegistryHandle, 'restart' | 'stop'>> {
+  let proc: ManagedProcess | undefined;
+  let stopped = false;
+  try {
+    proc = await launch();
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+  return {
+    async restart({ downMs = 0 } = {}) {
+      if (stopped) throw new Error('restart() after stop()');
+      await proc?.stop();
+      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+      proc = await launch();
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await proc?.stop();
+      await cleanup();
+    },
+  };
+}
