@@ -19,3 +19,14 @@ const built = typeof __FERRY_VERSION__ === 'string' ? { version: __FERRY_VERSION
 export const VERSION: string = built.version;
 export const COMMIT: string = built.commit;
 export const USER_AGENT = `ferry/${VERSION}`;
+
+/** What `ferry version` prints: one line, or with --json one JSON document. */
+export function versionText(json: boolean): string {
+  const info = { version: VERSION, commit: COMMIT, node: process.version };
+  return json ? `${JSON.stringify(info)}\n` : `ferry ${info.version} (commit ${info.commit}, node ${info.node})\n`;
+}
+
+/** `ferry version` or `ferry version --json`, which the entry point answers without loading the CLI. */
+export function isVersionOnly(args: readonly string[]): boolean {
+  return args[0] === 'version' && (args.length === 1 || (args.length === 2 && args[1] === '--json'));
+}

@@ -4,9 +4,10 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { FerryError, UsageError, exitCodeFor, toFerryError } from '../errors.ts';
-import { COMMIT, VERSION } from '../version.ts';
+import { versionText } from '../version.ts';
 import { runCopy, copyOptions } from './copy.ts';
 import { runInspect } from './inspect.ts';
+import { agentOptions, runAgent } from './agent.ts';
 import { globalOptions } from './options.ts';
 
 export async function main(argv: string[] = hideBin(process.argv)): Promise<number> {
@@ -15,7 +16,6 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
   const parser = yargs(argv)
     .scriptName('ferry')
     .usage('ferry: copy container images into a registry, byte-exact, verified and resumable.\n\nUsage: $0 <command> [options]')
-    .options(globalOptions)
     .command(
       'copy <source> <destination>',
       'Copy an image (all platforms, byte-exact) from one registry to another',
@@ -23,6 +23,7 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
         y
           .positional('source', { type: 'string', describe: 'source image: [docker://]host[:port]/path[:tag][@sha256:…]' })
           .positional('destination', { type: 'string', describe: 'destination image; without a tag, the source tag is used' })
+          .options(globalOptions)
           .options(copyOptions)
           .example('$0 copy docker.io/library/alpine:3.20 registry.internal/mirror/alpine:3.20', 'copy every platform of alpine')
           .example('$0 copy --platform linux/amd64 SRC DST', 'copy one platform (writes a new manifest)'),
@@ -33,21 +34,31 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
     .command(
       'inspect <reference>',
       'Describe an image: digest, media type, platforms, layers and total size',
-      (y: Argv) => y.positional('reference', { type: 'string', describe: 'image reference' }).options({ creds: { type: 'string', describe: 'credentials: user:pass or env:NAME' } }),
+      (y: Argv) => y.positional('reference', { type: 'string', describe: 'image reference' }).options(globalOptions).options({ creds: { type: 'string', describe: 'credentials: user:pass or env:NAME' } }),
       async (args) => {
         exitCode = await runInspect(args as never);
       },
     )
     .command(
-      'version',
-      'Print the version, git commit and Node.js version',
-      (y: Argv) => y,
-      (args) => {
-        const info = { version: VERSION, commit: COMMIT, node: process.version };
-        process.stdout.write(args.json ? `${JSON.stringify(info)}\n` : `ferry ${info.version} (commit ${info.commit}, node ${info.node})\n`);
+      'agent',
+      'Run the agent: poll the control plane for sync jobs and copy their images into the local registry',
+      (y: Argv) =>
+        y
+          .options(agentOptions)
+          .example('$0 agent --control-plane-url https://cp.example.com --runner-id r-1 --token-file /run/secrets/ferry-token --local-registry 123456789012.dkr.ecr.us-west-2.amazonaws.com/install_789', ''),
+      async (args) => {
+        exitCode = await runAgent(args as Record<string, unknown>);
       },
     )
-    .demandCommand(1, 'Name a command: copy, inspect or version (see --help).')
+    .command(
+      'version',
+      'Print the version, git commit and Node.js version',
+      (y: Argv) => y.options({ json: globalOptions.json }),
+      (args) => {
+        process.stdout.write(versionText(args.json === true));
+      },
+    )
+    .demandCommand(1, 'Name a command: agent, copy, inspect or version (see --help).')
     .strict()
     .recommendCommands()
     .help()

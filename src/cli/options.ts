@@ -1,4 +1,4 @@
-// Options shared by the commands. Declared once, as data, so the README's configuration
+// Options shared by the copy and inspect commands (the agent has its own, src/agent/config.ts). Declared once, as data, so the README's configuration
 // reference can be generated from (and checked against) the same definitions.
 import type { Options } from 'yargs';
 
@@ -7,16 +7,14 @@ export const globalOptions = {
     type: 'string',
     choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
     describe: 'log level for the JSON logs on stderr (default: info; warn on a terminal)',
-    global: true,
   },
-  json: { type: 'boolean', describe: 'print one JSON document on stdout (on failure too)', global: true },
+  json: { type: 'boolean', describe: 'print one JSON document on stdout (on failure too)' },
   'plain-http': {
     type: 'string',
     describe: 'HOST[:PORT] that speaks plain HTTP (repeatable; loopback registries always may)',
-    global: true,
   },
-  'ca-file': { type: 'string', describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)', global: true },
-  authfile: { type: 'string', describe: 'docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)', global: true },
+  'ca-file': { type: 'string', describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)' },
+  authfile: { type: 'string', describe: 'docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)' },
 } as const satisfies Record<string, Options>;
 
 /**

@@ -1,0 +1,244 @@
+// `ferry agent` end to end: the real agent process against the reference control plane, a
+// token-auth vendor registry and a local registry.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { clientFor, type OciClient } from '../harness/oci-client.ts';
+import { pushArtifactFor, pushImage, pushLargeImage, pushMultiArch, type PushedManifest } from '../harness/fixtures.ts';
+import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.ts';
+import { killAgents, plan, startAgent, startWorld, tempState, waitFor, VENDOR_USER, type AgentWorld } from './agent-harness.ts';
+
+const MiB = 1024 * 1024;
+
+/** Stall the downloads of an image's layers (not its config, which the engine reads first). */
+function stallLayers(proxy: FaultProxy, img: PushedManifest, ms: number, times?: number) {
+  const layers = img.blobs.filter((b) => !(b.mediaType ?? '').includes('config')).map((b) => b.digest.split(':')[1]);
+  return proxy.addRule({ method: 'GET', path: new RegExp(`/blobs/sha256:(${layers.join('|')})`), action: 'stall', ms, then: 'continue', ...(times ? { times } : {}) });
+}
+
+/** Upload sessions the local registry still holds for a repository (distribution's storage layout). */
+function openUploads(world: AgentWorld, repo: string): string[] {
+  const dir = join(world.local.storageDir, 'docker/registry/v2/repositories', repo, '_uploads');
+  return existsSync(dir) ? readdirSync(dir) : [];
+}
+
+function listTree(dir: string): string[] {
+  return readdirSync(dir, { recursive: true }).map(String);
+}
+
+/** Secrets that must never show in any log line. */
+function assertNoSecrets(world: AgentWorld, logs: string, extra: string[] = []): void {
+  const secrets = [world.cp.token, VENDOR_USER.password, ...world.issuedTokens, ...extra];
+  for (const j of world.cp.jobs()) if (j.oneTimeToken) secrets.push(j.oneTimeToken);
+  for (const s of secrets) assert.ok(!logs.includes(s), `a secret (${s.slice(0, 6)}…) appears in the agent's logs`);
+}
+
+describe('ferry agent', () => {
+  let world: AgentWorld;
+  let vendorC: OciClient;
+  let localC: OciClient;
+  let proxy: FaultProxy;
+
+  before(async () => {
+    world = await startWorld();
+    vendorC = clientFor(world.vendor, { username: VENDOR_USER.name, password: VENDOR_USER.password });
+    localC = clientFor(world.local);
+    proxy = await startFaultProxy(world.vendor.host);
+  });
+  after(async () => {
+    killAgents();
+    await proxy?.stop();
+    await world?.stop();
+  });
+
+  test('full job lifecycle: claim, exchange the token, copy byte-exact, report the image', async () => {
+    const idx = await pushMultiArch(vendorC, 'org_1/app', 'v1');
+    const sbom = await pushArtifactFor(vendorC, 'org_1/app', idx.descriptor);
+    const jobId = world.cp.enqueueJob(plan(world, 'org_1/app', 'v1', 'install_1/app'));
+    const agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    assert.equal(await agent.exited, 0, agent.logs().slice(-3000));
+    const job = world.cp.job(jobId);
+    assert.equal(job.status, 'finished');
+    assert.equal(job.executions.length, 1);
+    assert.equal(job.results.length, 1, 'result reported more than once');
+    const image = (job.result!.outputs as { image: { digest: string; platforms: unknown[]; referrers: Array<{ digest: string }>; size: number } }).image;
+    assert.equal(image.digest, idx.digest);
+    assert.equal(image.platforms.length, 3);
+    assert.ok(image.referrers.some((r) => r.digest === sbom.digest));
+    assert.ok(image.size > 0);
+    assert.deepEqual(
+      job.executions[0]!.statusHistory.map((s) => s.status),
+      ['initializing', 'in-progress'],
+    );
+    assert.equal(job.credentialsIssued.filter((c) => c.with_token).length, 1);
+    assert.equal((await localC.verifyImage('install_1/app', 'v1')).digest, idx.digest);
+    assert.ok(world.cp.heartbeats.length >= 1, 'no heartbeat');
+    assertNoSecrets(world, agent.logs());
+  });
+
+  test('a one-time token used twice: the second job fails with TOKEN_ALREADY_USED', async () => {
+    await pushImage(vendorC, 'org_2/app', 'v1');
+    const p = plan(world, 'org_2/app', 'v1', 'install_1/app2') as { source: { auth: Record<string, string> } };
+    p.source.auth.one_time_token = 'ott_shared_between_two_jobs_0001';
+    const first = world.cp.enqueueJob(p);
+    let agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    assert.equal(await agent.exited, 0);
+    assert.equal(world.cp.job(first).status, 'finished');
+    const second = world.cp.enqueueJob(structuredClone(p));
+    agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    assert.equal(await agent.exited, 0);
+    const job = world.cp.job(second);
+    assert.equal(job.status, 'failed');
+    assert.equal(job.result!.error_code, 'TOKEN_ALREADY_USED');
+    assertNoSecrets(world, agent.logs(), ['ott_shared_between_two_jobs_0001']);
+  });
+
+  test('a plan whose destination lies outside the local registry fails with INVALID_PLAN', async () => {
+    const bad = plan(world, 'org_2/app', 'v1', 'x') as { destination: { reference: string } };
+    bad.destination.reference = 'registry.example.com/elsewhere/app:v1';
+    const jobId = world.cp.enqueueJob(bad);
+    const agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    assert.equal(await agent.exited, 0);
+    assert.equal(world.cp.job(jobId).result!.error_code, 'INVALID_PLAN');
+  });
+
+  test('a job cancelled mid-copy stops its transfers, deletes upload sessions and reports nothing', async () => {
+    const img = await pushLargeImage(vendorC, 'org_3/app', 'v1', { layerCount: 2, layerSize: 8 * MiB });
+    // Layer downloads stall, so the copy is mid-transfer (upload sessions open) when the cancel comes.
+    const stall = stallLayers(proxy, img, 60_000);
+    const jobId = world.cp.enqueueJob(plan(world, 'org_3/app', 'v1', 'install_1/cancel', {}, proxy.host));
+    const agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    await waitFor('an upload session to open', () => openUploads(world, 'install_1/cancel').length > 0, 60_000);
+    const cancelledAt = Date.now();
+    world.cp.cancelJob(jobId);
+    await agent.waitForLog(/control plane stopped the job/, 20_000);
+    const code = await agent.exited;
+    stall.remove();
+    assert.equal(code, 0);
+    assert.ok(Date.now() - cancelledAt < 20_000, 'transfers did not stop promptly');
+    const job = world.cp.job(jobId);
+    assert.equal(job.status, 'cancelled');
+    assert.equal(job.results.length, 0, 'a result was reported after the cancel');
+    // distribution 2.8 re-creates `hashstates/` when the aborted PUT's handler finishes after the
+    // DELETE; a session is live only while its `startedat` and `data` files exist.
+    const live = openUploads(world, 'install_1/cancel').filter((u) => {
+      const files = listTree(join(world.local.storageDir, 'docker/registry/v2/repositories/install_1/cancel/_uploads', u));
+      return files.includes('startedat') || files.includes('data');
+    });
+    assert.deepEqual(live, [], 'upload sessions left open');
+    const deletes = world.local.logs().split('\n').filter((l) => /"DELETE \/v2\/install_1\/cancel\/blobs\/uploads\/[^"]+" 204/.test(l));
+    assert.ok(deletes.length >= 1, 'no upload session was deleted');
+  });
+
+  test('control plane unreachable for 15 s mid-job: the job completes and the result is delivered', async () => {
+    const img = await pushLargeImage(vendorC, 'org_4/app', 'v1', { layerCount: 1, layerSize: 4 * MiB });
+    const stall = stallLayers(proxy, img, 4000, 1);
+    const jobId = world.cp.enqueueJob(plan(world, 'org_4/app', 'v1', 'install_1/outage', {}, proxy.host));
+    const agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 30_000);
+    await world.cp.goDown();
+    await new Promise((r) => setTimeout(r, 15_000));
+    await world.cp.comeUp();
+    assert.equal(await agent.exited, 0, agent.logs().slice(-2000));
+    stall.remove();
+    const job = world.cp.job(jobId);
+    if (job.status !== 'finished') console.log(agent.logs().slice(-6000));
+    assert.equal(job.status, 'finished');
+    assert.equal(job.results.length, 1);
+    assert.match(agent.logs(), /retrying|backing off|failed/);
+  });
+
+  test('SIGKILL mid-job, then a restart: attaches, renews credentials, finishes, reports once', async () => {
+    const img = await pushLargeImage(vendorC, 'org_5/app', 'v1', { layerCount: 2, layerSize: 6 * MiB });
+    const stall = stallLayers(proxy, img, 60_000);
+    const jobId = world.cp.enqueueJob(plan(world, 'org_5/app', 'v1', 'install_1/killed', {}, proxy.host));
+    const state = tempState();
+    const first = startAgent(world, state);
+    await waitFor('an upload to start', () => openUploads(world, 'install_1/killed').length > 0, 60_000);
+    first.proc.kill('SIGKILL');
+    await first.exited;
+    stall.remove();
+    const second = startAgent(world, state, ['--exit-when-idle']);
+    assert.equal(await second.exited, 0, second.logs().slice(-3000));
+    assert.match(second.logs(), /attached an open execution/);
+    const job = world.cp.job(jobId);
+    assert.equal(job.status, 'finished');
+    assert.equal(job.executions.length, 1, 'the job ran under a second execution');
+    assert.equal(job.results.length, 1);
+    assert.ok(job.credentialsIssued.length >= 2, 'credentials were not renewed after the restart');
+    const v = await localC.verifyImage('install_1/killed', 'v1');
+    assert.equal(v.digest, (await vendorC.getManifest('org_5/app', 'v1')).digest);
+  });
+
+  test('SIGTERM mid-job: exits 0 within the grace period, leaves the job open; the next run resumes it', async () => {
+    const img = await pushLargeImage(vendorC, 'org_6/app', 'v1', { layerCount: 1, layerSize: 4 * MiB });
+    const stall = stallLayers(proxy, img, 60_000);
+    const jobId = world.cp.enqueueJob(plan(world, 'org_6/app', 'v1', 'install_1/term', {}, proxy.host));
+    const state = tempState();
+    const agent = startAgent(world, state, ['--shutdown-grace', '1']);
+    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 30_000);
+    await new Promise((r) => setTimeout(r, 500));
+    agent.proc.kill('SIGTERM');
+    assert.equal(await agent.exited, 0, agent.logs().slice(-3000));
+    stall.remove();
+    assert.match(agent.logs(), /left open/);
+    let job = world.cp.job(jobId);
+    assert.equal(job.results.length, 0, 'a job interrupted by shutdown must not be failed');
+    assert.equal(job.executions[0]!.closed, false);
+    const again = startAgent(world, state, ['--exit-when-idle']);
+    assert.equal(await again.exited, 0);
+    job = world.cp.job(jobId);
+    assert.equal(job.status, 'finished');
+    assert.equal(job.results.length, 1);
+  });
+
+  test('three agents with one runner id share 30 jobs: each runs exactly once', async () => {
+    const jobIds: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      await pushImage(vendorC, `fleet/app${i}`, 'v1', { layerSizes: [2000 + i, 3000] });
+      jobIds.push(world.cp.enqueueJob(plan(world, `fleet/app${i}`, 'v1', `install_1/fleet${i}`, { referrers: false })));
+    }
+    const agents = [0, 1, 2].map(() => startAgent(world, tempState(), ['--exit-when-idle', '--max-jobs', '3', '--log-level', 'info']));
+    const codes = await Promise.all(agents.map((a) => a.exited));
+    assert.deepEqual(codes, [0, 0, 0]);
+    for (const id of jobIds) {
+      const job = world.cp.job(id);
+      assert.equal(job.status, 'finished', `job ${id} is ${job.status}`);
+      assert.equal(job.executions.length, 1);
+      assert.equal(job.results.length, 1, `job ${id} reported ${job.results.length} results`);
+    }
+    const ranBy = new Set(jobIds.map((id) => world.cp.job(id).executions[0]!.instance_id));
+    assert.ok(ranBy.size >= 2, 'only one agent did any work');
+  });
+
+  test('health endpoints: /healthz, /readyz and Prometheus /metrics; SIGTERM when idle exits 0', async () => {
+    const agent = startAgent(world, tempState(), ['--health-addr', '127.0.0.1:0']);
+    const line = await agent.waitForLog(/health server listening/);
+    const url = `http://${JSON.parse(line).addr as string}`;
+    assert.equal((await fetch(`${url}/healthz`)).status, 200);
+    let ready = 0;
+    for (let i = 0; i < 50 && ready !== 200; i++) {
+      ready = (await fetch(`${url}/readyz`)).status;
+      if (ready !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(ready, 200);
+    const text = await (await fetch(`${url}/metrics`)).text();
+    assertPrometheusText(text);
+    assert.match(text, /ferry_jobs_total\{outcome="succeeded"\}/);
+    assert.match(text, /ferry_blobs_total\{action="copied"\}/);
+    agent.proc.kill('SIGTERM');
+    assert.equal(await agent.exited, 0);
+  });
+});
+
+/** Every line is a comment (# HELP / # TYPE) or `name{labels} value`. */
+function assertPrometheusText(text: string): void {
+  const sample = /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.eE+-]+|NaN|[+-]Inf$/;
+  const lines = text.trim().split('\n');
+  assert.ok(lines.length > 5);
+  for (const l of lines) {
+    if (l.startsWith('# HELP ') || l.startsWith('# TYPE ')) continue;
+    assert.match(l, sample, `not a Prometheus sample line: ${l}`);
+  }
+}
