@@ -2,7 +2,7 @@
 // token-auth vendor registry and a local registry.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, existsSync } from 'node:fs';
+import { readdirSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { pushArtifactFor, pushImage, pushLargeImage, pushMultiArch, type PushedManifest } from '../harness/fixtures.ts';
@@ -227,10 +227,27 @@ describe('ferry agent', () => {
     assertPrometheusText(text);
     assert.match(text, /ferry_jobs_total\{outcome="succeeded"\}/);
     assert.match(text, /ferry_blobs_total\{action="copied"\}/);
+
+    // Runner token rotated at the control plane: not ready until the new token is in the file.
+    const readyz = async () => (await fetch(`${url}/readyz`)).status;
+    const oldToken = world.cp.token;
+    world.cp.rotateToken('ferry-rotated-runner-token-987654321');
+    await waitForAsync('readyz to turn 503 after the token was rejected', async () => (await readyz()) === 503, 20_000);
+    writeFileSync(world.tokenFile, 'ferry-rotated-runner-token-987654321');
+    await waitForAsync('readyz to recover with the rotated token', async () => (await readyz()) === 200, 30_000);
+    assertNoSecrets(world, agent.logs(), [oldToken, 'ferry-rotated-runner-token-987654321']);
     agent.proc.kill('SIGTERM');
     assert.equal(await agent.exited, 0);
   });
 });
+
+async function waitForAsync(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await fn())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
 
 /** Every line is a comment (# HELP / # TYPE) or `name{labels} value`. */
 function assertPrometheusText(text: string): void {
