@@ -94,6 +94,40 @@ describe('ferry agent', () => {
     assertNoSecrets(world, agent.logs(), ['ott_shared_between_two_jobs_0001']);
   });
 
+  test('an expired one-time token fails the job with TOKEN_EXPIRED', async () => {
+    await pushImage(vendorC, 'org_2b/app', 'v1');
+    const jobId = world.cp.enqueueJob(plan(world, 'org_2b/app', 'v1', 'install_1/expired'), { oneTimeTokenTtlS: 0.001 });
+    await new Promise((r) => setTimeout(r, 20));
+    const agent = startAgent(world, tempState(), ['--exit-when-idle']);
+    assert.equal(await agent.exited, 0);
+    const job = world.cp.job(jobId);
+    assert.equal(job.status, 'failed');
+    assert.equal(job.result!.error_code, 'TOKEN_EXPIRED');
+    assert.equal(await localC.headManifest('install_1/expired', 'v1'), undefined);
+  });
+
+  test('a second SIGTERM exits at once, leaving the running job open', async () => {
+    const img = await pushLargeImage(vendorC, 'org_2c/app', 'v1', { layerCount: 1, layerSize: 2 * MiB });
+    const stall = stallLayers(proxy, img, 60_000);
+    const jobId = world.cp.enqueueJob(plan(world, 'org_2c/app', 'v1', 'install_1/twice', {}, proxy.host));
+    const state = tempState();
+    const agent = startAgent(world, state, ['--shutdown-grace', '600']);
+    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 30_000);
+    await new Promise((r) => setTimeout(r, 300));
+    agent.proc.kill('SIGTERM');
+    await agent.waitForLog(/stopping: no new jobs/, 10_000);
+    const second = Date.now();
+    agent.proc.kill('SIGTERM');
+    assert.equal(await agent.exited, 0);
+    assert.ok(Date.now() - second < 10_000, 'the second SIGTERM did not stop the agent promptly');
+    stall.remove();
+    assert.equal(world.cp.job(jobId).results.length, 0);
+    // Finish it, so later tests start from an empty queue.
+    const again = startAgent(world, state, ['--exit-when-idle']);
+    assert.equal(await again.exited, 0);
+    assert.equal(world.cp.job(jobId).status, 'finished');
+  });
+
   test('a plan whose destination lies outside the local registry fails with INVALID_PLAN', async () => {
     const bad = plan(world, 'org_2/app', 'v1', 'x') as { destination: { reference: string } };
     bad.destination.reference = 'registry.example.com/elsewhere/app:v1';
