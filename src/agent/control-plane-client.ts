@@ -33,7 +33,7 @@ import {
 import { parsePlan, type LocalRegistry, type Plan } from './plan.ts';
 import type { TokenSource } from './token-source.ts';
 import { arrayOf, checkShape, describeJson, isPlainObject, record, ShapeError, sanitizeText, type Check } from './validate.ts';
-import { VERSION } from './version.ts';
+import { VERSION } from '../version.ts';
 import { abortReason } from './backoff.ts';
 
 export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;

@@ -17,7 +17,7 @@ import { flushPendingResults, reportResult } from '../../src/agent/results.ts';
 import { deliver, isFinalDeliveryError } from '../../src/agent/retry.ts';
 import { PendingResultStore } from '../../src/agent/state.ts';
 import { FileTokenSource, StaticTokenSource } from '../../src/agent/token-source.ts';
-import { VERSION } from '../../src/agent/version.ts';
+import { VERSION } from '../../src/version.ts';
 import { startControlPlane, type ControlPlane } from '../harness/control-plane.ts';
 import { createRng } from '../harness/seed.ts';
 
