@@ -9,6 +9,7 @@
 import { join } from 'node:path';
 import { StaticCredentials, Keychain, type CredentialProvider } from '../auth/credentials.ts';
 import { CloudCredentials } from '../auth/cloud/provider.ts';
+import { isEcrHost } from '../auth/cloud/hosts.ts';
 import { DockerConfigCredentials } from '../auth/docker-config.ts';
 import { ContentCache } from '../copy/content-cache.ts';
 import { TransferLimits } from '../copy/limits.ts';
@@ -43,6 +44,8 @@ export class Agent {
   private readonly running = new Map<string, Promise<JobOutcome>>();
   private readonly metrics: AgentMetrics = createAgentMetrics(VERSION);
   private readonly readiness = new Readiness();
+  /** The agent's own cloud identity for its local registry (the SDKs load only if it is ECR / Artifact Registry). */
+  private readonly localCloud: CloudCredentials;
   private wake: (() => void) | undefined;
   private started = Date.now();
   /** Outcomes of the jobs this process ran, for tests and the exit summary. */
@@ -53,6 +56,7 @@ export class Agent {
     this.config = opts.config;
     this.log = opts.logger;
     this.env = opts.env ?? process.env;
+    this.localCloud = new CloudCredentials({ side: 'destination', logger: this.log });
   }
 
   /** Finish running jobs (within the grace period), claim nothing new, then return. */
@@ -109,6 +113,7 @@ export class Agent {
       await heartbeat;
       await transport.close().catch(() => undefined);
       await client.close().catch(() => undefined);
+      await this.localCloud.destroy().catch(() => undefined);
       await this.health?.close().catch(() => undefined);
       this.log.info({ jobs: this.outcomes.length }, 'ferry agent stopped');
     }
@@ -117,7 +122,21 @@ export class Agent {
   private jobContext(client: ControlPlaneClient, state: AgentState, transport: HttpTransport): JobContext {
     const cfg = this.config;
     const destinations = new Map<string, RegistryClient>();
+    const credentials = this.localCredentials();
+    const ensured = new Map<string, Promise<void>>();
     return {
+      // ECR local registries: create a missing repository once per repository and process.
+      ensureLocalRepository: async (registry, repository) => {
+        if (!isEcrHost(registry) || cfg.localRegistryCredential) return;
+        const key = `${registry}/${repository}`;
+        let p = ensured.get(key);
+        if (!p) {
+          p = this.localCloud.ensureEcrRepository(registry, repository).then(() => undefined);
+          p.catch(() => ensured.delete(key));
+          ensured.set(key, p);
+        }
+        await p;
+      },
       config: cfg,
       client,
       state,
@@ -134,7 +153,7 @@ export class Agent {
             registry,
             side: 'destination',
             transport,
-            credentials: this.localCredentials(),
+            credentials,
             logger: this.log.child({ side: 'destination', registry }),
           });
           destinations.set(registry, c);
@@ -150,7 +169,7 @@ export class Agent {
     if (cfg.localRegistryCredential) {
       return new StaticCredentials(cfg.localRegistryCredential.credential, cfg.localRegistry.host, cfg.localRegistryCredential.source);
     }
-    return new Keychain([new CloudCredentials({ side: 'destination', logger: this.log }), new DockerConfigCredentials({ side: 'destination', logger: this.log, env: this.env })]);
+    return new Keychain([this.localCloud, new DockerConfigCredentials({ side: 'destination', logger: this.log, env: this.env })]);
   }
 
   /** The runner settings; the contract's defaults while the control plane cannot be reached. */

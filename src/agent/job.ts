@@ -35,6 +35,8 @@ export interface JobContext {
   logger: Logger;
   /** The local registry's client, shared by every job (its tokens are reused). */
   destinationClient: (registry: string) => RegistryClient;
+  /** Make sure a local repository exists before the copy (ECR refuses pushes to a missing one). */
+  ensureLocalRepository: (registry: string, repository: string) => Promise<void>;
   /** Aborts when the agent must stop now (second signal, grace period over): leave the job open. */
   hardStop: AbortSignal;
 }
@@ -201,6 +203,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     const body = { bytes_done: p.bytes_done, bytes_total: p.bytes_total, blobs_done: p.blobs_done, blobs_total: p.blobs_total };
     ctx.client.reportProgress(jobId, execId, body, { signal }).catch((e: Error) => log.debug({ problem: e.message }, 'progress report failed'));
   };
+  await ctx.ensureLocalRepository(destination.registry, destination.repository);
   return copyImage({
     source,
     destination,
@@ -224,8 +227,11 @@ function sourceProvider(ctx: JobContext, plan: Plan, jobId: string, execId: stri
     case 'one-time-token':
       return new ExecutionCredentials({ client: ctx.client, jobId, execId, registry: plan.source.ref.registry, oneTimeToken: auth.one_time_token, logger: log });
     case 'aws-ecr':
-      return new CloudCredentials({ side: 'source', logger: log, roleArn: auth.iam_role_arn });
-    case 'gcp-gar':
-      return new CloudCredentials({ side: 'source', logger: log, serviceAccountEmail: auth.service_account_email });
+      return new CloudCredentials({ side: 'source', logger: log, roleArn: auth.iam_role_arn, jobId });
+    case 'gcp-gar': {
+      const o: ConstructorParameters<typeof CloudCredentials>[0] = { side: 'source', logger: log, serviceAccountEmail: auth.service_account_email, jobId };
+      if (auth.workload_identity_provider) o.workloadIdentityProvider = auth.workload_identity_provider;
+      return new CloudCredentials(o);
+    }
   }
 }

@@ -5,9 +5,9 @@
 
 export type Credential =
   | { kind: 'anonymous' }
-  | { kind: 'basic'; username: string; password: string }
+  | { kind: 'basic'; username: string; password: string; expiresAt?: number }
   /** A registry bearer token used as is (no token-server round trip). */
-  | { kind: 'bearer'; token: string }
+  | { kind: 'bearer'; token: string; expiresAt?: number }
   /** An OAuth2 refresh token for the registry's token server (docker config `identitytoken`). */
   | { kind: 'identity-token'; token: string };
 
@@ -24,6 +24,10 @@ export interface CredentialProvider {
   /** Credentials for the registry, or undefined when this provider has none for it. */
   resolve(req: CredentialRequest): Promise<Credential | undefined>;
 }
+
+// `expiresAt` (epoch ms) on a short-lived credential (an ECR authorization token, a Google
+// access token) tells its user to ask the provider again from that instant on; the provider
+// renews it then. Without it, a credential is kept until the registry refuses it.
 
 export const ANONYMOUS: Credential = { kind: 'anonymous' };
 

@@ -34,13 +34,25 @@ export function makeTransport(flags: GlobalFlags): HttpTransport {
   });
 }
 
-/** Credentials for one side: the explicit flag first, then cloud identity for ECR / Artifact Registry hosts, then the docker config. */
-export function makeKeychain(side: Side, registry: string, credsFlag: string | undefined, flags: GlobalFlags, logger: Logger): CredentialProvider {
+/**
+ * Credentials for one side: the explicit flag first, then cloud identity for ECR / Artifact
+ * Registry hosts (`cloud`, e.g. with a role to assume; default the environment's identity),
+ * then the docker config.
+ */
+export function makeKeychain(
+  side: Side,
+  registry: string,
+  credsFlag: string | undefined,
+  flags: GlobalFlags,
+  logger: Logger,
+  cloud?: CloudCredentials,
+): CredentialProvider {
   const providers: CredentialProvider[] = [];
   const flagName = side === 'source' ? '--src-creds' : '--dst-creds';
   if (credsFlag !== undefined) providers.push(new StaticCredentials(parseCredsFlag(credsFlag, flagName), registry, flagName));
-  // ECR and Artifact Registry hosts: the environment's cloud identity, unless a docker config overrides below.
-  providers.push(new CloudCredentials({ side, logger }));
+  // ECR and Artifact Registry hosts: the cloud identity (a failure to get one is an auth error);
+  // the docker config answers for every other host.
+  providers.push(cloud ?? new CloudCredentials({ side, logger }));
   const dockerConfig: ConstructorParameters<typeof DockerConfigCredentials>[0] = { side, logger };
   if (flags.authfile !== undefined) dockerConfig.authFile = flags.authfile;
   providers.push(new DockerConfigCredentials(dockerConfig));

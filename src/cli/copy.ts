@@ -1,6 +1,10 @@
 // `ferry copy SRC DST`.
 import type { Options } from 'yargs';
-import { UsageError, exitCodeFor, toFerryError } from '../errors.ts';
+import { randomBytes } from 'node:crypto';
+import { UsageError, exitCodeFor, toFerryError, type Side } from '../errors.ts';
+import { CloudCredentials, type EcrRepositorySettings } from '../auth/cloud/provider.ts';
+import { isEcrHost, isGarHost } from '../auth/cloud/hosts.ts';
+import type { Logger } from '../log/logger.ts';
 import { parseReference, type Reference } from '../reference/reference.ts';
 import { parsePlatform } from '../reference/platform.ts';
 import { copyImage } from '../copy/engine.ts';
@@ -18,6 +22,19 @@ export const copyOptions = {
   concurrency: { type: 'number', default: 8, describe: 'blob transfers at once' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
   'dst-creds': { type: 'string', describe: 'destination credentials: USER:PASS, or env:NAME' },
+  'src-aws-role-arn': { type: 'string', describe: 'ECR source: assume this IAM role (sts:AssumeRole from the AWS default chain)' },
+  'dst-aws-role-arn': { type: 'string', describe: 'ECR destination: assume this IAM role' },
+  'src-gcp-service-account': { type: 'string', describe: 'Artifact Registry source: impersonate this service account (email)' },
+  'dst-gcp-service-account': { type: 'string', describe: 'Artifact Registry destination: impersonate this service account (email)' },
+  'src-gcp-workload-identity-provider': {
+    type: 'string',
+    describe: 'Artifact Registry source: federate the AWS identity through this workload identity pool provider (projects/N/locations/global/workloadIdentityPools/P/providers/X)',
+  },
+  'dst-gcp-workload-identity-provider': { type: 'string', describe: 'Artifact Registry destination: federate the AWS identity through this provider' },
+  'create-repository': { type: 'boolean', default: true, describe: 'ECR destination: create the repository when it does not exist (--no-create-repository: never)' },
+  'ecr-tag-immutability': { type: 'boolean', default: false, describe: 'ECR destination: a repository ferry creates gets immutable tags' },
+  'ecr-scan-on-push': { type: 'boolean', default: false, describe: 'ECR destination: a repository ferry creates scans images on push' },
+  'ecr-kms-key': { type: 'string', describe: 'ECR destination: a repository ferry creates is encrypted with this KMS key (ARN, id or alias)' },
   'dry-run': { type: 'boolean', default: false, describe: 'print the plan (blobs to copy, skip and mount, and bytes) and change nothing' },
   'state-dir': { type: 'string', describe: 'where ferry keeps its cache and resume state (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)' },
 } as const satisfies Record<string, Options>;
@@ -30,6 +47,16 @@ interface CopyArgs extends GlobalFlags {
   concurrency: number;
   'src-creds'?: string;
   'dst-creds'?: string;
+  'src-aws-role-arn'?: string;
+  'dst-aws-role-arn'?: string;
+  'src-gcp-service-account'?: string;
+  'dst-gcp-service-account'?: string;
+  'src-gcp-workload-identity-provider'?: string;
+  'dst-gcp-workload-identity-provider'?: string;
+  'create-repository': boolean;
+  'ecr-tag-immutability': boolean;
+  'ecr-scan-on-push': boolean;
+  'ecr-kms-key'?: string;
   'dry-run': boolean;
   'state-dir'?: string;
 }
@@ -41,6 +68,8 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   let source: Reference | undefined;
   let destination: Reference | undefined;
   const transport = makeTransport(args);
+  let srcCloud: CloudCredentials | undefined;
+  let dstCloud: CloudCredentials | undefined;
   const abort = new AbortController();
   const onSigint = () => abort.abort();
   process.once('SIGINT', onSigint);
@@ -54,10 +83,18 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       // No tag on the destination: keep the source's tag (or push by digest only).
       if (source.tag !== undefined) destination.tag = source.tag;
     }
+    checkEcrFlags(args, destination);
     const wanted = repeated(args.platform);
     const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
-    const srcClient = makeClient(source.registry, 'source', makeKeychain('source', source.registry, args['src-creds'], args, logger), transport, logger);
-    const dstClient = makeClient(destination.registry, 'destination', makeKeychain('destination', destination.registry, args['dst-creds'], args, logger), transport, logger);
+    const jobId = `copy-${randomBytes(4).toString('hex')}`;
+    srcCloud = cloudCredentials('source', source, args, jobId, logger);
+    dstCloud = cloudCredentials('destination', destination, args, jobId, logger);
+    const srcClient = makeClient(source.registry, 'source', makeKeychain('source', source.registry, args['src-creds'], args, logger, srcCloud), transport, logger);
+    const dstClient = makeClient(destination.registry, 'destination', makeKeychain('destination', destination.registry, args['dst-creds'], args, logger, dstCloud), transport, logger);
+    if (isEcrHost(destination.registry) && args['create-repository'] && !args['dry-run'] && args['dst-creds'] === undefined) {
+      // ECR refuses pushes to a repository that does not exist: create it first.
+      await dstCloud.ensureEcrRepository(destination.registry, destination.repository, ecrRepositorySettings(args));
+    }
     const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
     const report = await copyImage({
       source,
@@ -96,7 +133,58 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   } finally {
     process.off('SIGINT', onSigint);
     await transport.close().catch(() => undefined);
+    await Promise.all([srcCloud?.destroy(), dstCloud?.destroy()]).catch(() => undefined);
   }
+}
+
+const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/;
+
+/** The cloud identity for one side, from the --src-/--dst- cloud flags (checked against the side's registry). */
+function cloudCredentials(side: Side, ref: Reference, args: CopyArgs, jobId: string, logger: Logger): CloudCredentials {
+  const p = side === 'source' ? 'src' : 'dst';
+  const roleArn = args[`${p}-aws-role-arn`];
+  const serviceAccount = args[`${p}-gcp-service-account`];
+  const provider = args[`${p}-gcp-workload-identity-provider`];
+  if (roleArn !== undefined) {
+    if (!isEcrHost(ref.registry)) throw new UsageError(`--${p}-aws-role-arn needs an Amazon ECR ${side} (<account>.dkr.ecr.<region>.amazonaws.com), not ${ref.registry}`);
+    if (!ROLE_ARN.test(roleArn)) throw new UsageError(`--${p}-aws-role-arn must be an IAM role ARN (arn:aws:iam::<account>:role/<name>), not "${roleArn}"`);
+  }
+  for (const [flag, value] of [[`--${p}-gcp-service-account`, serviceAccount], [`--${p}-gcp-workload-identity-provider`, provider]] as const) {
+    if (value !== undefined && !isGarHost(ref.registry)) {
+      throw new UsageError(`${flag} needs an Artifact Registry or Container Registry ${side} (<location>-docker.pkg.dev, gcr.io), not ${ref.registry}`);
+    }
+  }
+  if (serviceAccount !== undefined && !/^[^@\s]+@[^@\s]+$/.test(serviceAccount)) {
+    throw new UsageError(`--${p}-gcp-service-account must be a service account email, not "${serviceAccount}"`);
+  }
+  if (provider !== undefined && !/^(\/\/iam\.googleapis\.com\/)?projects\/[^/]+\/locations\/[^/]+\/workloadIdentityPools\/[^/]+\/providers\/[^/]+$/.test(provider)) {
+    throw new UsageError(`--${p}-gcp-workload-identity-provider must be projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>, not "${provider}"`);
+  }
+  const opts: ConstructorParameters<typeof CloudCredentials>[0] = { side, logger, jobId };
+  if (roleArn !== undefined) {
+    opts.roleArn = roleArn;
+    logger.info({ side, role_arn: roleArn, role_session: `ferry-${jobId}` }, 'ECR credentials through an assumed role');
+  }
+  if (serviceAccount !== undefined) opts.serviceAccountEmail = serviceAccount;
+  if (provider !== undefined) opts.workloadIdentityProvider = provider;
+  return new CloudCredentials(opts);
+}
+
+function ecrRepositorySettings(args: CopyArgs): EcrRepositorySettings {
+  const kms = args['ecr-kms-key'];
+  return {
+    tagImmutability: args['ecr-tag-immutability'],
+    scanOnPush: args['ecr-scan-on-push'],
+    ...(kms !== undefined ? { encryption: { type: 'KMS' as const, kmsKey: kms } } : {}),
+  };
+}
+
+/** ECR repository flags with a destination that is not ECR are a mistake worth saying so. */
+function checkEcrFlags(args: CopyArgs, destination: Reference): void {
+  if (isEcrHost(destination.registry)) return;
+  const used = (['ecr-tag-immutability', 'ecr-scan-on-push'] as const).filter((f) => args[f]).map((f) => `--${f}`);
+  if (args['ecr-kms-key'] !== undefined) used.push('--ecr-kms-key');
+  if (used.length) throw new UsageError(`${used.join(', ')} only apply to an Amazon ECR destination, not ${destination.registry}`);
 }
 
 function humanSummary(r: CopyReport, dryRun: boolean): string {

@@ -108,18 +108,32 @@ export class RegistryAuth {
     return false;
   }
 
+  /**
+   * The registry refused a credential without a challenge, saying it expired (ECR answers an
+   * expired authorization token with 403 DENIED). Renew it; true when trying again could succeed.
+   */
+  async onCredentialRejected(sentHeader: string | undefined, attempt: number): Promise<boolean> {
+    if (sentHeader === undefined || attempt > 1) return false;
+    this.tokens.clear();
+    this.credential = await this.getCredential(true);
+    return true;
+  }
+
   /** Record that the registry answered without asking for auth. */
   noteAnonymousOk(): void {
     if (this.scheme.kind === 'unknown') this.scheme = { kind: 'none' };
   }
 
-  authError(message: string, withHint: boolean): FerryError {
+  /** `retryable`: the credentials were renewed, so the caller may start the operation again. */
+  authError(message: string, withHint: boolean, retryable = false, status = 401): FerryError {
     const hint = withHint ? (this.side === 'source' ? ' (check --src-creds or --authfile)' : ' (check --dst-creds or --authfile)') : '';
-    return new FerryError(this.side === 'source' ? 'SOURCE_AUTH' : 'DESTINATION_AUTH', message + hint, { side: this.side, status: 401 });
+    return new FerryError(this.side === 'source' ? 'SOURCE_AUTH' : 'DESTINATION_AUTH', message + hint, { side: this.side, status, retryable });
   }
 
   private async getCredential(refresh: boolean): Promise<Credential> {
-    if (this.credential && !refresh) return this.credential;
+    // A short-lived credential (ECR token, Google access token) is asked for again once its
+    // provider says it is due for renewal, so a long copy never presents an expired one.
+    if (this.credential && !refresh && !isDue(this.credential)) return this.credential;
     const c = (await this.credentials.resolve({ registry: this.registry, refresh })) ?? { kind: 'anonymous' as const };
     if (c.kind === 'basic') {
       registerSecret(c.password);
@@ -193,6 +207,10 @@ export class RegistryAuth {
     this.logger.debug({ registry: this.registry, scopes, expires_in: expiresIn }, 'registry token obtained');
     return { token, expiresAt: started + expiresIn * 1000 - margin };
   }
+}
+
+function isDue(c: Credential): boolean {
+  return (c.kind === 'basic' || c.kind === 'bearer') && c.expiresAt !== undefined && Date.now() >= c.expiresAt;
 }
 
 export function basicHeader(username: string, password: string): string {

@@ -12,7 +12,7 @@ import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
 import { RegistryAuth } from './auth.ts';
 import { drain, parseRegistryErrors, readBounded } from './body.ts';
-import { registryProfile, type RegistryProfile } from './profile.ts';
+import { cloudRegistryHint, credentialExpired, registryProfile, type RegistryProfile } from './profile.ts';
 
 export interface RegistryClientOptions {
   /** Registry name as in references: `docker.io`, `localhost:5000`. */
@@ -395,8 +395,10 @@ export class RegistryClient {
       if (res.status === 401 && !opts.accept.includes(401)) {
         await drain(res.body);
         const challenges = parseChallenges(res.headers['www-authenticate']);
-        if (replayable && (await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts++))) continue;
+        const canRetry = await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts++);
+        if (canRetry && replayable) continue;
         const detail = challenges.find((c) => c.params.error)?.params.error;
+        if (canRetry) throw this.restartWithRenewedCredentials(opts.what, 401);
         throw this.auth.authError(
           `${this.registry} refused ${opts.what} (HTTP 401${detail ? `, ${detail}` : ''})`,
           true,
@@ -409,6 +411,16 @@ export class RegistryClient {
 
       const text = (await readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side).catch(() => Buffer.alloc(0))).toString('utf8');
       const parsed = parseRegistryErrors(text);
+      if (credentialExpired(this.profile, res.status, parsed)) {
+        // ECR: an expired authorization token is a 403 without a challenge. Renew it and go again.
+        const canRetry = await this.auth.onCredentialRejected(authorization, authAttempts++);
+        if (canRetry && replayable) {
+          this.logger.info({ what: opts.what }, 'registry said the credentials expired; renewed them');
+          continue;
+        }
+        if (canRetry) throw this.restartWithRenewedCredentials(opts.what, res.status);
+        throw this.auth.authError(`${this.registry} refused ${opts.what}, also with renewed credentials: ${parsed.message}`, false, false, res.status);
+      }
       if (isRetryableStatus(res.status)) {
         const retryAfter = parseRetryAfter(res.headers['retry-after']);
         const tooLong = retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs;
@@ -425,11 +437,28 @@ export class RegistryClient {
           retryable: true,
         });
       }
-      throw this.statusError(res.status, parsed, opts.what);
+      throw this.statusError(res.status, parsed, opts.what, url);
     }
   }
 
-  private statusError(status: number, parsed: { codes: string[]; message: string }, what: string): RegistryError {
+  /**
+   * A streamed body was refused for its credentials, which are now renewed. It cannot be sent
+   * again from here: the error is retryable, and the caller (the blob uploader) starts that
+   * transfer over, this time with the renewed credentials.
+   */
+  private restartWithRenewedCredentials(what: string, status: number): FerryError {
+    this.logger.info({ what, status }, 'credentials refused during a streamed request; renewed them, the transfer starts again');
+    return this.auth.authError(`${this.registry} refused ${what} (HTTP ${status}); credentials renewed, the transfer starts again`, false, true, status);
+  }
+
+  private statusError(status: number, parsed: { codes: string[]; message: string }, what: string, url?: URL): RegistryError {
+    const err = this.genericStatusError(status, parsed, what);
+    const hint = cloudRegistryHint(this.profile, { ...parsed, status, registry: this.registry, repository: url ? repositoryOf(url) : undefined, side: this.side });
+    if (!hint) return err;
+    return new RegistryError(err.code, `${err.message}: ${hint}`, { side: this.side, status, registryCodes: parsed.codes });
+  }
+
+  private genericStatusError(status: number, parsed: { codes: string[]; message: string }, what: string): RegistryError {
     const detail = parsed.message ? `: ${parsed.message}` : '';
     const src = this.side === 'source';
     let code: ErrorCode;
@@ -467,6 +496,12 @@ export class RegistryClient {
   private invalid(message: string): FerryError {
     return new FerryError(this.side === 'source' ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED', message, { side: this.side });
   }
+}
+
+/** The repository a registry API URL names: `/v2/<name>/blobs/…` → `<name>`. */
+function repositoryOf(url: URL): string | undefined {
+  const m = /^\/v2\/(.+?)\/(?:manifests|blobs|tags|referrers)\//.exec(url.pathname);
+  return m?.[1];
 }
 
 function header(res: HttpResponse, name: string): string | undefined {

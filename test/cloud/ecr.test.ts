@@ -280,7 +280,11 @@ describe('caching and expiry', () => {
       });
       await withEnv({ ...baseEnv(envCreds), ...local.env() }, async () => {
         const p = new EcrCredentials({ side: 'destination', logger: log });
-        assert.deepEqual(await p.resolve({ registry: local.registryHost() }), { kind: 'basic', username: 'AWS', password: 'registry-password-for-test' });
+        const { expiresAt, ...c } = (await p.resolve({ registry: local.registryHost() })) as { expiresAt?: number };
+        assert.deepEqual(c, { kind: 'basic', username: 'AWS', password: 'registry-password-for-test' });
+        // When to ask again: before the token's 12 hours are up (5 minutes early).
+        const expires = local.issuedEcrTokens.at(-1)!.expiresAt.getTime();
+        assert.ok(expiresAt !== undefined && Math.abs(expiresAt - (expires - 5 * 60_000)) <= 1, `renewal due at ${expiresAt}, token expires ${expires}`);
         assert.deepEqual(seen, ['registry-password-for-test']);
         p.destroy();
       });

@@ -401,6 +401,42 @@ export class AwsStandin {
     return this.issuedEcrTokens.some((t) => t.password === password && t.registryId === registryId && t.expiresAt.getTime() > Date.now());
   }
 
+  /** Create a repository as if someone had run `aws ecr create-repository` (for registry tests). */
+  addRepository(repositoryName: string, opts: { registryId?: string; imageTagMutability?: 'MUTABLE' | 'IMMUTABLE' } = {}): EcrRepository {
+    const registryId = opts.registryId ?? TEST_ACCOUNT;
+    const repo: EcrRepository = {
+      registryId,
+      repositoryName,
+      repositoryArn: repoArn(this.region, registryId, repositoryName),
+      repositoryUri: `${registryId}.dkr.ecr.${this.region}.amazonaws.com/${repositoryName}`,
+      createdAt: new Date(),
+      imageTagMutability: opts.imageTagMutability ?? 'MUTABLE',
+      imageScanningConfiguration: { scanOnPush: false },
+      encryptionConfiguration: { encryptionType: 'AES256' },
+    };
+    this.repositories.set(`${registryId}/${repositoryName}`, repo);
+    return repo;
+  }
+
+  /** The repository, if it exists. */
+  repository(repositoryName: string, registryId = TEST_ACCOUNT): EcrRepository | undefined {
+    return this.repositories.get(`${registryId}/${repositoryName}`);
+  }
+
+  /**
+   * End every ECR authorization token issued so far, now (as if they had been issued earlier
+   * than their holder thinks, or the role session behind them ended). Returns how many were live.
+   */
+  expireEcrTokens(): number {
+    const now = Date.now();
+    let live = 0;
+    for (const t of this.issuedEcrTokens) {
+      if (t.expiresAt.getTime() > now) live++;
+      t.expiresAt = new Date(now - 1);
+    }
+    return live;
+  }
+
   /** Issue temporary credentials directly (what a credential_process, ECS or a prior AssumeRole would hand out). */
   mintSession(arn: string, lifetimeSeconds = 3600): { accessKeyId: string; secretAccessKey: string; sessionToken: string; expiration: Date } {
     const accessKeyId = 'ASIA' + randomBytes(8).toString('hex').toUpperCase();

@@ -50,6 +50,11 @@ export interface GcpStandinOptions {
   aws?: { lookup: (accessKeyId: string) => SigV4Identity | undefined; regions: string[] };
   /** To verify OIDC subject tokens: trusted issuers and their keys. */
   oidcIssuers?: Array<{ issuer: string; publicKey: KeyObject }>;
+  /**
+   * The access token to issue (e.g. one a registry's htpasswd knows), by how it is issued and
+   * for whom; undefined (or no function) issues a fresh random token.
+   */
+  accessToken?: (via: IssuedGoogleToken['via'], subject: string) => string | undefined;
 }
 
 export class GcpStandin {
@@ -112,12 +117,24 @@ export class GcpStandin {
     return this.issued.find((t) => t.token === token && t.expiresAt > Date.now());
   }
 
+  /** End every access token issued so far, now (revoked, or expired earlier than their holder thinks). Returns how many were live. */
+  expireAccessTokens(): number {
+    const now = Date.now();
+    let live = 0;
+    for (const t of this.issued) {
+      if (t.expiresAt > now) live++;
+      t.expiresAt = now - 1;
+    }
+    return live;
+  }
+
   private bump(op: string): void {
     this.calls.set(op, this.count(op) + 1);
   }
 
   private issue(via: IssuedGoogleToken['via'], subject: string, scopes: string[], lifetimeSeconds: number): IssuedGoogleToken {
-    const t: IssuedGoogleToken = { token: 'ya29.' + randomBytes(40).toString('base64url'), via, subject, scopes, expiresAt: Date.now() + lifetimeSeconds * 1000 };
+    const token = this.options.accessToken?.(via, subject) ?? 'ya29.' + randomBytes(40).toString('base64url');
+    const t: IssuedGoogleToken = { token, via, subject, scopes, expiresAt: Date.now() + lifetimeSeconds * 1000 };
     this.issued.push(t);
     return t;
   }

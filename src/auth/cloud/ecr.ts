@@ -17,6 +17,7 @@ import { registerSecret, type Logger } from '../../log/logger.ts';
 import { authCode, awsAuthError, classifyAwsError } from './aws-errors.ts';
 import { fetchGcpIdentityToken } from './gcp-metadata.ts';
 import { normalizeHost, parseEcrHost, type EcrHost } from './hosts.ts';
+import { refreshMargin } from './expiry.ts';
 
 /** AWS credentials as the SDK consumes them. */
 export interface AwsCredentials {
@@ -64,10 +65,7 @@ interface CachedToken {
   refreshAt: number;
 }
 
-/** How long before expiry a credential is renewed: 5 minutes or 10% of its lifetime, whichever is smaller. */
-export function refreshMargin(lifetimeMs: number): number {
-  return Math.max(0, Math.min(5 * 60_000, lifetimeMs / 10));
-}
+export { refreshMargin };
 
 /** A valid STS RoleSessionName (2–64 of `[\w+=,.@-]`) from any string. */
 export function sanitizeSessionName(name: string): string {
@@ -320,8 +318,10 @@ export class EcrCredentials implements CredentialProvider {
     registerSecret(password);
     const expiresAt = data.expiresAt?.getTime() ?? started + 12 * 3600_000;
     const lifetime = Math.max(0, expiresAt - started);
-    const credential = { kind: 'basic' as const, username, password };
-    this.tokens.set(host.host, { credential, expiresAt, refreshAt: expiresAt - refreshMargin(lifetime) });
+    const refreshAt = expiresAt - refreshMargin(lifetime);
+    // expiresAt tells the registry client when to ask again; this provider then renews the token.
+    const credential = { kind: 'basic' as const, username, password, expiresAt: refreshAt };
+    this.tokens.set(host.host, { credential, expiresAt, refreshAt });
     this.log.debug({ registry: host.host, expiresAt: new Date(expiresAt).toISOString() }, 'obtained ECR authorization token');
     return credential;
   }
@@ -375,6 +375,8 @@ export async function ensureEcrRepository(opts: EnsureEcrRepositoryOptions): Pro
   const arn = async (): Promise<string> => `arn:aws:ecr:${await client.config.region()}:${registryId}:repository/${name}`;
   const where = `destination repository ${name} in ECR registry ${registryId}`;
   const opErr = async (e: unknown, action: string): Promise<FerryError> => {
+    // Getting the AWS identity failed (an assumed role refused, no credentials): that error says it best.
+    if (e instanceof FerryError) return e;
     const f = classifyAwsError(e);
     const o = { side: 'destination' as const, status: f.status, cause: e, registryCodes: [f.code] };
     if (f.kind === 'unavailable') return new NetworkError(`${where}: ${action} failed, AWS did not answer (${f.code}: ${f.message})`, o);
@@ -399,6 +401,7 @@ export async function ensureEcrRepository(opts: EnsureEcrRepositoryOptions): Pro
       return ensured(repo, name, false);
     }
   } catch (e) {
+    if (e instanceof FerryError) throw e;
     const f = classifyAwsError(e);
     if (f.kind === 'denied') {
       // Without ecr:DescribeRepositories, creating is still worth a try: "already exists" answers the question.

@@ -19,6 +19,7 @@ import type { Credential, CredentialProvider, CredentialRequest } from '../crede
 import { registerSecret, type Logger } from '../../log/logger.ts';
 import { authCode } from './aws-errors.ts';
 import type { AwsCredentialsProvider } from './ecr.ts';
+import { refreshMargin } from './expiry.ts';
 import { normalizeHost, parseGarHost } from './hosts.ts';
 
 export const CLOUD_PLATFORM_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
@@ -31,6 +32,9 @@ const DEFAULT_IAM_CREDENTIALS_ENDPOINT = 'https://iamcredentials.googleapis.com'
  * placeholder stops that lookup when no project is configured.
  */
 const NO_PROJECT = 'ferry-project-id-not-needed';
+
+/** How soon to ask the library again for a token whose expiry it did not say. */
+const UNKNOWN_EXPIRY_RECHECK_MS = 5 * 60_000;
 
 export interface GarCredentialsOptions {
   side: Side;
@@ -100,9 +104,11 @@ export class GarCredentials implements CredentialProvider {
   private async fetchToken(host: string): Promise<Credential & { kind: 'basic' }> {
     const clientP = (this.client ??= this.buildClient());
     let token: string | null | undefined;
+    let expiry: number | null | undefined;
     try {
       const client = await clientP;
       token = (await client.getAccessToken()).token;
+      expiry = (client as { credentials?: { expiry_date?: number | null } }).credentials?.expiry_date;
     } catch (e) {
       // Next attempt starts from scratch (a half-built client may hold a failed state).
       if (this.client === clientP) this.client = undefined;
@@ -110,7 +116,11 @@ export class GarCredentials implements CredentialProvider {
     }
     if (!token) throw new FerryError(authCode(this.opts.side), `${this.opts.side} registry ${host}: Google returned no access token`, { side: this.opts.side });
     registerSecret(token);
-    return { kind: 'basic', username: GAR_USERNAME, password: token };
+    // Tell the registry client when to ask again: shortly before the token expires (the library
+    // then hands out a renewed one), or in a few minutes when the expiry is unknown.
+    const now = Date.now();
+    const expiresAt = typeof expiry === 'number' && expiry > now ? expiry - refreshMargin(expiry - now) : now + UNKNOWN_EXPIRY_RECHECK_MS;
+    return { kind: 'basic', username: GAR_USERNAME, password: token, expiresAt };
   }
 
   private async buildClient(): Promise<AuthClient> {

@@ -1,0 +1,182 @@
+// Registry credentials that run out in the middle of a copy: short-lived ECR authorization
+// tokens and Google access tokens, and tokens that stop working earlier than their holder
+// thinks (revoked, clock skew). The registry fronts check every request against what the
+// stand-ins issued and when it expires, answering as ECR (403 DENIED "Your authorization token
+// has expired") and Artifact Registry (401) do. The stand-ins issue a fresh random token each
+// time, so a renewed token is told apart from an expired one; distribution behind the front
+// keeps its own htpasswd credential.
+import { after, before, beforeEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AwsStandin, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from '../harness/aws-standin.ts';
+import { GcpStandin } from '../harness/gcp-standin.ts';
+import { makeTestPki, startConnectProxy, startEcrRegistry, startGarRegistry, type ConnectProxy, type EcrRegistry, type GarRegistry, type TestPki } from '../harness/cloud-registry.ts';
+import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
+import { pushImage } from '../harness/fixtures.ts';
+import { clientFor, type OciClient } from '../harness/oci-client.ts';
+import { assertNoSecrets, basicPassword, freshHome, proxyEnv, runFerryIsolated } from './cloud-e2e.ts';
+
+const LAYERS = [40_000, 50_000, 60_000, 70_000];
+const BLOB_GET = /\/blobs\/sha256:/;
+const UPLOAD_PUT = /\/blobs\/uploads\//;
+
+let aws: AwsStandin;
+let gcp: GcpStandin;
+let pki: TestPki;
+let proxy: ConnectProxy;
+let ecr: EcrRegistry;
+let gar: GarRegistry;
+let local: DistributionRegistry;
+let localC: OciClient;
+
+/** Per-test hooks, called by the registry fronts. */
+let onRequest: (method: string, path: string) => void = () => undefined;
+let delayMs: (method: string, path: string) => number = () => 0;
+
+const awsEnv = (): Record<string, string> => ({ ...aws.env(), ...proxyEnv(proxy.url), AWS_ACCESS_KEY_ID: TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: TEST_SECRET_ACCESS_KEY });
+const gcpEnv = (): Record<string, string> => ({ GCE_METADATA_HOST: gcp.metadataHost, ...proxyEnv(proxy.url) });
+
+before(async () => {
+  aws = await AwsStandin.start({ region: 'us-west-2' });
+  gcp = await GcpStandin.start();
+  pki = makeTestPki([aws.registryHost(), 'us-west1-docker.pkg.dev']);
+  proxy = await startConnectProxy();
+  const hooks = { onRequest: (m: string, p: string) => onRequest(m, p), delayMs: (m: string, p: string) => delayMs(m, p) };
+  [ecr, gar, local] = await Promise.all([
+    startEcrRegistry({ aws, pki, proxy, ...hooks }),
+    startGarRegistry({ gcp, pki, proxy, repositories: ['ferry-test-project/images'], ...hooks }),
+    startDistribution(),
+  ]);
+  localC = clientFor(local);
+  aws.addRepository('team/long');
+  aws.addRepository('team/revoked');
+  aws.addRepository('install/upload');
+});
+
+after(async () => {
+  await Promise.all([ecr?.stop(), gar?.stop(), local?.stop(), proxy?.stop()]);
+  await Promise.all([aws?.close(), gcp?.close()]);
+});
+
+beforeEach(() => {
+  onRequest = () => undefined;
+  delayMs = () => 0;
+  aws.options.ecrTokenLifetimeSeconds = 3600;
+  gcp.options.accessTokenLifetimeSeconds = 3600;
+});
+
+/** Do this once, the first time a request matches. */
+function once(method: string, path: RegExp, action: () => void): (m: string, p: string) => void {
+  let done = false;
+  return (m, p) => {
+    if (!done && m === method && path.test(p)) {
+      done = true;
+      action();
+    }
+  };
+}
+
+describe('Amazon ECR', () => {
+  test('3-second authorization tokens: renewed before they expire, through a copy that outlasts them', async () => {
+    const img = await pushImage(ecr.client, 'team/long', 'v1', { layerSizes: LAYERS });
+    aws.options.ecrTokenLifetimeSeconds = 3;
+    // Each layer download takes 0.6 s: about 4 s in all, one at a time.
+    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 600 : 0);
+    const tokens = aws.count('GetAuthorizationToken');
+    const start = ecr.requests.length;
+    const home = freshHome();
+    const r = await runFerryIsolated(
+      ['copy', '--json', '--log-level', 'debug', '--concurrency', '1', '--ca-file', pki.caPath, `${ecr.host}/team/long:v1`, `${local.host}/long:v1`],
+      awsEnv(),
+      home,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await localC.verifyImage('long', 'v1')).digest, img.digest);
+    assert.ok(aws.count('GetAuthorizationToken') - tokens >= 2, `expected the token to be renewed, ${aws.count('GetAuthorizationToken') - tokens} issued`);
+    // Renewed ahead of time: the registry never saw an expired token.
+    assert.deepEqual(ecr.requests.slice(start).filter((q) => q.note === 'expired token'), []);
+    assertNoSecrets(r, aws.issuedEcrTokens.flatMap((t) => [t.password, t.authorizationToken]), [home.home]);
+  });
+
+  test('a token that stops working early: ECR\'s 403 "token has expired" → renewed, the request retried', async () => {
+    const img = await pushImage(ecr.client, 'team/revoked', 'v1', { layerSizes: LAYERS });
+    onRequest = once('GET', BLOB_GET, () => assert.ok(aws.expireEcrTokens() >= 1));
+    const start = ecr.requests.length;
+    const r = await runFerryIsolated(
+      ['copy', '--json', '--concurrency', '1', '--ca-file', pki.caPath, `${ecr.host}/team/revoked:v1`, `${local.host}/revoked:v1`],
+      awsEnv(),
+      freshHome(),
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await localC.verifyImage('revoked', 'v1')).digest, img.digest);
+    const mine = ecr.requests.slice(start);
+    const refused = mine.findIndex((q) => q.status === 403 && q.note === 'expired token');
+    assert.ok(refused >= 0, 'the registry refused an expired token');
+    // The same request again, with a different (renewed) token.
+    const retry = mine.slice(refused + 1).find((q) => q.path === mine[refused]?.path);
+    assert.ok(retry && retry.status !== 403, 'the refused request was sent again and accepted');
+    assert.notEqual(basicPassword(retry.authorization), basicPassword(mine[refused]?.authorization));
+  });
+
+  test('the token runs out while a layer is being uploaded: that layer starts over, with a fresh token', async () => {
+    const img = await pushImage(localC, 'src/upload', 'v1', { layerSizes: LAYERS });
+    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(aws.expireEcrTokens() >= 1));
+    const start = ecr.requests.length;
+    const home = freshHome();
+    const r = await runFerryIsolated(
+      ['copy', '--json', '--concurrency', '1', '--ca-file', pki.caPath, `${local.host}/src/upload:v1`, `${ecr.host}/install/upload:v1`],
+      awsEnv(),
+      home,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await ecr.client.verifyImage('install/upload', 'v1')).digest, img.digest);
+    assert.ok(r.json.transfer.blobs_restarted >= 1, 'the interrupted layer was restarted');
+    const mine = ecr.requests.slice(start);
+    const refused = mine.find((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 403);
+    assert.ok(refused, 'the streamed upload was refused for its expired token');
+    const committed = mine.filter((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 201);
+    assert.equal(committed.length, LAYERS.length + 1, 'every blob committed once');
+    assert.ok(committed.every((q) => basicPassword(q.authorization) !== basicPassword(refused.authorization)));
+    assertNoSecrets(r, aws.issuedEcrTokens.flatMap((t) => [t.password, t.authorizationToken]), [home.home]);
+  });
+});
+
+describe('Artifact Registry', () => {
+  test('3-second access tokens from the metadata server: renewed before they expire, through a copy that outlasts them', async () => {
+    const img = await pushImage(gar.client, 'ferry-test-project/images/long', 'v1', { layerSizes: LAYERS });
+    gcp.options.accessTokenLifetimeSeconds = 3;
+    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 600 : 0);
+    const tokens = gcp.count('metadata:token');
+    const start = gar.requests.length;
+    const home = freshHome();
+    const r = await runFerryIsolated(
+      ['copy', '--json', '--log-level', 'debug', '--concurrency', '1', '--ca-file', pki.caPath, `${gar.host}/ferry-test-project/images/long:v1`, `${local.host}/gar-long:v1`],
+      gcpEnv(),
+      home,
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await localC.verifyImage('gar-long', 'v1')).digest, img.digest);
+    assert.ok(gcp.count('metadata:token') - tokens >= 2, `expected the token to be renewed, ${gcp.count('metadata:token') - tokens} issued`);
+    assert.deepEqual(gar.requests.slice(start).filter((q) => q.note === 'expired token'), []);
+    assertNoSecrets(r, gcp.issued.map((t) => t.token), [home.home]);
+  });
+
+  test('the token is revoked while a layer is being uploaded: 401, that layer starts over with a fresh token', async () => {
+    const img = await pushImage(localC, 'src/gar-upload', 'v1', { layerSizes: LAYERS });
+    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(gcp.expireAccessTokens() >= 1));
+    const start = gar.requests.length;
+    const r = await runFerryIsolated(
+      ['copy', '--json', '--concurrency', '1', '--ca-file', pki.caPath, `${local.host}/src/gar-upload:v1`, `${gar.host}/ferry-test-project/images/uploaded:v1`],
+      gcpEnv(),
+      freshHome(),
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await gar.client.verifyImage('ferry-test-project/images/uploaded', 'v1')).digest, img.digest);
+    assert.ok(r.json.transfer.blobs_restarted >= 1, 'the interrupted layer was restarted');
+    const mine = gar.requests.slice(start);
+    const refused = mine.find((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 401);
+    assert.ok(refused, 'the streamed upload was refused for its revoked token');
+    const committed = mine.filter((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 201);
+    assert.equal(committed.length, LAYERS.length + 1);
+    assert.ok(committed.every((q) => basicPassword(q.authorization) !== basicPassword(refused.authorization)));
+  });
+});
