@@ -95,8 +95,8 @@ export function startAgent(world: AgentWorld, stateDir: string, args: string[] =
       world.tokenFile,
       '--state-dir',
       stateDir,
-      '--local-registry',
-      world.local.host,
+      // The world's plain local registry unless the test names another.
+      ...(args.includes('--local-registry') ? [] : ['--local-registry', world.local.host]),
       ...(args.includes('--log-level') ? [] : ['--log-level', 'debug']),
       ...args,
     ],

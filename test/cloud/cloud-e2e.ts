@@ -21,23 +21,29 @@ export function freshHome(): { home: string; state: string } {
  * AWS_*, GOOGLE_*, metadata and proxy variable of this process is removed first.
  */
 export function runFerryIsolated(args: string[], env: Record<string, string | undefined>, home: { home: string; state: string }): Promise<FerryRun> {
+  return runFerry(args, { env: isolatedEnv(env, home), timeoutMs: 120_000 });
+}
+
+/**
+ * The environment runFerryIsolated gives the CLI, for other ferry processes (the agent): this
+ * process's AWS_*, GOOGLE_*, metadata and proxy variables cleared (undefined: spawn leaves them
+ * out), HOME / XDG / cloud config locations in `home`, then `env`.
+ */
+export function isolatedEnv(env: Record<string, string | undefined>, home: { home: string; state: string }): Record<string, string | undefined> {
   const cleared: Record<string, undefined> = {};
   for (const k of Object.keys(process.env)) {
     if (CLOUD_ENV_PREFIXES.some((p) => k.startsWith(p)) || PROXY_VARS.includes(k)) cleared[k] = undefined;
   }
-  return runFerry(args, {
-    env: {
-      ...cleared,
-      HOME: home.home,
-      XDG_STATE_HOME: home.state,
-      XDG_CONFIG_HOME: join(home.home, '.config'),
-      CLOUDSDK_CONFIG: join(home.home, 'gcloud'),
-      AWS_CONFIG_FILE: join(home.home, 'no-aws-config'),
-      AWS_SHARED_CREDENTIALS_FILE: join(home.home, 'no-aws-credentials'),
-      ...env,
-    },
-    timeoutMs: 120_000,
-  });
+  return {
+    ...cleared,
+    HOME: home.home,
+    XDG_STATE_HOME: home.state,
+    XDG_CONFIG_HOME: join(home.home, '.config'),
+    CLOUDSDK_CONFIG: join(home.home, 'gcloud'),
+    AWS_CONFIG_FILE: join(home.home, 'no-aws-config'),
+    AWS_SHARED_CREDENTIALS_FILE: join(home.home, 'no-aws-credentials'),
+    ...env,
+  };
 }
 
 /** The proxy settings for a run: registries through the CONNECT proxy, stand-ins on loopback directly. */
