@@ -5,6 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
+import { CloudCredentials } from '../../src/auth/cloud/provider.ts';
 import { EcrCredentials, ensureEcrRepository } from '../../src/auth/cloud/ecr.ts';
 import { FerryError } from '../../src/errors.ts';
 import { scrubSecrets, silentLogger } from '../../src/log/logger.ts';
@@ -227,6 +228,23 @@ describe('assumed role', () => {
       assert.equal(scrubSecrets(id.token), '[REDACTED]');
       assert.equal(gcp.missingFlavor, 0);
       p.destroy();
+    }));
+
+  test('FERRY_AWS_WEB_IDENTITY=gcp makes the cloud provider (CLI and agent) assume roles with the GCP identity token', () =>
+    withEnv(baseEnv({ AWS_EC2_METADATA_DISABLED: 'true', GCE_METADATA_HOST: gcp.metadataHost }), async () => {
+      const env = { ...process.env, FERRY_AWS_WEB_IDENTITY: 'gcp', FERRY_AWS_WEB_IDENTITY_AUDIENCE: 'ferry-aws-federation' };
+      const cloud = new CloudCredentials({ side: 'source', logger: log, roleArn: GCP_ROLE, jobId: 'job-7', env });
+      const c = basicOf(await cloud.resolve({ registry: host }));
+      const session = aws.issuedSessions.at(-1)!;
+      assert.equal(session.action, 'AssumeRoleWithWebIdentity');
+      assert.equal(session.sessionName, 'ferry-job-7');
+      assert.equal(c.password, aws.lastEcrPassword);
+      assert.equal(gcp.idTokens.at(-1)!.audience, 'ferry-aws-federation');
+      await cloud.destroy();
+      // Without the switch the same role is assumed with AssumeRole (and here fails: no AWS identity).
+      const plain = new CloudCredentials({ side: 'source', logger: log, roleArn: GCP_ROLE, env: { ...process.env } });
+      await assert.rejects(plain.resolve({ registry: host }));
+      await plain.destroy();
     }));
 
   test('web identity with the wrong audience: the error says which audience the trust policy must name', () =>

@@ -19,6 +19,8 @@ export interface CloudCredentialOptions {
   serviceAccountEmail?: string;
   /** Federate the AWS identity into Google through this workload identity pool provider. */
   workloadIdentityProvider?: string;
+  /** Where FERRY_AWS_WEB_IDENTITY(_AUDIENCE) are read; default process.env. */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** Repository settings for an ECR repository ferry creates (`ferry copy` flags). */
@@ -69,6 +71,12 @@ export class CloudCredentials implements CredentialProvider {
       const o: ConstructorParameters<typeof EcrCredentials>[0] = { side: this.opts.side, logger: this.opts.logger };
       if (this.opts.roleArn) o.roleArn = this.opts.roleArn;
       if (this.opts.jobId) o.jobId = this.opts.jobId;
+      // On GCP (self-hosted), a role that trusts the GCP service account is assumed with the
+      // instance's OIDC identity token: FERRY_AWS_WEB_IDENTITY=gcp (audience optional).
+      const env = this.opts.env ?? process.env;
+      if (this.opts.roleArn && env.FERRY_AWS_WEB_IDENTITY === 'gcp') {
+        o.webIdentity = { provider: 'gcp-metadata', ...(env.FERRY_AWS_WEB_IDENTITY_AUDIENCE ? { audience: env.FERRY_AWS_WEB_IDENTITY_AUDIENCE } : {}) };
+      }
       return new EcrCredentials(o);
     });
     return this.ecr;
