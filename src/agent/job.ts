@@ -8,6 +8,7 @@ import type { Logger } from '../log/logger.ts';
 import { Keychain, type CredentialProvider } from '../auth/credentials.ts';
 import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { copyImage } from '../copy/engine.ts';
+import { registryCopyDestination, registryCopySource } from '../copy/endpoints.ts';
 import type { ContentCache } from '../copy/content-cache.ts';
 import type { TransferLimits } from '../copy/limits.ts';
 import type { CopyProgress, CopyReport } from '../copy/types.ts';
@@ -205,10 +206,8 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
   };
   await ctx.ensureLocalRepository(destination.registry, destination.repository);
   return copyImage({
-    source,
-    destination,
-    sourceClient,
-    destinationClient: ctx.destinationClient(destination.registry),
+    source: registryCopySource(source, sourceClient),
+    destination: registryCopyDestination(destination, ctx.destinationClient(destination.registry)),
     platforms: plan.platforms,
     referrers: plan.referrers,
     limits: ctx.limits,

@@ -7,7 +7,10 @@ import { isEcrHost, isGarHost } from '../auth/cloud/hosts.ts';
 import type { Logger } from '../log/logger.ts';
 import { parseReference, type Reference } from '../reference/reference.ts';
 import { parsePlatform } from '../reference/platform.ts';
-import { copyImage } from '../copy/engine.ts';
+import { copyImage, type CopyDestination, type CopySource } from '../copy/engine.ts';
+import { formatArchiveReference, isArchiveReference, parseArchiveReference } from '../ends/archive-ref.ts';
+import { openArchiveDestination, openArchiveSource } from '../ends/local.ts';
+import { registryCopyDestination, registryCopySource } from '../copy/endpoints.ts';
 import { ContentCache } from '../copy/content-cache.ts';
 import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
@@ -61,6 +64,9 @@ interface CopyArgs extends GlobalFlags {
   'state-dir'?: string;
 }
 
+/** Per-side flags that only mean something for a registry. */
+const CLOUD_FLAGS = ['creds', 'aws-role-arn', 'gcp-service-account', 'gcp-workload-identity-provider'] as const;
+
 export async function runCopy(args: CopyArgs): Promise<number> {
   const interactive = !args.json && process.stderr.isTTY === true;
   const logger = makeLogger(args, interactive);
@@ -70,6 +76,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   const transport = makeTransport(args);
   let srcCloud: CloudCredentials | undefined;
   let dstCloud: CloudCredentials | undefined;
+  const closers: Array<() => Promise<void>> = [];
   const abort = new AbortController();
   const onSigint = () => abort.abort();
   process.once('SIGINT', onSigint);
@@ -77,30 +84,53 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     if (!Number.isInteger(args.concurrency) || args.concurrency < 1 || args.concurrency > 256) {
       throw new UsageError(`--concurrency must be a whole number from 1 to 256, not ${args.concurrency}`);
     }
-    source = parseReference(args.source);
-    destination = parseReference(args.destination, { defaultTag: false });
-    if (destination.tag === undefined && destination.digest === undefined) {
-      // No tag on the destination: keep the source's tag (or push by digest only).
-      if (source.tag !== undefined) destination.tag = source.tag;
-    }
-    checkEcrFlags(args, destination);
     const wanted = repeated(args.platform);
     const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
     const jobId = `copy-${randomBytes(4).toString('hex')}`;
-    srcCloud = cloudCredentials('source', source, args, jobId, logger);
-    dstCloud = cloudCredentials('destination', destination, args, jobId, logger);
-    const srcClient = makeClient(source.registry, 'source', makeKeychain('source', source.registry, args['src-creds'], args, logger, srcCloud), transport, logger);
-    const dstClient = makeClient(destination.registry, 'destination', makeKeychain('destination', destination.registry, args['dst-creds'], args, logger, dstCloud), transport, logger);
-    if (isEcrHost(destination.registry) && args['create-repository'] && !args['dry-run'] && args['dst-creds'] === undefined) {
-      // ECR refuses pushes to a repository that does not exist: create it first.
-      await dstCloud.ensureEcrRepository(destination.registry, destination.repository, ecrRepositorySettings(args));
+    // Each side is a registry reference or a local archive (oci:, oci-archive:, docker-archive:).
+    const srcArchive = isArchiveReference(args.source) ? parseArchiveReference(args.source) : undefined;
+    const dstArchive = isArchiveReference(args.destination) ? parseArchiveReference(args.destination) : undefined;
+    if (!srcArchive) source = parseReference(args.source);
+    if (!dstArchive) {
+      destination = parseReference(args.destination, { defaultTag: false });
+      // No tag on the destination: keep the source's tag (or push by digest only).
+      if (destination.tag === undefined && destination.digest === undefined && source?.tag !== undefined) destination.tag = source.tag;
+      checkEcrFlags(args, destination);
+    }
+    for (const [side, archive] of [['src', srcArchive], ['dst', dstArchive]] as const) {
+      if (archive && CLOUD_FLAGS.some((f) => args[`${side}-${f}` as keyof CopyArgs] !== undefined)) {
+        throw new UsageError(`--${side}-${CLOUD_FLAGS.join(`, --${side}-`)} apply to registries, not to ${archive.transport}: references`);
+      }
+    }
+    let copySource: CopySource;
+    if (srcArchive) {
+      const end = await openArchiveSource(srcArchive, logger);
+      closers.push(() => end.close());
+      copySource = { end, target: end.target, name: formatArchiveReference(srcArchive) };
+    } else {
+      srcCloud = cloudCredentials('source', source!, args, jobId, logger);
+      const srcClient = makeClient(source!.registry, 'source', makeKeychain('source', source!.registry, args['src-creds'], args, logger, srcCloud), transport, logger);
+      copySource = registryCopySource(source!, srcClient);
+    }
+    let copyDestination: CopyDestination;
+    if (dstArchive) {
+      const end = await openArchiveDestination(dstArchive, logger);
+      copyDestination = { end, name: formatArchiveReference(dstArchive), repository: `${dstArchive.transport}:${dstArchive.path}` };
+      const tag = end.target ?? source?.tag ?? (srcArchive?.tag);
+      if (tag !== undefined) copyDestination.tag = tag;
+    } else {
+      dstCloud = cloudCredentials('destination', destination!, args, jobId, logger);
+      const dstClient = makeClient(destination!.registry, 'destination', makeKeychain('destination', destination!.registry, args['dst-creds'], args, logger, dstCloud), transport, logger);
+      if (isEcrHost(destination!.registry) && args['create-repository'] && !args['dry-run'] && args['dst-creds'] === undefined) {
+        // ECR refuses pushes to a repository that does not exist: create it first.
+        await dstCloud.ensureEcrRepository(destination!.registry, destination!.repository, ecrRepositorySettings(args));
+      }
+      copyDestination = registryCopyDestination(destination!, dstClient);
     }
     const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
     const report = await copyImage({
-      source,
-      destination,
-      sourceClient: srcClient,
-      destinationClient: dstClient,
+      source: copySource,
+      destination: copyDestination,
       platforms,
       referrers: args.referrers,
       limits: new TransferLimits(args.concurrency),
@@ -133,7 +163,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   } finally {
     process.off('SIGINT', onSigint);
     await transport.close().catch(() => undefined);
-    await Promise.all([srcCloud?.destroy(), dstCloud?.destroy()]).catch(() => undefined);
+    await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
   }
 }
 

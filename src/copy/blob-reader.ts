@@ -5,7 +5,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { AbortedError, DigestMismatchError, FerryError, NetworkError } from '../errors.ts';
 import { parseDigest, type Digest } from '../reference/digest.ts';
-import type { RegistryClient } from '../registry/client.ts';
+import type { ImageSource } from '../ends/types.ts';
 
 /** Hash state at an offset: lets an upload resume mid-blob without re-reading the prefix. */
 export interface HashCheckpoint {
@@ -14,8 +14,7 @@ export interface HashCheckpoint {
 }
 
 export interface BlobReadOptions {
-  client: RegistryClient;
-  repository: string;
+  source: ImageSource;
   digest: Digest;
   size: number;
   /** Start here, with the hash state of the bytes before it. */
@@ -52,7 +51,8 @@ export class BlobHasher {
 }
 
 export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<Buffer, void, undefined> {
-  const { client, repository, digest, size, signal } = opts;
+  const { source, digest, size, signal } = opts;
+  const repository = source.description;
   const hasher = opts.hasher ?? new BlobHasher(digest, opts.from);
   const align = opts.alignTo ?? 0;
   const expectedHex = parseDigest(digest).hex;
@@ -66,9 +66,18 @@ export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<B
     if (signal?.aborted) throw new AbortedError();
     const before = hasher.offset;
     try {
-      const res = await client.openBlob(repository, digest, hasher.offset, signal);
-      let skip = (res as { ignoredRange?: boolean }).ignoredRange ? hasher.offset : 0;
-      for await (const raw of res.body as AsyncIterable<Buffer>) {
+      const res = await source.openBlob(digest, size, hasher.offset, signal);
+      const body = res.body as AsyncIterable<Buffer> & { destroy?: () => void };
+      let skip = res.ignoredRange ? hasher.offset : 0;
+      // Once every byte is read and verified the body is left to end by itself, not destroyed:
+      // the response is then complete and its connection back in the pool, and destroying an
+      // un-ended undici body costs an error object with a stack trace per blob.
+      for await (const raw of body) {
+        if (hasher.offset === size) {
+          // A server sending past the declared size: every verified byte is already out.
+          body.destroy?.();
+          return;
+        }
         let chunk = raw;
         if (skip > 0) {
           if (chunk.byteLength <= skip) {
@@ -79,7 +88,7 @@ export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<B
           skip = 0;
         }
         if (hasher.offset + chunk.byteLength > size) {
-          res.body.destroy();
+          body.destroy?.();
           throw new DigestMismatchError(`blob ${digest} in ${repository} is longer than its declared ${size} bytes`, { side: 'source' });
         }
         while (chunk.byteLength > 0) {
@@ -90,14 +99,12 @@ export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<B
           }
           chunk = chunk.subarray(piece.byteLength);
           hasher.update(piece);
-          if (hasher.offset === size) {
-            res.body.destroy();
-            checkDigest(hasher, expectedHex, digest, repository);
-          }
+          // Leaving the loop by throwing destroys the body (the async iterator's cleanup).
+          if (hasher.offset === size) checkDigest(hasher, expectedHex, digest, repository);
           yield piece;
         }
-        if (hasher.offset === size) return;
       }
+      if (hasher.offset === size) return;
       // The body ended early: a truncated response. Resume from here.
       throw new NetworkError(`download of ${digest} ended at byte ${hasher.offset} of ${size}`, { side: 'source' });
     } catch (e) {

@@ -6,20 +6,41 @@ import { AbortedError, FerryError, toFerryError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import { formatPlatform, platformMatches } from '../reference/platform.ts';
-import { formatReference, referenceTarget, type Reference } from '../reference/reference.ts';
 import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../oci/manifest.ts';
-import type { RegistryClient } from '../registry/client.ts';
-import { uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import type { ImageDestination, ImageSource } from '../ends/types.ts';
+import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
+import pLimit from 'p-limit';
+import { counted, uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import { readVerifiedBlob } from './blob-reader.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import { ContentCache } from './content-cache.ts';
 import { TransferLimits } from './limits.ts';
 import type { CopyProgress, CopyReport, DryRunPlan, ImageOutput, PlatformSelection, TransferStats } from './types.ts';
 
+/** What to read: an end and the tag or digest in it. */
+export interface CopySource {
+  end: ImageSource;
+  /** Tag or digest to read (a digest when the reference pins one). */
+  target: string;
+  /** The pinned digest, if any: the manifest read must hash to it. */
+  digest?: Digest;
+  /** For the report: the reference as the user wrote it, normalized. */
+  name: string;
+}
+
+/** Where to write: an end, and the tag (or digest) to write the image under. */
+export interface CopyDestination {
+  end: ImageDestination;
+  tag?: string;
+  digest?: Digest;
+  name: string;
+  /** The Image output's `repository` (`host/path` for registries, the archive for archives). */
+  repository: string;
+}
+
 export interface CopyRequest {
-  source: Reference;
-  destination: Reference;
-  sourceClient: RegistryClient;
-  destinationClient: RegistryClient;
+  source: CopySource;
+  destination: CopyDestination;
   platforms: PlatformSelection;
   referrers: boolean;
   limits: TransferLimits;
@@ -44,19 +65,25 @@ interface BlobInfo {
 export async function copyImage(req: CopyRequest): Promise<CopyReport> {
   const started = Date.now();
   const engine = new CopyRun(req);
+  const dst = req.destination.end;
   try {
-    return await engine.run(started);
+    const report = await engine.run(started);
+    // Archives become visible only now (index written, temporary file renamed); a dry run writes nothing.
+    if (req.dryRun) await dst.abort?.();
+    else await dst.commit?.();
+    return report;
   } catch (e) {
+    await dst.abort?.().catch(() => undefined);
     throw toFerryError(e);
   }
 }
 
 class CopyRun {
   private readonly req: CopyRequest;
-  private readonly src: RegistryClient;
-  private readonly dst: RegistryClient;
-  private readonly srcRepo: string;
-  private readonly dstRepo: string;
+  private readonly src: ImageSource;
+  private readonly dst: ImageDestination;
+  /** Destinations that write one blob at a time (archives) get their own limit on top. */
+  private readonly dstLimit: <T>(fn: () => Promise<T>) => Promise<T>;
   private readonly log: Logger;
   private readonly cache: ContentCache;
   private readonly tuning: UploadTuning;
@@ -74,20 +101,20 @@ class CopyRun {
 
   constructor(req: CopyRequest) {
     this.req = req;
-    this.src = req.sourceClient;
-    this.dst = req.destinationClient;
-    this.srcRepo = req.source.repository;
-    this.dstRepo = req.destination.repository;
+    this.src = req.source.end;
+    this.dst = req.destination.end;
+    const own = Number.isFinite(this.dst.maxConcurrentBlobs) ? pLimit(Math.max(1, this.dst.maxConcurrentBlobs)) : undefined;
+    this.dstLimit = own ? (fn) => own(fn) : (fn) => fn();
     this.log = req.logger;
     this.cache = req.cache ?? new ContentCache();
     this.tuning = req.tuning ?? DEFAULT_UPLOAD_TUNING;
-    this.graph = new SourceGraph(req.sourceClient, req.source.repository, this.cache, req.signal);
+    this.graph = new SourceGraph(req.source.end, this.cache, req.signal);
   }
 
   async run(started: number): Promise<CopyReport> {
     const { source, destination, signal } = this.req;
     // 1. The source root, by digest when pinned.
-    const sourceRoot = await this.graph.fetchNode(source.digest ?? referenceTarget(source), undefined);
+    const sourceRoot = await this.graph.fetchNode(source.target, undefined);
     if (source.digest && sourceRoot.digest !== source.digest) {
       throw new FerryError('DIGEST_MISMATCH', `source manifest hashes to ${sourceRoot.digest}, not the pinned ${source.digest}`, { side: 'source' });
     }
@@ -95,13 +122,17 @@ class CopyRun {
     // 2. What we will write at the destination: the root as is, or a platform subset.
     const { root, leftBehindIndex } = await this.selectPlatforms(sourceRoot);
     const digestChanged = root.digest !== sourceRoot.digest;
+    if (root.parsed.kind === 'index' && this.dst.acceptsIndex === false) {
+      const have = root.parsed.index.manifests.map((d) => (d.platform ? formatPlatform(d.platform) : d.digest)).join(', ');
+      throw new FerryError('USAGE', `${destination.name} holds one platform, but the source is a multi-platform index (${have}): choose one with --platform os/arch, or use oci-archive:`);
+    }
 
     // 3. Does the destination already have it? One HEAD answers that for a re-run.
     const dstTarget = destination.tag ?? destination.digest ?? root.digest;
     if (destination.digest && !destination.tag && destination.digest !== root.digest) {
       throw new FerryError('USAGE', `destination pins ${destination.digest} but the image to copy is ${root.digest}`);
     }
-    const existing = await this.dst.headManifest(this.dstRepo, dstTarget, signal);
+    const existing = await this.dst.headManifest(dstTarget, signal);
     const upToDate = existing?.digest === root.digest;
     let previousDigest: string | undefined;
     if (existing?.digest && !upToDate && destination.tag) previousDigest = existing.digest;
@@ -120,7 +151,7 @@ class CopyRun {
     this.progress.blobs_total = blobs.size;
 
     if (upToDate && referrerRoots.length === 0) {
-      this.log.info({ destination: formatReference(destination), digest: root.digest }, 'destination already up to date');
+      this.log.info({ destination: destination.name, digest: root.digest }, 'destination already up to date');
     }
 
     if (this.req.dryRun) {
@@ -138,9 +169,9 @@ class CopyRun {
     const tagNow = referrerRoots.length === 0 ? destination.tag : undefined;
     for (const node of toWrite) await this.pushTree(node, pushed, tagNow);
     for (const node of referrerRoots) await this.pushTree(node, pushed, undefined);
-    for (const { tag, node } of referrers.tags) await this.dst.putManifest(this.dstRepo, tag, node.bytes, node.mediaType, signal);
+    for (const { tag, node } of referrers.tags) await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
     if (!upToDate && referrerRoots.length > 0 && destination.tag) {
-      await this.dst.putManifest(this.dstRepo, destination.tag, root.bytes, root.mediaType, signal);
+      await this.dst.putManifest(destination.tag, root.bytes, root.mediaType, signal);
     }
     if (previousDigest) {
       this.log.warn({ tag: destination.tag, previous_digest: previousDigest, digest: root.digest }, 'destination tag pointed at another digest; overwritten');
@@ -151,8 +182,8 @@ class CopyRun {
 
   private report(image: ImageOutput, digestChanged: boolean, leftBehind: string[], previousDigest: string | undefined, plan?: DryRunPlan): CopyReport {
     const r: CopyReport = {
-      source: formatReference(this.req.source),
-      destination: formatReference(this.req.destination),
+      source: this.req.source.name,
+      destination: this.req.destination.name,
       image,
       digest_changed: digestChanged,
       referrers_left_behind: leftBehind,
@@ -218,7 +249,7 @@ class CopyRun {
   // ---- referrers -------------------------------------------------------------------------
 
   private async referrerDescriptors(subject: Digest): Promise<Descriptor[]> {
-    const pages = await this.src.getReferrers(this.srcRepo, subject, this.req.signal);
+    const pages = await this.src.getReferrers(subject, this.req.signal);
     if (pages === undefined) return [];
     const out: Descriptor[] = [];
     for (const page of pages) {
@@ -255,7 +286,7 @@ class CopyRun {
       let descriptors = await this.referrerDescriptors(subject);
       const found: ManifestNode[] = [];
       if (descriptors.length === 0) {
-        const fallback = await this.src.getManifest(this.srcRepo, `${algo}-${hex}`, this.req.signal);
+        const fallback = await this.src.getManifest(`${algo}-${hex}`, this.req.signal);
         if (fallback) {
           const parsed = parseManifest(fallback.bytes, fallback.mediaType, 'source');
           if (parsed.kind === 'index') {
@@ -273,7 +304,7 @@ class CopyRun {
       }
       for (const suffix of ['sig', 'att', 'sbom']) {
         const tag = `${algo}-${hex}.${suffix}`;
-        const m = await this.src.getManifest(this.srcRepo, tag, this.req.signal);
+        const m = await this.src.getManifest(tag, this.req.signal);
         if (!m) continue;
         const parsed = parseManifest(m.bytes, m.mediaType, 'source');
         const node: ManifestNode = { digest: m.digest, mediaType: parsed.mediaType, bytes: m.bytes, parsed, children: [] };
@@ -294,12 +325,12 @@ class CopyRun {
   // ---- transfer --------------------------------------------------------------------------
 
   private async planDryRun(blobs: Map<Digest, BlobInfo>, manifests: ManifestNode[]): Promise<DryRunPlan> {
-    const sameRegistry = this.src.registry === this.dst.registry && this.srcRepo !== this.dstRepo;
+    const sameRegistry = this.mountFrom() !== undefined;
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
-        this.req.limits.run(this.dst.registry, async () => {
-          const have = await this.dst.headBlob(this.dstRepo, b.digest, this.req.signal);
-          const action: 'copy' | 'skip' | 'mount' = have !== undefined ? 'skip' : sameRegistry ? 'mount' : 'copy';
+        this.req.limits.run(this.dst.description, async () => {
+          const have = await this.dst.hasBlob(b.digest, b.size, this.req.signal);
+          const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : sameRegistry ? 'mount' : 'copy';
           return { digest: b.digest, size: b.size, action };
         }),
       ),
@@ -328,10 +359,12 @@ class CopyRun {
       await Promise.all(
         [...blobs.values()].map((b) =>
           this.req.limits
-            .run(this.dst.registry, () => {
-              if (inner.signal.aborted) throw new AbortedError();
-              return this.transferBlob(b, inner.signal);
-            })
+            .run(this.dst.description, () =>
+              this.dstLimit(() => {
+                if (inner.signal.aborted) throw new AbortedError();
+                return this.transferBlob(b, inner.signal);
+              }),
+            )
             .catch((e) => {
               if (firstError === undefined) {
                 firstError = e;
@@ -358,33 +391,47 @@ class CopyRun {
       this.progress.active = this.progress.active.filter((a) => a !== active);
       this.emit();
     };
-    const have = await this.dst.headBlob(this.dstRepo, b.digest, signal);
-    if (have !== undefined) return finish('skipped');
-    if (this.src.registry === this.dst.registry && this.srcRepo !== this.dstRepo) {
-      if (await this.dst.mountBlob(this.dstRepo, b.digest, this.srcRepo, signal)) return finish('mounted');
+    if (await this.dst.hasBlob(b.digest, b.size, signal)) return finish('skipped');
+    const from = this.mountFrom();
+    if (from !== undefined && this.dst instanceof RegistryDestination) {
+      if (await this.dst.client.mountBlob(this.dst.repository, b.digest, from, signal)) return finish('mounted');
     }
     this.progress.active.push(active);
-    const result = await uploadBlob({
-      source: this.src,
-      sourceRepository: this.srcRepo,
-      destination: this.dst,
-      destinationRepository: this.dstRepo,
-      digest: b.digest,
-      size: b.size,
-      tuning: this.tuning,
-      logger: this.log,
-      signal,
-      onBytes: (n) => {
-        this.stats.bytes_transferred += n;
-        if (active.done + n <= b.size) {
-          active.done += n;
-          this.progress.bytes_done += n;
-        }
-        this.emit();
-      },
-    });
-    this.stats.blobs_restarted += result.restarts;
+    const onBytes = (n: number) => {
+      this.stats.bytes_transferred += n;
+      if (active.done + n <= b.size) {
+        active.done += n;
+        this.progress.bytes_done += n;
+      }
+      this.emit();
+    };
+    if (this.dst instanceof RegistryDestination) {
+      // Registries get the resumable path: chunked uploads that continue from the acknowledged offset.
+      const result = await uploadBlob({
+        source: this.src,
+        destination: this.dst.client,
+        destinationRepository: this.dst.repository,
+        digest: b.digest,
+        size: b.size,
+        tuning: this.tuning,
+        logger: this.log,
+        signal,
+        onBytes,
+      });
+      this.stats.blobs_restarted += result.restarts;
+    } else {
+      const chunks = counted(readVerifiedBlob({ source: this.src, digest: b.digest, size: b.size, signal }), onBytes);
+      await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, signal);
+    }
     finish('copied');
+  }
+
+  /** The source repository to mount from: both ends in one registry, different repositories. */
+  private mountFrom(): string | undefined {
+    const src = this.src;
+    const dst = this.dst;
+    if (!(src instanceof RegistrySource) || !(dst instanceof RegistryDestination)) return undefined;
+    return src.client.registry === dst.client.registry && src.repository !== dst.repository ? src.repository : undefined;
   }
 
   private emit(): void {
@@ -395,7 +442,7 @@ class CopyRun {
   private async pushTree(node: ManifestNode, pushed: Set<Digest>, tag: string | undefined): Promise<void> {
     for (const c of node.children) await this.pushTree(c, pushed, undefined);
     if (tag === undefined && pushed.has(node.digest)) return;
-    await this.dst.putManifest(this.dstRepo, tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
+    await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
     pushed.add(node.digest);
   }
 }

@@ -4,9 +4,8 @@
 import { FerryError } from '../errors.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import type { Platform } from '../reference/platform.ts';
-import { repositoryName, type Reference } from '../reference/reference.ts';
 import { MediaType, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.ts';
-import type { RegistryClient } from '../registry/client.ts';
+import type { ImageSource } from '../ends/types.ts';
 import { readVerifiedBlob } from './blob-reader.ts';
 import type { ContentCache } from './content-cache.ts';
 import type { ImageOutput } from './types.ts';
@@ -27,15 +26,13 @@ const MAX_GRAPH_NODES = 10_000;
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
 export class SourceGraph {
-  readonly client: RegistryClient;
-  readonly repository: string;
+  readonly source: ImageSource;
   private readonly cache: ContentCache;
   private readonly signal: AbortSignal | undefined;
   private nodeCount = 0;
 
-  constructor(client: RegistryClient, repository: string, cache: ContentCache, signal: AbortSignal | undefined) {
-    this.client = client;
-    this.repository = repository;
+  constructor(source: ImageSource, cache: ContentCache, signal: AbortSignal | undefined) {
+    this.source = source;
     this.cache = cache;
     this.signal = signal;
   }
@@ -48,9 +45,9 @@ export class SourceGraph {
     let mediaType = expected?.mediaType;
     let digest = isDigestTarget ? target : undefined;
     if (!bytes) {
-      const fetched = await this.client.getManifest(this.repository, target, this.signal);
+      const fetched = await this.source.getManifest(target, this.signal);
       if (!fetched) {
-        throw new FerryError('SOURCE_NOT_FOUND', `${this.client.registry}/${this.repository}:${target} not found (check the repository and tag)`, { side: 'source', status: 404 });
+        throw new FerryError('SOURCE_NOT_FOUND', `${this.source.description}:${target} not found (check the repository and tag)`, { side: 'source', status: 404 });
       }
       bytes = fetched.bytes;
       digest = fetched.digest;
@@ -84,7 +81,7 @@ export class SourceGraph {
     path.delete(node.digest);
   }
 
-  async imageOutput(root: ManifestNode, referrers: ManifestNode[], destination: Reference): Promise<ImageOutput> {
+  async imageOutput(root: ManifestNode, referrers: ManifestNode[], destination: { repository: string; tag?: string | undefined }): Promise<ImageOutput> {
     const counted = new Set<Digest>();
     let size = 0;
     const count = (digest: Digest, n: number) => {
@@ -119,7 +116,7 @@ export class SourceGraph {
       }
     }
     const out: ImageOutput = {
-      repository: repositoryName(destination),
+      repository: destination.repository,
       digest: root.digest,
       media_type: root.mediaType,
       size,
@@ -139,7 +136,7 @@ export class SourceGraph {
     let bytes = await this.cache.get(config.digest);
     if (!bytes) {
       const parts: Buffer[] = [];
-      for await (const chunk of readVerifiedBlob({ client: this.client, repository: this.repository, digest: config.digest, size: config.size, signal: this.signal })) {
+      for await (const chunk of readVerifiedBlob({ source: this.source, digest: config.digest, size: config.size, signal: this.signal })) {
         parts.push(chunk);
       }
       bytes = Buffer.concat(parts);

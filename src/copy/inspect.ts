@@ -1,6 +1,7 @@
 // `ferry inspect`: read an image's manifests (never its layers) and describe it in the
 // contract's Image shape, plus the layer list.
-import { referenceTarget, type Reference } from '../reference/reference.ts';
+import { referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
+import { RegistrySource } from '../ends/registry.ts';
 import { formatPlatform } from '../reference/platform.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import { ContentCache } from './content-cache.ts';
@@ -12,10 +13,10 @@ export interface InspectResult extends ImageOutput {
 }
 
 export async function inspectImage(client: RegistryClient, ref: Reference, cache = new ContentCache(), signal?: AbortSignal): Promise<InspectResult> {
-  const graph = new SourceGraph(client, ref.repository, cache, signal);
+  const graph = new SourceGraph(new RegistrySource(client, ref.repository), cache, signal);
   const root = await graph.fetchNode(referenceTarget(ref), undefined);
   await graph.expand(root, 0, new Set());
-  const image = await graph.imageOutput(root, [], ref);
+  const image = await graph.imageOutput(root, [], { repository: repositoryName(ref), tag: ref.tag });
   const layers: InspectResult['layers'] = [];
   const walk = (n: ManifestNode, platform: string | undefined) => {
     const p = n.platform ? formatPlatform(n.platform) : platform;

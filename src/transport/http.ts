@@ -105,6 +105,10 @@ export class HttpTransport {
           headers,
           body: req.body as Dispatcher.DispatchOptions['body'],
           signal: req.signal ?? null,
+          // undici closes the connection after every HEAD (for servers that wrongly send a body
+          // with it). Registries are well-behaved, and a copy HEADs every blob: without this,
+          // each HEAD costs a new connection (and, over TLS, a handshake).
+          ...(req.method === 'HEAD' ? { reset: false } : {}),
         });
       } catch (e) {
         throw networkError(e, url);

@@ -18,8 +18,12 @@ import {
   type PushedManifest,
 } from '../harness/fixtures.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
+import { DEFAULT_UPLOAD_TUNING } from '../../src/copy/blob-upload.ts';
 
 const MiB = 1024 * 1024;
+/** Layer sizes relative to ferry's upload tuning: one past the monolithic limit (a PATCH, then the PUT), and one of three chunks. */
+const CHUNKED_LAYER = DEFAULT_UPLOAD_TUNING.monolithicMaxBytes + 8 * MiB;
+const THREE_CHUNK_LAYER = 2 * DEFAULT_UPLOAD_TUNING.chunkBytes + 8 * MiB;
 
 /** The destination holds exactly the source's bytes: same root digest, every blob present and hashing right. */
 async function assertSameImage(src: OciClient, srcRepo: string, srcRef: string, dst: OciClient, dstRepo: string, dstRef: string): Promise<void> {
@@ -50,10 +54,10 @@ describe('ferry copy between distribution registries (no auth)', () => {
   });
 
   test('large layers, some chunked, arrive byte-exact', async () => {
-    await pushLargeImage(srcC, 'big/app', 'v1', { layerCount: 3, layerSize: 40 * MiB });
+    await pushLargeImage(srcC, 'big/app', 'v1', { layerCount: 2, layerSize: CHUNKED_LAYER });
     const r = await runFerry(['copy', '--json', `${src.host}/big/app:v1`, `${dst.host}/big/app:v1`], { env });
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(r.json.transfer.blobs_copied, 4);
+    assert.equal(r.json.transfer.blobs_copied, 3);
     assert.equal(r.json.transfer.bytes_transferred, r.json.transfer.bytes_total);
     assert.equal(r.json.digest_changed, false);
     await assertSameImage(srcC, 'big/app', 'v1', dstC, 'big/app', 'v1');
@@ -222,7 +226,7 @@ describe('ferry copy through a fault-injecting proxy', () => {
   });
 
   test('an upload cut mid-PATCH restarts the blob (distribution cancels the session)', async () => {
-    await pushLargeImage(srcC, 'cut/patch', 'v1', { layerCount: 1, layerSize: 40 * MiB });
+    await pushLargeImage(srcC, 'cut/patch', 'v1', { layerCount: 1, layerSize: CHUNKED_LAYER });
     const rule = dstProxy.addRule({ method: 'PATCH', path: /\/blobs\/uploads\//, action: 'reset-after-bytes', on: 'request', bytes: 4 * MiB, times: 1 });
     const r = await copyVia('cut/patch');
     rule.remove();
@@ -234,7 +238,7 @@ describe('ferry copy through a fault-injecting proxy', () => {
   });
 
   test('a chunk refused between chunks resumes from the acknowledged offset (no restart)', async () => {
-    await pushLargeImage(srcC, 'cut/resume', 'v1', { layerCount: 1, layerSize: 40 * MiB });
+    await pushLargeImage(srcC, 'cut/resume', 'v1', { layerCount: 1, layerSize: THREE_CHUNK_LAYER });
     dstProxy.resetLog();
     // The second PATCH of the upload is answered 503 before reaching the registry.
     const rule = dstProxy.addRule({ method: 'PATCH', path: /\/blobs\/uploads\//, action: 'status', status: 503, skip: 1, times: 1 });
@@ -243,8 +247,8 @@ describe('ferry copy through a fault-injecting proxy', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.json.transfer.blobs_restarted, 0, 'the blob started over instead of resuming');
     assert.match(r.stderr, /resuming upload from the registry's acknowledged offset/);
-    // Re-sent bytes are at most one chunk (16 MiB).
-    assert.ok(r.json.transfer.bytes_transferred - r.json.transfer.bytes_total <= 16 * MiB);
+    // Re-sent bytes are at most one chunk.
+    assert.ok(r.json.transfer.bytes_transferred - r.json.transfer.bytes_total <= DEFAULT_UPLOAD_TUNING.chunkBytes);
     assert.ok(dstProxy.count({ method: 'GET', path: /\/blobs\/uploads\// }) >= 1, 'no upload status request was made');
     await assertSameImage(srcC, 'cut/resume', 'v1', dstC, 'cut/resume', 'v1');
   });
@@ -373,7 +377,7 @@ describe('ferry copy to crane\'s registry (other upload quirks)', () => {
 
   test('chunked and monolithic uploads both land byte-exact', async () => {
     const srcC = clientFor(src);
-    await pushLargeImage(srcC, 'cr/app', 'v1', { layerCount: 2, layerSize: 36 * MiB });
+    await pushImage(srcC, 'cr/app', 'v1', { layerSizes: [CHUNKED_LAYER, 4 * MiB] });
     const r = await runFerry(['copy', '--json', `${src.host}/cr/app:v1`, `${crane.host}/cr/app:v1`], { env: { XDG_STATE_HOME: tempStateHome() } });
     assert.equal(r.code, 0, r.stderr);
     await assertSameImage(srcC, 'cr/app', 'v1', clientFor(crane), 'cr/app', 'v1');

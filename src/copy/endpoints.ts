@@ -1,0 +1,19 @@
+// Copy endpoints for registry references: the end, what to read or write, and the names the
+// report uses.
+import { formatReference, referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
+import type { RegistryClient } from '../registry/client.ts';
+import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
+import type { CopyDestination, CopySource } from './engine.ts';
+
+export function registryCopySource(ref: Reference, client: RegistryClient): CopySource {
+  const s: CopySource = { end: new RegistrySource(client, ref.repository), target: ref.digest ?? referenceTarget(ref), name: formatReference(ref) };
+  if (ref.digest) s.digest = ref.digest;
+  return s;
+}
+
+export function registryCopyDestination(ref: Reference, client: RegistryClient): CopyDestination {
+  const d: CopyDestination = { end: new RegistryDestination(client, ref.repository), name: formatReference(ref), repository: repositoryName(ref) };
+  if (ref.tag !== undefined) d.tag = ref.tag;
+  if (ref.digest !== undefined) d.digest = ref.digest;
+  return d;
+}

@@ -1,0 +1,67 @@
+// A repository in a registry as a copy end. The copy engine recognises these to use what
+// only registries can do: mount across repositories of one registry, and resumable chunked
+// uploads (src/copy/blob-upload.ts).
+import type { Digest } from '../reference/digest.ts';
+import type { RegistryClient } from '../registry/client.ts';
+import type { BlobStream, FetchedManifest, ImageDestination, ImageSource, ManifestHead } from './types.ts';
+
+export class RegistrySource implements ImageSource {
+  readonly client: RegistryClient;
+  readonly repository: string;
+  readonly description: string;
+
+  constructor(client: RegistryClient, repository: string) {
+    this.client = client;
+    this.repository = repository;
+    this.description = `${client.registry}/${repository}`;
+  }
+
+  getManifest(target: string, signal?: AbortSignal): Promise<FetchedManifest | undefined> {
+    return this.client.getManifest(this.repository, target, signal);
+  }
+
+  getReferrers(digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
+    return this.client.getReferrers(this.repository, digest, signal);
+  }
+
+  async openBlob(digest: Digest, _size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
+    const res = await this.client.openBlob(this.repository, digest, offset, signal);
+    return { body: res.body as AsyncIterable<Buffer>, ignoredRange: (res as { ignoredRange?: boolean }).ignoredRange === true };
+  }
+}
+
+export class RegistryDestination implements ImageDestination {
+  readonly client: RegistryClient;
+  readonly repository: string;
+  readonly description: string;
+  readonly maxConcurrentBlobs = Infinity;
+
+  constructor(client: RegistryClient, repository: string) {
+    this.client = client;
+    this.repository = repository;
+    this.description = `${client.registry}/${repository}`;
+  }
+
+  headManifest(target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
+    return this.client.headManifest(this.repository, target, signal);
+  }
+
+  putManifest(target: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<Digest> {
+    return this.client.putManifest(this.repository, target, bytes, mediaType, signal);
+  }
+
+  async hasBlob(digest: Digest, _size: number, signal?: AbortSignal): Promise<boolean> {
+    return (await this.client.headBlob(this.repository, digest, signal)) !== undefined;
+  }
+
+  /** One POST + PUT. The engine prefers uploadBlob (chunked, resumable) for registries; this serves generic callers. */
+  async writeBlob(digest: Digest, size: number, _mediaType: string, chunks: AsyncIterable<Buffer>, signal?: AbortSignal): Promise<void> {
+    const { location } = await this.client.startUpload(this.repository, signal);
+    try {
+      await this.client.commitUpload(this.repository, location, digest, chunks, size, signal);
+    } catch (e) {
+      await this.client.cancelUpload(this.repository, location);
+      throw e;
+    }
+  }
+}
