@@ -42,7 +42,7 @@ export const copyOptions = {
   'state-dir': { type: 'string', describe: 'where ferry keeps its cache and resume state (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)' },
 } as const satisfies Record<string, Options>;
 
-interface CopyArgs extends GlobalFlags {
+export interface CopyArgs extends GlobalFlags {
   source: string;
   destination: string;
   platform?: string | string[];

@@ -8,6 +8,7 @@ import { versionText } from '../version.ts';
 import { runCopy, copyOptions } from './copy.ts';
 import { runInspect } from './inspect.ts';
 import { agentOptions, runAgent } from './agent.ts';
+import { runSync, syncOptions } from './sync.ts';
 import { globalOptions } from './options.ts';
 
 export async function main(argv: string[] = hideBin(process.argv)): Promise<number> {
@@ -40,6 +41,14 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
       },
     )
     .command(
+      'sync',
+      'Run a control-plane plan by hand (a debug sync): the plan\'s source is copied to its destination',
+      (y: Argv) => y.options(globalOptions).options(syncOptions).example('$0 sync --plan job-42.json --dry-run', 'show what the job would copy'),
+      async (args) => {
+        exitCode = await runSync(args as never);
+      },
+    )
+    .command(
       'agent',
       'Run the agent: poll the control plane for sync jobs and copy their images into the local registry',
       (y: Argv) =>
@@ -58,7 +67,7 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
         process.stdout.write(versionText(args.json === true));
       },
     )
-    .demandCommand(1, 'Name a command: agent, copy, inspect or version (see --help).')
+    .demandCommand(1, 'Name a command: agent, copy, sync, inspect or version (see --help).')
     .strict()
     .recommendCommands()
     .help()
