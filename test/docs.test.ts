@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { renderReadme } from '../scripts/gen-docs.ts';
 import { AGENT_OPTIONS } from '../src/agent/config.ts';
+import { CONTRACT_CODES } from '../src/errors.ts';
 
 const root = new URL('../', import.meta.url).pathname;
 const readme = readFileSync(`${root}README.md`, 'utf8');
@@ -32,4 +33,9 @@ test('npm run demo: the agent syncs a job end to end and the image is verified',
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
   assert.match(r.stdout, /job job-\d+: finished/);
   assert.match(r.stdout, /verified: the local registry holds/);
+});
+
+test('docs/troubleshooting.md explains every error code ferry can report', () => {
+  const doc = readFileSync(`${root}docs/troubleshooting.md`, 'utf8');
+  for (const code of [...CONTRACT_CODES, 'USAGE']) assert.match(doc, new RegExp(`^\\| \`${code}\` \\| .+ \\| .+ \\|$`, 'm'), `${code} has no row with a meaning and a remedy`);
 });
