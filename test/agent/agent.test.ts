@@ -99,7 +99,7 @@ describe('ferry agent', () => {
     const jobId = world.cp.enqueueJob(plan(world, 'org_2b/app', 'v1', 'install_1/expired'), { oneTimeTokenTtlS: 0.001 });
     await new Promise((r) => setTimeout(r, 20));
     const agent = startAgent(world, tempState(), ['--exit-when-idle']);
-    assert.equal(await agent.exited, 0);
+    assert.equal(await agent.exited, 0, agent.logs().slice(-4000));
     const job = world.cp.job(jobId);
     assert.equal(job.status, 'failed');
     assert.equal(job.result!.error_code, 'TOKEN_EXPIRED');
@@ -112,7 +112,7 @@ describe('ferry agent', () => {
     const jobId = world.cp.enqueueJob(plan(world, 'org_2c/app', 'v1', 'install_1/twice', {}, proxy.host));
     const state = tempState();
     const agent = startAgent(world, state, ['--shutdown-grace', '600']);
-    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 30_000);
+    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 90_000);
     await new Promise((r) => setTimeout(r, 300));
     agent.proc.kill('SIGTERM');
     await agent.waitForLog(/stopping: no new jobs/, 10_000);
@@ -170,7 +170,7 @@ describe('ferry agent', () => {
     const stall = stallLayers(proxy, img, 4000, 1);
     const jobId = world.cp.enqueueJob(plan(world, 'org_4/app', 'v1', 'install_1/outage', {}, proxy.host));
     const agent = startAgent(world, tempState(), ['--exit-when-idle']);
-    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 30_000);
+    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 90_000);
     await world.cp.goDown();
     await new Promise((r) => setTimeout(r, 15_000));
     await world.cp.comeUp();
@@ -211,7 +211,7 @@ describe('ferry agent', () => {
     const jobId = world.cp.enqueueJob(plan(world, 'org_6/app', 'v1', 'install_1/term', {}, proxy.host));
     const state = tempState();
     const agent = startAgent(world, state, ['--shutdown-grace', '1']);
-    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 30_000);
+    await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 90_000);
     await new Promise((r) => setTimeout(r, 500));
     agent.proc.kill('SIGTERM');
     assert.equal(await agent.exited, 0, agent.logs().slice(-3000));
