@@ -6,6 +6,8 @@ import { spawnSync } from 'node:child_process';
 import { renderReadme } from '../scripts/gen-docs.ts';
 import { AGENT_OPTIONS } from '../src/agent/config.ts';
 import { CONTRACT_CODES } from '../src/errors.ts';
+import { copyOptions } from '../src/cli/copy.ts';
+import { globalOptions } from '../src/cli/options.ts';
 
 const root = new URL('../', import.meta.url).pathname;
 const readme = readFileSync(`${root}README.md`, 'utf8');
@@ -38,4 +40,12 @@ test('npm run demo: the agent syncs a job end to end and the image is verified',
 test('docs/troubleshooting.md explains every error code ferry can report', () => {
   const doc = readFileSync(`${root}docs/troubleshooting.md`, 'utf8');
   for (const code of [...CONTRACT_CODES, 'USAGE']) assert.match(doc, new RegExp(`^\\| \`${code}\` \\| .+ \\| .+ \\|$`, 'm'), `${code} has no row with a meaning and a remedy`);
+});
+
+test('every ferry copy flag is in the README\'s option table', () => {
+  const section = readme.slice(readme.indexOf('### Options of `ferry copy`'), readme.indexOf('### Error codes'));
+  for (const flag of [...Object.keys(copyOptions), ...Object.keys(globalOptions)]) {
+    const name = flag === 'create-repository' ? 'no-create-repository' : flag;
+    assert.ok(section.includes(`\`--${name}`), `--${name} is missing from the README's ferry copy options`);
+  }
 });
