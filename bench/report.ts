@@ -1,0 +1,350 @@
+// Summaries, the issue's targets, and the Markdown / JSON outputs.
+import type { RequestCounts } from './registries.ts';
+import { max, median, min } from './measure.ts';
+
+export interface RunResult {
+  round: number;
+  wall_s: number;
+  user_s: number;
+  sys_s: number;
+  cpu_s: number;
+  rss_mib: number;
+  /** Fleet syncs: sum of every process's peak RSS. */
+  rss_sum_mib?: number;
+  processes: number;
+  requests: { source: RequestCounts; destination: RequestCounts; total: number };
+  /** CPU seconds the two registries used during the run. */
+  registry_cpu_s: number;
+  /** CPU used on the machine by anything else (other engineers' tests…), as % of all cores over the run. */
+  foreign_cpu_pct: number;
+  ok: boolean;
+  verified: boolean;
+  error?: string;
+}
+
+export interface ToolSummary {
+  tool: string;
+  runs: number;
+  failures: number;
+  verified: boolean;
+  wall_median_s: number;
+  wall_min_s: number;
+  wall_max_s: number;
+  cpu_median_s: number;
+  rss_max_mib: number;
+  rss_median_mib: number;
+  requests_median: number;
+  requests_source_median: number;
+  requests_destination_median: number;
+  /** Breakdown of the median run (by total requests). */
+  requests_detail: { source: RequestCounts; destination: RequestCounts } | undefined;
+  /** This tool's median wall / the best peer's median wall. */
+  ratio_to_best_peer: number;
+  cpu_ratio_to_best_peer: number;
+  cpu_s_per_gib: number;
+  registry_cpu_median_s: number;
+  foreign_cpu_pct_mean: number;
+}
+
+export interface WorkloadResult {
+  name: string;
+  kind: string;
+  description: string;
+  images: number;
+  bytes: number;
+  blobs: number;
+  /** How ferry ran this workload (fleet/warm: the interim CLI mode). */
+  ferry_mode?: string;
+  runs: Record<string, RunResult[]>;
+  summary: ToolSummary[];
+  best_peer?: string;
+}
+
+export interface Target {
+  id: string;
+  description: string;
+  target: string;
+  measured: string;
+  met: boolean | null;
+  note?: string;
+}
+
+export interface BenchResults {
+  schema: 1;
+  started_at: string;
+  finished_at: string;
+  quick: boolean;
+  config: Record<string, unknown>;
+  machine: Record<string, unknown>;
+  versions: Record<string, string>;
+  invocations: Record<string, string>;
+  workloads: WorkloadResult[];
+  startup?: Array<{ command: string; runs: number; wall_median_ms: number; wall_min_ms: number; rss_median_mib: number }>;
+  targets: Target[];
+}
+
+const GiB = 1024 ** 3;
+
+export function summarize(w: WorkloadResult, peers: string[]): void {
+  const summaries: ToolSummary[] = [];
+  for (const [tool, runs] of Object.entries(w.runs)) {
+    const good = runs.filter((r) => r.ok);
+    const byTotal = [...good].sort((a, b) => a.requests.total - b.requests.total);
+    const mid = byTotal[Math.floor((byTotal.length - 1) / 2)];
+    summaries.push({
+      tool,
+      runs: runs.length,
+      failures: runs.length - good.length,
+      verified: runs.length > 0 && runs.every((r) => r.verified),
+      wall_median_s: median(good.map((r) => r.wall_s)),
+      wall_min_s: min(good.map((r) => r.wall_s)),
+      wall_max_s: max(good.map((r) => r.wall_s)),
+      cpu_median_s: median(good.map((r) => r.cpu_s)),
+      rss_max_mib: max(good.map((r) => r.rss_mib)),
+      rss_median_mib: median(good.map((r) => r.rss_mib)),
+      requests_median: median(good.map((r) => r.requests.total)),
+      requests_source_median: median(good.map((r) => r.requests.source.total)),
+      requests_destination_median: median(good.map((r) => r.requests.destination.total)),
+      requests_detail: mid ? { source: mid.requests.source, destination: mid.requests.destination } : undefined,
+      ratio_to_best_peer: NaN,
+      cpu_ratio_to_best_peer: NaN,
+      cpu_s_per_gib: median(good.map((r) => r.cpu_s)) / (w.bytes / GiB),
+      registry_cpu_median_s: median(good.map((r) => r.registry_cpu_s)),
+      foreign_cpu_pct_mean: good.length ? good.reduce((n, r) => n + r.foreign_cpu_pct, 0) / good.length : NaN,
+    });
+  }
+  const peerSums = summaries.filter((s) => peers.includes(s.tool) && Number.isFinite(s.wall_median_s) && s.verified);
+  const best = peerSums.sort((a, b) => a.wall_median_s - b.wall_median_s)[0];
+  const bestCpu = Math.min(...peerSums.map((s) => s.cpu_median_s));
+  for (const s of summaries) {
+    s.ratio_to_best_peer = best ? s.wall_median_s / best.wall_median_s : NaN;
+    s.cpu_ratio_to_best_peer = Number.isFinite(bestCpu) ? s.cpu_median_s / bestCpu : NaN;
+  }
+  w.summary = summaries;
+  if (best) w.best_peer = best.tool;
+}
+
+const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–');
+const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
+const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : '–');
+
+export function evaluateTargets(r: BenchResults): Target[] {
+  const targets: Target[] = [];
+  const wl = (name: string) => r.workloads.find((w) => w.name === name);
+  const sum = (w: WorkloadResult | undefined, tool: string) => w?.summary.find((s) => s.tool === tool);
+  const bestPeer = (w: WorkloadResult | undefined) => (w?.best_peer ? sum(w, w.best_peer) : undefined);
+  const peersOf = (w: WorkloadResult) => w.summary.filter((s) => s.tool !== 'ferry');
+
+  for (const name of ['big', 'many']) {
+    const w = wl(name);
+    const f = sum(w, 'ferry');
+    const b = bestPeer(w);
+    if (!w || !f) continue;
+    targets.push({
+      id: `${name}-wall`,
+      description: `${name}: ferry's median wall time ≤ 1.05 × the best peer's`,
+      target: '≤ 1.05×',
+      measured: b ? `${f2(f.wall_median_s)} s vs ${b.tool} ${f2(b.wall_median_s)} s = ${f2(f.ratio_to_best_peer)}×` : 'no peer measured',
+      met: b && f.verified ? f.ratio_to_best_peer <= 1.05 : null,
+    });
+  }
+  {
+    const w = wl('fleet');
+    const f = sum(w, 'ferry');
+    const b = bestPeer(w);
+    if (w && f) {
+      targets.push({
+        id: 'fleet-wall',
+        description: 'fleet (cold): ferry ≤ 0.8 × the best peer',
+        target: '≤ 0.80×',
+        measured: b ? `${f2(f.wall_median_s)} s vs ${b.tool} ${f2(b.wall_median_s)} s = ${f2(f.ratio_to_best_peer)}×` : 'no peer measured',
+        met: b && f.verified ? f.ratio_to_best_peer <= 0.8 : null,
+        ...(w.ferry_mode ? { note: `ferry ran as ${w.ferry_mode}` } : {}),
+      });
+    }
+  }
+  {
+    const w = wl('warm');
+    const f = sum(w, 'ferry');
+    if (w && f?.requests_detail) {
+      const { source, destination } = f.requests_detail;
+      const tags = w.images;
+      const reqOk = source.manifest === tags && destination.manifest === tags && source.blob + destination.blob + source.upload + destination.upload === 0;
+      targets.push({
+        id: 'warm-requests',
+        description: 'warm: one manifest request per registry per tag and no blob request',
+        target: `${tags} + ${tags} manifest requests, 0 blob requests`,
+        measured:
+          `source ${source.manifest} manifest, ${source.blob} blob, ${source.other} other; ` +
+          `destination ${destination.manifest} manifest, ${destination.blob + destination.upload} blob, ${destination.manifestWrite} manifest writes, ${destination.other} other`,
+        met: f.verified ? reqOk : null,
+        ...(source.other + destination.other > 0 ? { note: `"other" are /v2/ pings (auth probes) made by each process` } : {}),
+      });
+      const peers = peersOf(w).filter((s) => s.verified);
+      const fastest = peers.sort((a, b) => a.wall_median_s - b.wall_median_s)[0];
+      targets.push({
+        id: 'warm-wall',
+        description: 'warm: ferry faster than every peer',
+        target: '< every peer',
+        measured: fastest ? `${f2(f.wall_median_s)} s vs fastest peer ${fastest.tool} ${f2(fastest.wall_median_s)} s` : 'no peer measured',
+        met: fastest && f.verified ? f.wall_median_s < fastest.wall_median_s : null,
+        ...(w.ferry_mode ? { note: `ferry ran as ${w.ferry_mode}` } : {}),
+      });
+    }
+  }
+  {
+    const big = sum(wl('huge-2g'), 'ferry');
+    const small = sum(wl('huge-512m'), 'ferry');
+    if (big) {
+      targets.push({
+        id: 'huge-rss',
+        description: 'huge: ferry peak RSS ≤ 90 MB copying one 2 GiB layer',
+        target: '≤ 90 MB (85.8 MiB)',
+        measured: `${f1(big.rss_max_mib * 1.048576)} MB (${f1(big.rss_max_mib)} MiB), the largest of ${big.runs} runs`,
+        met: big.verified ? big.rss_max_mib * 1.048576 <= 90 : null,
+      });
+    }
+    if (big && small) {
+      const growth = big.rss_median_mib - small.rss_median_mib;
+      targets.push({
+        id: 'huge-flat',
+        description: 'huge: memory flat as the layer grows (512 MiB → 2 GiB)',
+        target: 'median peak RSS grows < 10%',
+        measured: `${f1(small.rss_median_mib)} MiB → ${f1(big.rss_median_mib)} MiB (${growth >= 0 ? '+' : ''}${f1(growth)} MiB)`,
+        met: big.verified && small.verified ? big.rss_median_mib <= small.rss_median_mib * 1.1 : null,
+      });
+    }
+  }
+  for (const name of ['big', 'huge-2g']) {
+    const w = wl(name);
+    const f = sum(w, 'ferry');
+    if (!w || !f) continue;
+    const peers = peersOf(w).filter((s) => s.verified && Number.isFinite(s.cpu_s_per_gib));
+    const best = peers.sort((a, b) => a.cpu_s_per_gib - b.cpu_s_per_gib)[0];
+    targets.push({
+      id: `${name}-cpu`,
+      description: `CPU (${name}): ferry's CPU seconds per GiB ≤ 1.5 × the best peer's`,
+      target: '≤ 1.5×',
+      measured: best ? `${f2(f.cpu_s_per_gib)} s/GiB vs ${best.tool} ${f2(best.cpu_s_per_gib)} s/GiB = ${f2(f.cpu_s_per_gib / best.cpu_s_per_gib)}×` : 'no peer measured',
+      met: best && f.verified ? f.cpu_s_per_gib <= 1.5 * best.cpu_s_per_gib : null,
+    });
+  }
+  if (r.startup?.length) {
+    // The single executable is "the binary" when there is one; else the ferry that was run.
+    const s = r.startup[r.startup.length - 1]!;
+    targets.push({
+      id: 'startup',
+      description: 'start-up: `ferry version` under 100 ms',
+      target: '< 100 ms',
+      measured: r.startup.map((x) => `${f0(x.wall_median_ms)} ms median (${x.command})`).join('; '),
+      met: s.wall_median_ms < 100,
+      note: `judged on: ${s.command}`,
+    });
+  }
+  return targets;
+}
+
+const mib = (bytes: number) => (bytes >= GiB ? `${(bytes / GiB).toFixed(2)} GiB` : `${(bytes / 1024 / 1024).toFixed(1)} MiB`);
+
+export function toMarkdown(r: BenchResults): string {
+  const L: string[] = [];
+  L.push('# ferry benchmark results');
+  L.push('');
+  L.push(
+    `Generated by \`npm run bench\` (scripts/bench.ts)${r.quick ? ' in **quick mode** (tiny workloads: a smoke test, not a measurement)' : ''}. ` +
+      `Started ${r.started_at}, finished ${r.finished_at}. Machine-readable: \`results.json\` beside this file.`,
+  );
+  L.push('');
+  L.push('## Machine and versions');
+  L.push('');
+  L.push('| | |');
+  L.push('|---|---|');
+  for (const [k, v] of Object.entries(r.machine)) L.push(`| ${k} | ${String(v)} |`);
+  for (const [k, v] of Object.entries(r.versions)) L.push(`| ${k} | ${v} |`);
+  L.push('');
+  if (r.versions.skopeo?.startsWith('1.9.')) {
+    L.push(
+      "skopeo is Debian bookworm's 1.9.3. Debian sid has 1.22, but it needs libc6 ≥ 2.38 and libgpgme45, which bookworm does not have, " +
+        'so unlike crane and oras it cannot come from the private sid list (scripts/install-system-deps.sh).',
+    );
+    L.push('');
+  }
+  L.push('Where the time goes, what was changed and what is left: docs/performance.md.');
+  L.push('');
+  L.push('## How it was run');
+  L.push('');
+  L.push(
+    `Two distribution registries on loopback (source and destination), fresh filesystem storage under the system temp dir. ` +
+      `Tools alternate in rounds (${Object.keys(r.invocations).join(', ')}, then again), ${String(r.config.runs)} run(s) each per workload; ` +
+      'every run copies into a fresh destination repository and is verified byte-exact afterwards with the harness\'s independent client ' +
+      '(root digest, every manifest and every blob downloaded and hashed). `sync` is called before each run so no run pays for the previous one\'s writeback. ' +
+      'Wall time is measured around the process; CPU (user + sys) and peak RSS come from GNU time (wait4 rusage of the tool\'s process). ' +
+      "Requests are counted from the registries' access logs (source + destination), bracketed by marker requests. " +
+      '"foreign CPU" is the CPU the rest of the machine used during the runs (other engineers\' tests etc.), as a share of both cores: it says how noisy the numbers are.',
+  );
+  L.push('');
+  for (const [tool, inv] of Object.entries(r.invocations)) L.push(`- **${tool}**: \`${inv}\``);
+  L.push('');
+  if (r.workloads.some((w) => w.kind !== 'single')) {
+    L.push(
+      `fleet and warm: each peer runs one CLI process per image, ${String(r.config.fleet_parallel)} at once; ` +
+        (r.config.ferry_fleet === 'agent'
+          ? `ferry runs one \`ferry agent --exit-when-idle --max-jobs ${String(r.config.agent_max_jobs)}\` with one job per image from the reference control plane (no referrers, like the peers). `
+          : `ferry runs one \`ferry copy\` process per image like the peers (interim mode, not the agent). `) +
+        'warm: each tool first syncs its own destination (untimed, verified), then every timed run re-syncs it. ' +
+        'Peak RSS for these is the largest single process.',
+    );
+    L.push('');
+  }
+  L.push('## Results');
+  L.push('');
+  for (const w of r.workloads) {
+    L.push(`### ${w.name}: ${w.description}`);
+    L.push('');
+    L.push(`${w.images} image(s), ${w.blobs} blobs, ${mib(w.bytes)} per copy.${w.best_peer ? ` Best peer: **${w.best_peer}**.` : ''}`);
+    if (w.ferry_mode) L.push(`\n**ferry here: ${w.ferry_mode}.**`);
+    L.push('');
+    L.push('| tool | wall median (s) | min | max | × best peer | CPU user+sys (s) | CPU s/GiB | peak RSS (MiB) | requests src + dst | registries\' CPU (s) | verified | foreign CPU |');
+    L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|');
+    for (const s of w.summary) {
+      const rss = w.kind === 'single' ? f1(s.rss_max_mib) : `${f1(s.rss_max_mib)} (largest process)`;
+      L.push(
+        `| ${s.tool} | ${f2(s.wall_median_s)} | ${f2(s.wall_min_s)} | ${f2(s.wall_max_s)} | ${f2(s.ratio_to_best_peer)} | ${f2(s.cpu_median_s)} | ${f2(s.cpu_s_per_gib)} | ${rss} | ` +
+          `${f0(s.requests_source_median)} + ${f0(s.requests_destination_median)} | ${f2(s.registry_cpu_median_s)} | ${s.verified ? 'yes' : `**NO** (${s.failures} failed)`} | ${f0(s.foreign_cpu_pct_mean)}% |`,
+      );
+    }
+    L.push('');
+    const detail = w.summary
+      .filter((s) => s.requests_detail)
+      .map((s) => {
+        const d = s.requests_detail!;
+        const fmt = (c: RequestCounts) => `${c.manifest} manifest, ${c.blob} blob, ${c.upload} upload, ${c.manifestWrite} manifest write, ${c.other} other`;
+        return `- ${s.tool}: source ${fmt(d.source)}; destination ${fmt(d.destination)}`;
+      });
+    if (detail.length) {
+      L.push('<details><summary>requests by kind (median run)</summary>');
+      L.push('');
+      L.push(...detail);
+      L.push('');
+      L.push('</details>');
+      L.push('');
+    }
+  }
+  if (r.startup?.length) {
+    L.push('### start-up');
+    L.push('');
+    for (const s of r.startup) {
+      L.push(`- \`${s.command}\`: median ${f0(s.wall_median_ms)} ms, min ${f0(s.wall_min_ms)} ms over ${s.runs} runs, peak RSS ${f1(s.rss_median_mib)} MiB.`);
+    }
+    L.push('');
+  }
+  L.push('## Targets (issue 7)');
+  L.push('');
+  L.push('| target | required | measured | met |');
+  L.push('|---|---|---|:---:|');
+  for (const t of r.targets) {
+    L.push(`| ${t.description} | ${t.target} | ${t.measured}${t.note ? ` (${t.note})` : ''} | ${t.met === null ? 'n/a' : t.met ? 'yes' : '**no**'} |`);
+  }
+  L.push('');
+  return L.join('\n');
+}

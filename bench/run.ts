@@ -1,0 +1,307 @@
+// The benchmark itself: start the registries, seed, run every tool in alternation, verify
+// every run, summarize. scripts/bench.ts maps flags onto BenchOptions.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, freemem, release, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { OciClient } from '../test/harness/oci-client.ts';
+import { ferryFleetModeLabel, ferryFleetSync, syncWithParallelCli, type FerryFleetMode, type FleetJob, type FleetMeasure, type FleetSync } from './fleet.ts';
+import { CLK_TCK, GNU_TIME, loadAverage, median, min, runMeasured, systemCpuTicks } from './measure.ts';
+import { addCounts, BenchRegistry } from './registries.ts';
+import { evaluateTargets, summarize, toMarkdown, type BenchResults, type RunResult, type WorkloadResult } from './report.ts';
+import { makeTools, registryVersion, type RunContext, type Tool, type ToolSettings } from './tools.ts';
+import { selectWorkloads, workloads, type SourceImage, type Workload } from './workloads.ts';
+
+export interface BenchOptions {
+  runs: number;
+  quick: boolean;
+  workloads?: string[] | undefined;
+  tools?: string[] | undefined;
+  outDir: string;
+  /** Where registries' temp dirs and run state go is the system temp dir; this holds scratch. */
+  workDir: string;
+  tool: ToolSettings;
+  /** dist/ferry, when it exists: its start-up is measured too. */
+  singleExecutable?: string | undefined;
+  fleetParallel: number;
+  /** How ferry syncs fleet and warm: one agent (default) or parallel CLI processes. */
+  ferryFleet: FerryFleetMode;
+  agentMaxJobs: number;
+  timeoutMs: number;
+  startupRuns: number;
+  log: (line: string) => void;
+}
+
+export async function runBench(o: BenchOptions): Promise<BenchResults> {
+  if (!existsSync(GNU_TIME)) throw new Error(`${GNU_TIME} not found: install the Debian package "time" (sudo bash scripts/install-system-deps.sh)`);
+  const all = makeTools(o.tool);
+  const tools = o.tools?.length ? all.filter((t) => o.tools!.includes(t.name)) : all;
+  const missing = (o.tools ?? []).filter((n) => !all.some((t) => t.name === n));
+  if (missing.length) throw new Error(`unknown tool(s): ${missing.join(', ')} (have: ${all.map((t) => t.name).join(', ')})`);
+  const selected = selectWorkloads(workloads(o.quick), o.workloads);
+  mkdirSync(o.workDir, { recursive: true });
+  const scratch = mkdtempSync(join(o.workDir, 'run-'));
+  const dockerConfig = join(scratch, 'docker-config');
+  mkdirSync(dockerConfig);
+
+  const started = new Date();
+  const load0 = loadAverage();
+  const commit = gitDescribe();
+  const results: BenchResults = {
+    schema: 1,
+    started_at: started.toISOString(),
+    finished_at: '',
+    quick: o.quick,
+    config: {
+      runs: o.runs,
+      workloads: selected.map((w) => w.name),
+      tools: tools.map((t) => t.name),
+      fleet_parallel: o.fleetParallel,
+      ferry_fleet: o.ferryFleet,
+      agent_max_jobs: o.agentMaxJobs,
+      ferry: o.tool.ferryLabel,
+    },
+    machine: {},
+    versions: {},
+    invocations: Object.fromEntries(tools.map((t) => [t.name, t.invocation])),
+    workloads: [],
+    targets: [],
+  };
+  results.versions = {
+    node: process.version,
+    ...Object.fromEntries(tools.map((t) => [t.name, t.version()])),
+    registry: registryVersion(),
+  };
+  results.versions.ferry = `${results.versions.ferry ?? ''} — run as ${o.tool.ferryLabel}`;
+  o.log(`versions: ${Object.entries(results.versions).map(([k, v]) => `${k} ${v}`).join('; ')}`);
+
+  o.log('starting the source and destination registries…');
+  const [src, dst] = await Promise.all([BenchRegistry.start('source'), BenchRegistry.start('destination')]);
+  try {
+    const srcC = new OciClient({ host: src.host, timeoutMs: 600_000 });
+    const dstC = new OciClient({ host: dst.host, timeoutMs: 600_000 });
+    const seeded = new Map<string, SourceImage[]>();
+    for (const w of selected) {
+      let images = seeded.get(w.seedKey);
+      if (!images) {
+        o.log(`[${w.name}] seeding the source registry…`);
+        const t = performance.now();
+        images = await w.seed(srcC, o.quick);
+        seeded.set(w.seedKey, images);
+        o.log(`[${w.name}] seeded ${images.length} image(s) in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+      }
+      results.workloads.push(await runWorkload(w, images, tools, { src, dst, dstC, scratch, dockerConfig, o }));
+    }
+    if (tools.some((t) => t.name === 'ferry') && o.startupRuns > 0) {
+      // The ferry the copies ran with, and the single executable when one is built.
+      const candidates: Array<{ label: string; argv: string[] }> = [{ label: `${o.tool.ferryLabel} version`, argv: [...o.tool.ferryCommand, 'version'] }];
+      if (o.singleExecutable && o.singleExecutable !== o.tool.ferryCommand[0]) {
+        candidates.push({ label: 'dist/ferry version (single executable)', argv: [o.singleExecutable, 'version'] });
+      }
+      results.startup = [];
+      for (const c of candidates) {
+        const ms: number[] = [];
+        const rss: number[] = [];
+        for (let i = 0; i < o.startupRuns; i++) {
+          const m = await runMeasured({ cmd: c.argv[0]!, args: c.argv.slice(1), env: { ...process.env, DOCKER_CONFIG: dockerConfig } }, 30_000);
+          ms.push(m.wall_s * 1000);
+          rss.push(m.rss_mib);
+        }
+        const entry = { command: c.label, runs: o.startupRuns, wall_median_ms: median(ms), wall_min_ms: min(ms), rss_median_mib: median(rss) };
+        results.startup.push(entry);
+        o.log(`start-up: ${entry.command}: median ${entry.wall_median_ms.toFixed(0)} ms`);
+      }
+    }
+  } finally {
+    await Promise.all([src.stop(), dst.stop()]);
+    rmSync(scratch, { recursive: true, force: true });
+  }
+
+  const load1 = loadAverage();
+  const foreign = results.workloads.flatMap((w) => Object.values(w.runs).flat()).map((r) => r.foreign_cpu_pct);
+  results.machine = {
+    cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+    memory: `${(totalmem() / 1024 ** 3).toFixed(1)} GiB (${(freemem() / 1024 ** 3).toFixed(1)} GiB free at the end)`,
+    kernel: `Linux ${release()}`,
+    os: osRelease(),
+    storage: 'registries on the system temp dir\'s filesystem: ' + dfLine(),
+    'load average (1/5/15 min) at start': load0.map((x) => x.toFixed(2)).join(' / '),
+    'load average at end': load1.map((x) => x.toFixed(2)).join(' / '),
+    'foreign CPU during runs (median / max, % of all cores)': foreign.length
+      ? `${median(foreign).toFixed(0)}% / ${Math.max(...foreign).toFixed(0)}%`
+      : 'n/a',
+    'git commit (at the start)': commit,
+  };
+  results.finished_at = new Date().toISOString();
+  results.targets = evaluateTargets(results);
+  mkdirSync(o.outDir, { recursive: true });
+  writeFileSync(join(o.outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(join(o.outDir, 'RESULTS.md'), toMarkdown(results));
+  return results;
+}
+
+interface Env {
+  src: BenchRegistry;
+  dst: BenchRegistry;
+  dstC: OciClient;
+  scratch: string;
+  dockerConfig: string;
+  o: BenchOptions;
+}
+
+async function runWorkload(w: Workload, images: SourceImage[], tools: Tool[], env: Env): Promise<WorkloadResult> {
+  const { o } = env;
+  const result: WorkloadResult = {
+    name: w.name,
+    kind: w.kind,
+    description: w.description,
+    images: images.length,
+    bytes: images.reduce((n, i) => n + i.bytes, 0),
+    blobs: new Set(images.flatMap((i) => i.blobs)).size,
+    runs: Object.fromEntries(tools.map((t) => [t.name, [] as RunResult[]])),
+    summary: [],
+  };
+  if (w.kind !== 'single' && tools.some((t) => t.name === 'ferry')) result.ferry_mode = ferryFleetModeLabel(o.ferryFleet, o.agentMaxJobs);
+
+  const jobsInto = (prefix: string): FleetJob[] =>
+    images.map((i) => ({ source: `${env.src.host}/${i.repo}:${i.tag}`, destination: `${env.dst.host}/${prefix}/${i.repo}:${i.tag}` }));
+  const agent = { ferryCommand: o.tool.ferryCommand, maxJobs: o.agentMaxJobs, concurrency: o.tool.ferryConcurrency };
+  const baselineAgent = { ...agent, ferryCommand: o.tool.baselineCommand ?? [] };
+  const syncFor = (t: Tool): FleetSync =>
+    t.name === 'ferry'
+      ? ferryFleetSync(t, o.ferryFleet, agent)
+      : t.name === 'ferry-baseline'
+        ? ferryFleetSync(t, o.ferryFleet, baselineAgent)
+        : (jobs, ctx) => syncWithParallelCli(t, jobs, ctx);
+
+  // warm: every tool first syncs its own destination (untimed, verified); the timed runs re-sync it.
+  const warmState = new Map<string, string>();
+  if (w.kind === 'warm') {
+    for (const t of tools) {
+      const stateDir = mkdtempSync(join(env.scratch, `warm-${t.name}-`));
+      warmState.set(t.name, stateDir);
+      const jobs = jobsInto(`warm/${t.name}`);
+      o.log(`[warm] ${t.name}: preparing the destination (untimed)…`);
+      const m = await syncFor(t)(jobs, { stateDir, dockerConfig: env.dockerConfig, parallel: o.fleetParallel, timeoutMs: o.timeoutMs });
+      if (m.failures.length) throw new Error(`warm: ${t.name} could not prepare the destination: ${m.failures[0]}`);
+      await verifyAll(env.dstC, images, `warm/${t.name}`);
+    }
+  }
+
+  for (let round = 1; round <= o.runs; round++) {
+    for (const t of tools) {
+      const prefix = w.kind === 'warm' ? `warm/${t.name}` : `${w.name}/${t.name}-r${round}`;
+      const stateDir = w.kind === 'warm' ? warmState.get(t.name)! : mkdtempSync(join(env.scratch, `state-${t.name}-`));
+      const ctx: RunContext = { stateDir, dockerConfig: env.dockerConfig };
+      const jobs = jobsInto(prefix);
+
+      t.beforeRun?.();
+      if (!o.quick) spawnSync('sync'); // nobody pays for the previous run's writeback
+      const [s0, d0] = [await env.src.settle(), await env.dst.settle()];
+      const sys0 = systemCpuTicks();
+      const reg0 = env.src.cpuSeconds() + env.dst.cpuSeconds();
+      const self0 = process.cpuUsage();
+
+      let m: FleetMeasure;
+      if (w.kind === 'single') {
+        const job = jobs[0]!;
+        const r = await runMeasured(t.copy(job.source, job.destination, ctx), o.timeoutMs);
+        m = {
+          wall_s: r.wall_s,
+          user_s: r.user_s,
+          sys_s: r.sys_s,
+          rss_mib: r.rss_mib,
+          rss_sum_mib: r.rss_mib,
+          processes: 1,
+          failures: r.exitCode === 0 ? [] : [`exit ${r.exitCode}${r.timedOut ? ' (timed out)' : ''}: ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join(' | ')}`],
+        };
+      } else {
+        m = await syncFor(t)(jobs, { ...ctx, parallel: o.fleetParallel, timeoutMs: o.timeoutMs });
+      }
+
+      const sys1 = systemCpuTicks();
+      const reg1 = env.src.cpuSeconds() + env.dst.cpuSeconds();
+      const self1 = process.cpuUsage(self0);
+      const [s1, d1] = [await env.src.settle(), await env.dst.settle()];
+      const source = env.src.countBetween(s0, s1);
+      const destination = env.dst.countBetween(d0, d1);
+      const busy = (sys1.busy - sys0.busy) / CLK_TCK;
+      const cpu = m.user_s + m.sys_s;
+      const registryCpu = reg1 - reg0;
+      const foreign = Math.max(0, busy - cpu - registryCpu - (self1.user + self1.system) / 1e6);
+
+      const run: RunResult = {
+        round,
+        wall_s: m.wall_s,
+        user_s: m.user_s,
+        sys_s: m.sys_s,
+        cpu_s: cpu,
+        rss_mib: m.rss_mib,
+        ...(w.kind !== 'single' ? { rss_sum_mib: m.rss_sum_mib } : {}),
+        processes: m.processes,
+        requests: { source, destination, total: addCounts(source, destination).total },
+        registry_cpu_s: registryCpu,
+        foreign_cpu_pct: (100 * foreign) / (m.wall_s * cpus().length),
+        ok: m.failures.length === 0,
+        verified: false,
+      };
+      if (m.failures.length) run.error = m.failures.slice(0, 3).join('\n');
+      else {
+        try {
+          await verifyAll(env.dstC, images, prefix);
+          run.verified = true;
+        } catch (e) {
+          run.ok = false;
+          run.error = `verification failed: ${(e as Error).message}`;
+        }
+      }
+      if (stateDir !== warmState.get(t.name)) rmSync(stateDir, { recursive: true, force: true });
+      result.runs[t.name]!.push(run);
+      o.log(
+        `[${w.name}] round ${round}/${o.runs} ${t.name.padEnd(6)} ${run.wall_s.toFixed(2)} s wall, ${cpu.toFixed(2)} s CPU, ` +
+          `${run.rss_mib.toFixed(0)} MiB RSS, ${source.total}+${destination.total} requests, foreign CPU ${run.foreign_cpu_pct.toFixed(0)}%` +
+          (run.ok ? ', verified' : `, FAILED: ${run.error}`),
+      );
+    }
+  }
+  summarize(result, tools.filter((t) => t.peer).map((t) => t.name));
+  return result;
+}
+
+/** Every image at `prefix/<repo>:<tag>` in the destination is the source image, byte for byte. */
+async function verifyAll(dstC: OciClient, images: SourceImage[], prefix: string): Promise<void> {
+  for (const i of images) {
+    const got = await dstC.verifyImage(`${prefix}/${i.repo}`, i.tag);
+    if (got.digest !== i.digest) throw new Error(`${prefix}/${i.repo}:${i.tag} is ${got.digest}, the source is ${i.digest}`);
+    const blobs = got.blobs.map((b) => b.digest).sort();
+    if (blobs.join() !== i.blobs.join()) throw new Error(`${prefix}/${i.repo}:${i.tag} has blobs ${blobs.length}, the source ${i.blobs.length}`);
+  }
+}
+
+function osRelease(): string {
+  try {
+    const text = execFileSync('cat', ['/etc/os-release'], { encoding: 'utf8' });
+    return /PRETTY_NAME="([^"]+)"/.exec(text)?.[1] ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function dfLine(): string {
+  try {
+    const out = execFileSync('df', ['-h', '--output=source,fstype,size,avail', process.env.TMPDIR ?? '/tmp'], { encoding: 'utf8' }).trim().split('\n')[1];
+    return out?.trim().replace(/\s+/g, ' ') ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+function gitDescribe(): string {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no', 'src'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return dirty ? `${head} + uncommitted changes in src/` : head;
+  } catch {
+    return 'unknown';
+  }
+}

@@ -1,0 +1,163 @@
+// `npm run bench`: ferry against skopeo, crane and oras, side by side on the same two
+// registries, in the same run (issue 7). Writes bench/RESULTS.md and bench/results.json.
+//
+//   npm run bench                                  every workload, 5 runs per tool
+//   npm run bench -- --workload big,many --runs 3  some workloads
+//   npm run bench -- --quick                       tiny workloads, 1 run: a smoke test (writes bench/.work/quick/)
+//   npm run bench -- --tools ferry,oras            some tools
+//   npm run bench -- --ferry-node-args=--cpu-prof,--cpu-prof-dir=/tmp/prof   profile ferry's runs
+//
+// Workloads: big, many, multiarch, huge (= huge-512m + huge-2g), fleet, warm.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { runBench } from '../bench/run.ts';
+import { evaluateTargets, toMarkdown, type BenchResults } from '../bench/report.ts';
+
+const root = new URL('..', import.meta.url).pathname;
+
+const { values } = parseArgs({
+  options: {
+    runs: { type: 'string' },
+    workload: { type: 'string' },
+    tools: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    out: { type: 'string' },
+    ferry: { type: 'string', default: 'bundle' },
+    'no-build': { type: 'boolean', default: false },
+    'fleet-parallel': { type: 'string', default: '4' },
+    'ferry-fleet': { type: 'string', default: 'agent' },
+    'agent-max-jobs': { type: 'string', default: '8' },
+    'crane-jobs': { type: 'string' },
+    'oras-concurrency': { type: 'string' },
+    'ferry-concurrency': { type: 'string' },
+    'ferry-node-args': { type: 'string' },
+    'ferry-baseline': { type: 'string' },
+    timeout: { type: 'string', default: '900' },
+    'startup-runs': { type: 'string' },
+    render: { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+  allowPositionals: false,
+});
+
+if (values.help) {
+  console.log(`usage: node scripts/bench.ts [options]
+  --runs N                 runs per tool per workload (default 5; --quick: 1)
+  --workload a,b           big, many, multiarch, huge, huge-512m, huge-2g, fleet, warm (default: all)
+  --tools a,b              ferry, skopeo, crane, oras (default: all)
+  --quick                  tiny workloads, a smoke test; output to bench/.work/quick unless --out
+  --out DIR                where RESULTS.md and results.json go (default: bench/)
+  --ferry bundle|source|binary   run ferry as the bundle (built first with scripts/build.mjs), from
+                           src/main.ts, or as the single executable dist/ferry (not rebuilt)
+  --no-build               use the existing dist/ferry.mjs
+  --fleet-parallel N       processes at once for CLI fleet syncs (default 4)
+  --ferry-fleet agent|cli  ferry's fleet/warm sync: one \`ferry agent\` fed by the reference control
+                           plane (default), or parallel \`ferry copy\` processes like the peers
+  --agent-max-jobs N       the agent's --max-jobs (default 8)
+  --crane-jobs N, --oras-concurrency N, --ferry-concurrency N   per-image parallelism (default: the tool's own)
+  --ferry-node-args a,b    extra node flags for ferry (e.g. --cpu-prof,--cpu-prof-dir=/tmp/prof)
+  --ferry-baseline FILE    also run this ferry bundle (.mjs) or executable as tool "ferry-baseline":
+                           before/after comparisons in the same run (see docs/performance.md)
+  --timeout S              per run (default 900)
+  --render DIR             only rewrite DIR/RESULTS.md (and the targets) from DIR/results.json
+  --startup-runs N         'ferry version' start-up runs (default 20; --quick: 2); dist/ferry too when it exists`);
+  process.exit(0);
+}
+
+if (values.render !== undefined) {
+  const file = join(values.render, 'results.json');
+  const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults;
+  results.targets = evaluateTargets(results);
+  writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(join(values.render, 'RESULTS.md'), toMarkdown(results));
+  console.log(`rewrote ${join(values.render, 'RESULTS.md')}`);
+  process.exit(0);
+}
+
+const int = (v: string | undefined, name: string): number | undefined => {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) {
+    console.error(`--${name} wants a whole number, not ${v}`);
+    process.exit(2);
+  }
+  return n;
+};
+const list = (v: string | undefined) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : undefined);
+
+const quick = values.quick;
+if (values['ferry-fleet'] !== 'agent' && values['ferry-fleet'] !== 'cli') {
+  console.error(`--ferry-fleet is agent or cli, not ${values['ferry-fleet']}`);
+  process.exit(2);
+}
+const node = process.execPath;
+const nodeArgs = list(values['ferry-node-args']) ?? [];
+const singleExecutable = join(root, 'dist/ferry');
+let ferryCommand: string[];
+let ferryLabel: string;
+if (values.ferry === 'source') {
+  ferryCommand = [node, ...nodeArgs, join(root, 'src/main.ts')];
+  ferryLabel = 'node src/main.ts (sources, type stripping)';
+} else if (values.ferry === 'bundle') {
+  const entry = join(root, 'dist/ferry.mjs');
+  if (!values['no-build']) {
+    console.log('bench: building the bundle (scripts/build.mjs)…');
+    const r = spawnSync(node, [join(root, 'scripts/build.mjs')], { cwd: root, stdio: 'inherit' });
+    if (r.status !== 0) {
+      console.error('bench: the build failed; run with --ferry source to benchmark the sources');
+      process.exit(1);
+    }
+  } else if (!existsSync(entry)) {
+    console.error('bench: dist/ferry.mjs not found (npm run build), or drop --no-build');
+    process.exit(1);
+  }
+  ferryCommand = [node, ...nodeArgs, entry];
+  ferryLabel = 'node dist/ferry.mjs (the bundle)';
+} else if (values.ferry === 'binary') {
+  if (!existsSync(singleExecutable)) {
+    console.error('bench: dist/ferry (the single executable) not found: build it first');
+    process.exit(1);
+  }
+  if (nodeArgs.length) console.warn('bench: --ferry-node-args is ignored for the single executable');
+  ferryCommand = [singleExecutable];
+  ferryLabel = 'dist/ferry (the single executable)';
+} else {
+  console.error(`--ferry is bundle, source or binary, not ${values.ferry}`);
+  process.exit(2);
+}
+
+const results = await runBench({
+  runs: int(values.runs, 'runs') ?? (quick ? 1 : 5),
+  quick,
+  workloads: list(values.workload),
+  tools: list(values.tools),
+  outDir: values.out ?? join(root, quick ? 'bench/.work/quick' : 'bench'),
+  workDir: join(root, 'bench/.work'),
+  tool: {
+    ferryCommand,
+    ferryLabel,
+    baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? [node, values['ferry-baseline']] : [values['ferry-baseline']]) : undefined,
+    craneJobs: int(values['crane-jobs'], 'crane-jobs'),
+    orasConcurrency: int(values['oras-concurrency'], 'oras-concurrency'),
+    ferryConcurrency: int(values['ferry-concurrency'], 'ferry-concurrency'),
+  },
+  singleExecutable: existsSync(singleExecutable) ? singleExecutable : undefined,
+  fleetParallel: int(values['fleet-parallel'], 'fleet-parallel') ?? 4,
+  ferryFleet: values['ferry-fleet'] === 'cli' ? 'cli' : 'agent',
+  agentMaxJobs: int(values['agent-max-jobs'], 'agent-max-jobs') ?? 8,
+  timeoutMs: (int(values.timeout, 'timeout') ?? 900) * 1000,
+  startupRuns: int(values['startup-runs'], 'startup-runs') ?? (quick ? 2 : 20),
+  log: (line) => console.log(line),
+});
+
+const failed = results.workloads.flatMap((w) => w.summary.filter((s) => !s.verified).map((s) => `${w.name}/${s.tool}`));
+console.log('');
+for (const t of results.targets) console.log(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'NOT '} ${t.description}: ${t.measured}`);
+console.log(`\nwrote ${values.out ?? (quick ? 'bench/.work/quick' : 'bench')}/RESULTS.md and results.json`);
+if (failed.length) {
+  console.error(`bench: runs failed or were not byte-exact: ${failed.join(', ')}`);
+  process.exit(1);
+}
