@@ -10,6 +10,7 @@ import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { copyImage } from '../copy/engine.ts';
 import { registryCopyDestination, registryCopySource } from '../copy/endpoints.ts';
 import type { ContentCache } from '../copy/content-cache.ts';
+import { SUSPEND, type UploadJournal } from '../copy/journal.ts';
 import type { TransferLimits } from '../copy/limits.ts';
 import type { CopyProgress, CopyReport } from '../copy/types.ts';
 import { RegistryClient } from '../registry/client.ts';
@@ -32,6 +33,8 @@ export interface JobContext {
   transport: HttpTransport;
   limits: TransferLimits;
   cache: ContentCache;
+  /** Open chunked uploads in the state directory: a restarted agent continues them. */
+  journal?: UploadJournal;
   metrics: AgentMetrics;
   logger: Logger;
   /** The local registry's client, shared by every job (its tokens are reused). */
@@ -52,7 +55,8 @@ export async function runJob(ctx: JobContext, jobId: string, execId: string, res
   const started = Date.now();
   // Aborted on cancel (job status) or on hard stop (shutdown).
   const work = new AbortController();
-  const onHardStop = () => work.abort();
+  // A hard stop suspends the copy: journaled upload sessions stay open for whoever resumes the job.
+  const onHardStop = () => work.abort(SUSPEND);
   ctx.hardStop.addEventListener('abort', onHardStop, { once: true });
   let stoppedBy: 'cancelled' | 'timed-out' | undefined;
   const watcher = watchStatus(ctx, jobId, work, log, (s) => (stoppedBy = s));
@@ -215,6 +219,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     cache: ctx.cache,
     signal,
     onProgress,
+    ...(ctx.journal ? { journal: ctx.journal } : {}),
   });
 }
 

@@ -12,6 +12,8 @@ import { formatArchiveReference, isArchiveReference, parseArchiveReference } fro
 import { openArchiveDestination, openArchiveSource } from '../ends/local.ts';
 import { registryCopyDestination, registryCopySource } from '../copy/endpoints.ts';
 import { ContentCache } from '../copy/content-cache.ts';
+import { UploadJournal } from '../copy/journal.ts';
+import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from '../copy/blob-upload.ts';
 import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
@@ -128,6 +130,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       copyDestination = registryCopyDestination(destination!, dstClient);
     }
     const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
+    const stateDir = args['state-dir'] ?? defaultStateDir();
     const report = await copyImage({
       source: copySource,
       destination: copyDestination,
@@ -135,7 +138,10 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       referrers: args.referrers,
       limits: new TransferLimits(args.concurrency),
       logger,
-      cache: new ContentCache(join(args['state-dir'] ?? defaultStateDir(), 'cache')),
+      cache: new ContentCache(join(stateDir, 'cache')),
+      // Open chunked uploads, so that running the same command again after a crash continues them.
+      journal: UploadJournal.inStateDir(stateDir, logger),
+      tuning: uploadTuning(process.env),
       signal: abort.signal,
       dryRun: args['dry-run'],
       ...(display ? { onProgress: (p) => display.update(p) } : {}),
@@ -165,6 +171,21 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
   }
+}
+
+/**
+ * Upload tuning from the environment. FERRY_UPLOAD_CHUNK_BYTES sets the PATCH size of chunked
+ * uploads (default 64 MiB): smaller chunks bound what an interruption costs (at most one chunk
+ * re-sent where the registry reports upload status) at the price of more requests.
+ */
+export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
+  const raw = env.FERRY_UPLOAD_CHUNK_BYTES?.trim();
+  if (!raw) return DEFAULT_UPLOAD_TUNING;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < 1024 * 1024 || n > 1024 * 1024 * 1024) {
+    throw new UsageError(`FERRY_UPLOAD_CHUNK_BYTES must be a whole number of bytes from 1 MiB to 1 GiB, not "${raw}"`);
+  }
+  return { ...DEFAULT_UPLOAD_TUNING, chunkBytes: n };
 }
 
 const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/;
@@ -232,7 +253,7 @@ function humanSummary(r: CopyReport, dryRun: boolean): string {
   if (r.image.platforms.length) lines.push(`  platforms: ${r.image.platforms.map((p) => [p.os, p.architecture, p.variant].filter(Boolean).join('/')).join(', ')}`);
   lines.push(`  size:      ${formatBytes(r.image.size)}`);
   lines.push(
-    `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}`,
+    `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}${t.blobs_resumed ? `, ${t.blobs_resumed} resumed` : ''}`,
   );
   if (r.image.referrers.length) lines.push(`  referrers: ${r.image.referrers.length}`);
   if (r.referrers_left_behind.length) lines.push(`  note: ${r.referrers_left_behind.length} referrer(s) of the original index were left behind (the digest changed)`);

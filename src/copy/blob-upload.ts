@@ -3,7 +3,8 @@
 // Large blobs go up in chunks; after a failed chunk ferry asks the registry how much it
 // holds and continues from there, re-reading the source from that offset with the hash
 // state saved at that chunk boundary. When the registry has dropped the session, the blob
-// starts over (logged, and counted in the report).
+// starts over (logged, and counted in the report). With a journal (src/copy/journal.ts) every
+// acknowledged chunk is recorded, so a later process can continue the upload after a crash.
 import { FerryError, type Side } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import type { Digest } from '../reference/digest.ts';
@@ -11,6 +12,7 @@ import type { RegistryClient } from '../registry/client.ts';
 import type { ImageSource } from '../ends/types.ts';
 import { sleep, backoffDelay, DEFAULT_RETRY } from '../transport/retry.ts';
 import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from './blob-reader.ts';
+import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
 
 export interface UploadTuning {
   /** Blobs up to this size go up in one PUT. */
@@ -33,7 +35,6 @@ export const DEFAULT_UPLOAD_TUNING: UploadTuning = {
   chunkBytes: 64 * 1024 * 1024,
   attempts: 4,
 };
-
 export interface BlobUploadRequest {
   source: ImageSource;
   destination: RegistryClient;
@@ -45,34 +46,105 @@ export interface BlobUploadRequest {
   signal?: AbortSignal | undefined;
   /** Bytes sent to the destination (re-sent bytes count again). */
   onBytes?: (n: number) => void;
+  /** Record open chunked uploads here, and continue the one a previous process left behind. */
+  journal?: UploadJournal | undefined;
+  /** What the copy reads from, recorded in the journal (an entry from another source is stale). */
+  sourceName?: string | undefined;
 }
 
 export interface BlobUploadResult {
-  /** Times the blob had to start over from byte 0. */
+  /** Times the blob had to start over from byte 0 (including a journaled session that could not be continued). */
   restarts: number;
-  /** Times an upload continued from the registry's acknowledged offset. */
+  /** Times an upload continued from the registry's acknowledged offset (in this process, or from the journal). */
   resumes: number;
+  /** The upload continued a session that a previous process journaled. */
+  resumedFromJournal: boolean;
+  /** Bytes sent again that the registry had already acknowledged (in this process or a journaled one). */
+  bytesResent: number;
+  /** Bytes of the source read again only to rebuild the hash state of a journaled upload. */
+  bytesRereadForHash: number;
+}
+
+/** Where a journaled upload can go on: the registry's Location and the hash state at its offset. */
+interface Continuation {
+  location: URL;
+  checkpoint: HashCheckpoint | undefined;
 }
 
 export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResult> {
-  const { destination: dst, destinationRepository: repo, digest, size, logger } = req;
+  const { destination: dst, destinationRepository: repo, digest, size, logger, journal } = req;
   const chunked = dst.profile.chunkedUploads && size > req.tuning.monolithicMaxBytes;
-  const result: BlobUploadResult = { restarts: 0, resumes: 0 };
+  const result: BlobUploadResult = { restarts: 0, resumes: 0, resumedFromJournal: false, bytesResent: 0, bytesRereadForHash: 0 };
+  const key = { registry: dst.registry, repository: repo, digest };
+  // Bytes a previous process got acknowledged (journal): everything this process sends beyond
+  // `size - acknowledgedBefore`, over all attempts, went to the registry before.
+  let acknowledgedBefore = 0;
+  let sent = 0;
+  const onBytes = (n: number) => {
+    sent += n;
+    req.onBytes?.(n);
+  };
+  const counting: BlobUploadRequest = { ...req, onBytes };
+  const settle = () => {
+    result.bytesResent = Math.max(0, sent - (size - acknowledgedBefore));
+  };
+  let continuation: Continuation | undefined;
+  if (journal) {
+    const entry = await journal.get(key);
+    if (entry) {
+      acknowledgedBefore = entry.offset;
+      continuation = chunked ? await continueJournaled(req, entry, result) : undefined;
+      if (continuation?.checkpoint) acknowledgedBefore = continuation.checkpoint.offset;
+      if (!continuation) {
+        await discardJournaled(req, entry, chunked ? 'the registry no longer holds the journaled upload' : 'the blob now goes up in one request');
+        result.restarts++;
+      }
+    }
+  }
+  const startedAt = new Date().toISOString();
   for (let attempt = 1; ; attempt++) {
-    const session = await dst.startUpload(repo, req.signal);
-    let location = session.location;
+    let location: URL;
+    let chunkBytes = req.tuning.chunkBytes;
+    let checkpoint: HashCheckpoint | undefined;
+    if (continuation) {
+      ({ location, checkpoint } = continuation);
+      continuation = undefined;
+    } else {
+      const session = await dst.startUpload(repo, req.signal);
+      location = session.location;
+      chunkBytes = Math.max(chunkBytes, session.minChunk);
+    }
+    const record = journal
+      ? async (l: URL, offset: number) => {
+          const now = new Date().toISOString();
+          const entry = { version: JOURNAL_VERSION, ...key, size, location: l.href, offset, source: req.sourceName ?? req.source.description, started_at: startedAt, updated_at: now };
+          // A state directory that cannot be written costs resumability, not the copy.
+          await journal.put(entry).catch((e: Error) => logger.warn({ digest, err: e.message }, 'could not write the upload journal; this upload cannot be resumed after a crash'));
+        }
+      : undefined;
     try {
       if (chunked) {
-        await uploadChunked(req, location, Math.max(req.tuning.chunkBytes, session.minChunk), result, (l) => (location = l));
+        // Journaled before the first byte goes out, so a crash at any point leaves a session the next run can continue or delete.
+        await record?.(location, checkpoint?.offset ?? 0);
+        await uploadChunked(counting, location, chunkBytes, result, checkpoint, async (l, offset) => {
+          location = l;
+          if (offset !== undefined) await record?.(l, offset);
+        });
       } else {
-        const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal }), req.onBytes);
+        const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal }), onBytes);
         await dst.commitUpload(repo, location, digest, body, size, req.signal);
       }
+      if (journal && chunked) await journal.remove(key);
+      settle();
       return result;
     } catch (e) {
       const err = e instanceof FerryError ? e : new FerryError('INTERNAL', String((e as Error)?.message ?? e), { cause: e });
+      settle();
+      // Suspended (the agent stopping, the job left open): the journaled session stays for the next process.
+      if (journal && chunked && req.signal?.aborted && req.signal.reason === SUSPEND) throw err;
       // Never leave a session behind: the registry would keep the partial bytes until it expires it.
       await dst.cancelUpload(repo, location);
+      if (journal && chunked) await journal.remove(key);
       if (!err.retryable || req.signal?.aborted || attempt >= req.tuning.attempts) throw err;
       result.restarts++;
       const delay = backoffDelay(DEFAULT_RETRY, attempt);
@@ -82,16 +154,89 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
   }
 }
 
+/**
+ * A journaled upload from a previous process: ask the registry what it holds at the journaled
+ * Location. Only when that is exactly the journaled (acknowledged) offset can the upload go on;
+ * the hash state at that offset is then rebuilt by reading the prefix from the source again,
+ * hashing it and sending nothing. Node's Hash cannot be serialized, and a WASM SHA-256 whose
+ * state can be saved ran ~5× slower than Node's OpenSSL one (280 vs 1500 MB/s here), a cost paid
+ * on every byte of every blob to save a prefix re-read paid only after a crash (docs/resume.md).
+ */
+async function continueJournaled(req: BlobUploadRequest, entry: JournalEntry, result: BlobUploadResult): Promise<Continuation | undefined> {
+  const { destination: dst, destinationRepository: repo, digest, size, logger } = req;
+  const source = req.sourceName ?? req.source.description;
+  const why = (reason: string) => {
+    logger.warn({ digest, size, journaled_offset: entry.offset, reason }, 'journaled upload cannot be continued; deleting its session and starting the blob over');
+    return undefined;
+  };
+  if (entry.size !== size) return why(`journaled size ${entry.size} differs`);
+  if (entry.source !== source) return why(`journaled for source ${entry.source}`);
+  let location: URL;
+  try {
+    location = new URL(entry.location);
+  } catch {
+    return why('journaled Location is not a URL');
+  }
+  if (location.origin !== dst.baseUrl.origin) return why(`journaled Location is not on ${dst.baseUrl.origin}`);
+  const status = await dst.uploadStatus(repo, location, req.signal).catch((e: Error) => `failed: ${e.message}`);
+  if (typeof status === 'string') return why(status === 'gone' ? 'the registry expired or invalidated the session (404)' : `upload status ${status}`);
+  // Less than the journal acknowledged: the registry lost bytes it confirmed. More: a chunk whose
+  // acknowledgement the crash cut off (spec registries; distribution 2.8 answers 404 then). The
+  // prefix is re-hashed from the source anyway, so any offset short of the end can be continued.
+  const offset = status.offset;
+  if (offset < entry.offset || offset >= size) return why(`registry holds ${offset} bytes, the journal acknowledged ${entry.offset}`);
+  let checkpoint: HashCheckpoint | undefined;
+  if (offset > 0) {
+    checkpoint = await hashPrefix(req, offset);
+    result.bytesRereadForHash += offset;
+  }
+  result.resumes++;
+  result.resumedFromJournal = true;
+  logger.info({ digest, size, offset, journaled_offset: entry.offset, reread_for_hash: offset }, 'continuing a journaled upload from the registry\'s acknowledged offset');
+  return { location: status.location, checkpoint };
+}
+
+/** Read [0, offset) of the blob from the source only to hash it. */
+async function hashPrefix(req: BlobUploadRequest, offset: number): Promise<HashCheckpoint> {
+  const hasher = new BlobHasher(req.digest);
+  // alignTo = offset: no chunk crosses it, so once `offset` bytes came out the hasher is exactly there.
+  const reader = readVerifiedBlob({ source: req.source, digest: req.digest, size: req.size, hasher, alignTo: offset, signal: req.signal });
+  try {
+    for await (const _ of reader) {
+      if (hasher.offset >= offset) break;
+    }
+  } finally {
+    await reader.return(undefined);
+  }
+  if (hasher.offset !== offset) throw new FerryError('SOURCE_INVALID', `source ended at byte ${hasher.offset} of ${req.digest}, before the journaled ${offset}`, { side: 'source' });
+  return hasher.checkpoint();
+}
+
+/** Delete a journaled session and drop its entry (stale: expired, other source, blob already there). */
+export async function discardJournaled(req: Pick<BlobUploadRequest, 'destination' | 'destinationRepository' | 'journal' | 'logger'>, entry: JournalEntry, reason: string): Promise<void> {
+  let location: URL | undefined;
+  try {
+    location = new URL(entry.location);
+  } catch {
+    location = undefined;
+  }
+  // Only ever on the destination's own origin: a journal file is not trusted with where to send credentials.
+  if (location && location.origin === req.destination.baseUrl.origin) await req.destination.cancelUpload(req.destinationRepository, location);
+  await req.journal?.remove(entry);
+  req.logger.warn({ digest: entry.digest, journaled_offset: entry.offset, source: entry.source, reason }, 'stale journal entry: upload session deleted, entry removed');
+}
+
 async function uploadChunked(
   req: BlobUploadRequest,
   startLocation: URL,
   chunkBytes: number,
   result: BlobUploadResult,
-  setLocation: (l: URL) => void,
+  from: HashCheckpoint | undefined,
+  setLocation: (l: URL, acknowledged?: number) => Promise<void>,
 ): Promise<void> {
   const { destination: dst, destinationRepository: repo, digest, size, logger } = req;
   let location = startLocation;
-  let checkpoint: HashCheckpoint | undefined;
+  let checkpoint: HashCheckpoint | undefined = from;
   let resumesHere = 0;
   for (;;) {
     const hasher = new BlobHasher(digest, checkpoint);
@@ -123,10 +268,10 @@ async function uploadChunked(
           });
         }
         location = r.location;
-        setLocation(location);
         offset += length;
         checkpoint = hasher.checkpoint();
         resumesHere = 0;
+        await setLocation(location, offset);
       }
       return;
     } catch (e) {
@@ -140,7 +285,7 @@ async function uploadChunked(
       const ours = checkpoint?.offset ?? 0;
       if (typeof status === 'object' && held === ours) {
         location = status.location;
-        setLocation(location);
+        await setLocation(location, ours);
         result.resumes++;
         logger.info({ digest, offset: ours, size }, 'chunk failed; resuming upload from the registry\'s acknowledged offset');
         continue;

@@ -10,7 +10,8 @@ import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../o
 import type { ImageDestination, ImageSource } from '../ends/types.ts';
 import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
 import pLimit from 'p-limit';
-import { counted, uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import { counted, discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import type { UploadJournal } from './journal.ts';
 import { readVerifiedBlob } from './blob-reader.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import { ContentCache } from './content-cache.ts';
@@ -50,6 +51,8 @@ export interface CopyRequest {
   signal?: AbortSignal;
   onProgress?: (p: CopyProgress) => void;
   dryRun?: boolean;
+  /** Journal of open uploads (in the state directory): chunked uploads survive a crash of this process. */
+  journal?: UploadJournal;
 }
 
 /** Referrers of referrers (signatures of attestations): deeper than this is a loop. */
@@ -93,7 +96,10 @@ class CopyRun {
     blobs_skipped: 0,
     blobs_mounted: 0,
     blobs_restarted: 0,
+    blobs_resumed: 0,
     bytes_transferred: 0,
+    bytes_resent: 0,
+    bytes_reread_for_hash: 0,
     bytes_total: 0,
     duration_ms: 0,
   };
@@ -160,7 +166,8 @@ class CopyRun {
       return this.report(imageOutput, digestChanged, leftBehind, previousDigest, plan);
     }
 
-    // 5. Blobs, all at once within the limits.
+    // 5. Blobs, all at once within the limits (after dropping journaled uploads this copy no longer needs).
+    await this.sweepJournal(blobs);
     await this.transferBlobs(blobs);
 
     // 6. Manifests children-first, referrers after their subjects, the tag last.
@@ -352,7 +359,8 @@ class CopyRun {
     // One failure stops the others (their sessions are cancelled), then the first error is thrown.
     const inner = new AbortController();
     const outer = this.req.signal;
-    const onOuterAbort = () => inner.abort();
+    // The caller's reason goes along (SUSPEND keeps journaled uploads open).
+    const onOuterAbort = () => inner.abort(outer?.reason);
     outer?.addEventListener('abort', onOuterAbort, { once: true });
     let firstError: unknown;
     try {
@@ -391,7 +399,15 @@ class CopyRun {
       this.progress.active = this.progress.active.filter((a) => a !== active);
       this.emit();
     };
-    if (await this.dst.hasBlob(b.digest, b.size, signal)) return finish('skipped');
+    if (await this.dst.hasBlob(b.digest, b.size, signal)) {
+      // Committed by a process that died before it could drop its journal entry.
+      if (this.req.journal && this.dst instanceof RegistryDestination) {
+        const key = { registry: this.dst.client.registry, repository: this.dst.repository, digest: b.digest };
+        const entry = await this.req.journal.get(key);
+        if (entry) await discardJournaled(this.journalTarget(this.dst), entry, 'the blob is already complete at the destination');
+      }
+      return finish('skipped');
+    }
     const from = this.mountFrom();
     if (from !== undefined && this.dst instanceof RegistryDestination) {
       if (await this.dst.client.mountBlob(this.dst.repository, b.digest, from, signal)) return finish('mounted');
@@ -417,13 +433,38 @@ class CopyRun {
         logger: this.log,
         signal,
         onBytes,
+        journal: this.req.journal,
+        sourceName: this.req.source.name,
       });
       this.stats.blobs_restarted += result.restarts;
+      if (result.resumes > 0) this.stats.blobs_resumed++;
+      this.stats.bytes_resent += result.bytesResent;
+      this.stats.bytes_reread_for_hash += result.bytesRereadForHash;
     } else {
       const chunks = counted(readVerifiedBlob({ source: this.src, digest: b.digest, size: b.size, signal }), onBytes);
       await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, signal);
     }
     finish('copied');
+  }
+
+  private journalTarget(dst: RegistryDestination) {
+    return { destination: dst.client, destinationRepository: dst.repository, journal: this.req.journal, logger: this.log };
+  }
+
+  /**
+   * Journaled uploads to this repository from this same source whose blob this copy does not
+   * need: the source changed since (its tag points at another image). Their sessions are deleted.
+   */
+  private async sweepJournal(blobs: Map<Digest, BlobInfo>): Promise<void> {
+    const journal = this.req.journal;
+    if (!journal || !(this.dst instanceof RegistryDestination)) return;
+    const entries = await journal.list(this.dst.client.registry, this.dst.repository);
+    for (const entry of entries) {
+      if (entry.source !== this.req.source.name) continue;
+      const wanted = blobs.get(entry.digest as Digest);
+      if (wanted && wanted.size === entry.size) continue;
+      await discardJournaled(this.journalTarget(this.dst), entry, 'the source changed: this copy no longer needs the blob');
+    }
   }
 
   /** The source repository to mount from: both ends in one registry, different repositories. */

@@ -19,7 +19,13 @@ export interface TransferStats {
   blobs_mounted: number;
   /** Uploads that had to start over because the registry dropped the session. */
   blobs_restarted: number;
+  /** Uploads that continued from the registry's acknowledged offset (after a failed chunk, or from the journal after a crash). */
+  blobs_resumed: number;
   bytes_transferred: number;
+  /** Bytes sent that the registry had already acknowledged before (this run or a journaled one): the cost of interruptions. */
+  bytes_resent: number;
+  /** Source bytes read again only to rebuild the hash state of journaled uploads (nothing sent). */
+  bytes_reread_for_hash: number;
   bytes_total: number;
   duration_ms: number;
 }

@@ -64,7 +64,17 @@ export interface ActiveRule {
   remove(): void;
 }
 
+export interface FaultProxyOptions {
+  /**
+   * Hold each request body until it is complete, then forward it (nginx's default
+   * `proxy_request_buffering on`): a client that dies mid-upload leaves the registry untouched.
+   */
+  bufferRequestBodies?: boolean;
+}
+
 export interface FaultProxy {
+  /** Bytes of request bodies (uploads) received from clients over the proxy's lifetime, forwarded or not. */
+  uploadedBytes(): number;
   /** `127.0.0.1:PORT`: point clients here instead of at the registry. */
   host: string;
   url: string;
@@ -99,13 +109,14 @@ interface RuleState {
   hits: number;
 }
 
-export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
+export async function startFaultProxy(targetHost: string, opts: FaultProxyOptions = {}): Promise<FaultProxy> {
   const target = new URL(`http://${targetHost}`);
   const agent = new Agent({ keepAlive: true });
   const requests: ProxiedRequest[] = [];
   let rules: RuleState[] = [];
   const timers = new Set<NodeJS.Timeout>();
   let proxyHost = '';
+  let uploaded = 0;
 
   const take = (req: IncomingMessage): FaultRule | undefined => {
     for (const state of rules) {
@@ -136,6 +147,7 @@ export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
     requests.push(entry);
     const rule = take(req);
     if (rule) entry.fault = rule.action;
+    req.on('data', (chunk: Buffer) => (uploaded += chunk.byteLength));
 
     if (rule?.action === 'status') {
       req.resume(); // drain any upload so the connection stays usable
@@ -198,6 +210,19 @@ export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
       });
       req.on('end', () => {
         if (!cut) upstream.end(); // the body was shorter than the cut point
+      });
+    } else if (opts.bufferRequestBodies) {
+      const parts: Buffer[] = [];
+      let complete = false;
+      req.on('data', (chunk: Buffer) => parts.push(chunk));
+      req.on('end', () => {
+        complete = true;
+        const body = Buffer.concat(parts);
+        parts.length = 0;
+        upstream.end(body);
+      });
+      req.on('close', () => {
+        if (!complete) upstream.destroy(); // the client died mid-body: the registry never hears of it
       });
     } else {
       req.pipe(upstream);
@@ -287,6 +312,7 @@ export async function startFaultProxy(targetHost: string): Promise<FaultProxy> {
   proxyHost = `127.0.0.1:${(server.address() as AddressInfo).port}`;
 
   return {
+    uploadedBytes: () => uploaded,
     host: proxyHost,
     url: `http://${proxyHost}`,
     target: targetHost,
