@@ -1,25 +1,80 @@
 // Bundles ferry into one file, dist/ferry.mjs, runnable with Node 22.12 or later.
-// `--cjs` also writes dist/ferry.cjs, the CommonJS bundle the single executable needs.
+//   --cjs          also writes dist/ferry.cjs, the CommonJS bundle the single executable needs
+//                  (`npm run package`, scripts/package.mjs), and dist/ferry-sea.cjs, the
+//                  executable's small main script that runs it (src/sea/main.ts).
+//   --out-dir DIR  write into DIR instead of dist/ (the packaging test builds into a temp dir).
+//
+// Start-up: `ferry version` and `--help` should not pay for the HTTP stack and the logger. The
+// bundle evaluates every module ferry's sources import statically, so the two heaviest,
+// undici (about half of a cold start) and pino, are bundled behind a lazy stand-in: the
+// sources' named imports become getters that load the real package on first use. The cloud
+// SDKs are already loaded on demand (`import()` in src/auth/cloud/provider.ts), which esbuild
+// keeps lazy inside the bundle. docs/packaging.md has the measurements.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, chmodSync } from 'node:fs';
+import { readFileSync, chmodSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
 
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+const root = new URL('..', import.meta.url).pathname;
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+const argv = process.argv.slice(2);
+const outIndex = argv.indexOf('--out-dir');
+const outDir = outIndex >= 0 ? resolve(argv[outIndex + 1] ?? '') : join(root, 'dist');
+if (outIndex >= 0 && !argv[outIndex + 1]) throw new Error('--out-dir needs a directory');
+mkdirSync(outDir, { recursive: true });
+
 let commit = process.env.FERRY_COMMIT ?? 'unknown';
 try {
-  commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
 } catch {
   // not a git checkout
 }
 
+/** Packages loaded on first use rather than at start-up, when imported from ferry's own sources. */
+const LAZY_PACKAGES = ['undici', 'pino'];
+
+const requireFromRoot = createRequire(join(root, 'package.json'));
+
+/**
+ * For `import { X } from 'undici'` in src/, bundles a CommonJS stand-in whose properties are
+ * getters that require the real package (bundled as usual) the first time one is read. esbuild
+ * reads named imports of a CommonJS module as property accesses at the point of use, so nothing
+ * loads until ferry makes its first request or its first logger.
+ */
+const lazyPackages = {
+  name: 'ferry-lazy-packages',
+  setup(b) {
+    const filter = new RegExp(`^(${LAZY_PACKAGES.join('|')})$`);
+    b.onResolve({ filter }, (args) => {
+      if (!args.importer.startsWith(join(root, 'src'))) return undefined;
+      return { path: args.path, namespace: 'ferry-lazy' };
+    });
+    b.onLoad({ filter: /.*/, namespace: 'ferry-lazy' }, (args) => {
+      const names = Object.keys(requireFromRoot(args.path)).filter((k) => k !== '__esModule');
+      const contents =
+        `let real;\n` +
+        `const load = () => (real ??= require(${JSON.stringify(`ferry-real:${args.path}`)}));\n` +
+        `for (const name of ${JSON.stringify(names)}) {\n` +
+        `  Object.defineProperty(module.exports, name, { enumerable: true, get: () => load()[name] });\n` +
+        `}\n`;
+      return { contents, loader: 'js', resolveDir: root };
+    });
+    b.onResolve({ filter: /^ferry-real:/ }, (args) =>
+      b.resolve(args.path.slice('ferry-real:'.length), { kind: 'require-call', resolveDir: root }),
+    );
+  },
+};
+
 const common = {
-  entryPoints: ['src/main.ts'],
+  entryPoints: [join(root, 'src/main.ts')],
   bundle: true,
   platform: 'node',
   target: 'node22',
   minifySyntax: true,
   legalComments: 'none',
   logLevel: 'warning',
+  plugins: [lazyPackages],
   define: {
     __FERRY_VERSION__: JSON.stringify(pkg.version),
     __FERRY_COMMIT__: JSON.stringify(commit),
@@ -29,21 +84,40 @@ const common = {
 await build({
   ...common,
   format: 'esm',
-  outfile: 'dist/ferry.mjs',
+  outfile: join(outDir, 'ferry.mjs'),
   // Some dependencies still call require(); give the ESM bundle one.
   banner: { js: "import { createRequire as __ferryRequire } from 'node:module';\nconst require = __ferryRequire(import.meta.url);" },
 });
-chmodSync('dist/ferry.mjs', 0o755);
+chmodSync(join(outDir, 'ferry.mjs'), 0o755);
 
-if (process.argv.includes('--cjs')) {
+if (argv.includes('--cjs')) {
   await build({
     ...common,
     format: 'cjs',
-    outfile: 'dist/ferry.cjs',
-    // yargs reads import.meta.url at load; a CommonJS bundle must supply it.
+    outfile: join(outDir, 'ferry.cjs'),
+    charset: 'ascii',
+    // yargs reads import.meta.url at load; a CommonJS bundle must supply it. In the single
+    // executable, __filename is the executable's own path.
     define: { ...common.define, 'import.meta.url': '__ferryImportMetaUrl' },
     banner: { js: "const __ferryImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
+    // src/main.ts has no top-level await (CommonJS cannot have one); fail the build if one appears.
+    // import() of what is not bundled (the AWS SDK's `import("node:http")`) becomes a require():
+    // the single executable compiles this bundle with no dynamic-import loader.
+    supported: { 'top-level-await': false, 'dynamic-import': false },
+  });
+  // ASCII only (src/sea/bundle.ts says why). esbuild escapes non-ASCII characters in code
+  // (charset 'ascii'); what is left is in comments, where an escape is inert (and in a string,
+  // template or regular expression \uXXXX would stand for the same character).
+  const cjs = join(outDir, 'ferry.cjs');
+  writeFileSync(cjs, readFileSync(cjs, 'utf8').replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+  // The single executable's main script: answers `version`, else runs ferry.cjs from its assets.
+  await build({
+    ...common,
+    entryPoints: [join(root, 'src/sea/main.ts')],
+    plugins: [],
+    format: 'cjs',
+    outfile: join(outDir, 'ferry-sea.cjs'),
     supported: { 'top-level-await': false },
   });
 }
-console.log(`built dist/ferry.mjs (ferry ${pkg.version}, commit ${commit})`);
+console.log(`built ${outDir}/ferry.mjs${argv.includes('--cjs') ? ', ferry.cjs and ferry-sea.cjs' : ''} (ferry ${pkg.version}, commit ${commit})`);

@@ -175,7 +175,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
 
 /**
  * Upload tuning from the environment. FERRY_UPLOAD_CHUNK_BYTES sets the PATCH size of chunked
- * uploads (default 64 MiB): smaller chunks bound what an interruption costs (at most one chunk
+ * uploads (default 64 MiB), and blobs larger than one chunk are chunked: smaller chunks bound what an interruption costs (at most one chunk
  * re-sent where the registry reports upload status) at the price of more requests.
  */
 export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
@@ -185,7 +185,8 @@ export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
   if (!Number.isSafeInteger(n) || n < 1024 * 1024 || n > 1024 * 1024 * 1024) {
     throw new UsageError(`FERRY_UPLOAD_CHUNK_BYTES must be a whole number of bytes from 1 MiB to 1 GiB, not "${raw}"`);
   }
-  return { ...DEFAULT_UPLOAD_TUNING, chunkBytes: n };
+  // A blob larger than one chunk goes up in chunks.
+  return { ...DEFAULT_UPLOAD_TUNING, chunkBytes: n, monolithicMaxBytes: Math.min(DEFAULT_UPLOAD_TUNING.monolithicMaxBytes, n) };
 }
 
 const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/;

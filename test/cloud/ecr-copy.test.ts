@@ -161,7 +161,7 @@ describe('ECR as the source, other identities', () => {
 
 describe('ECR as the destination', () => {
   test('the repository is created with the requested settings; uploads are monolithic; an immutable tag is refused clearly', async () => {
-    // One layer over the 32 MiB monolithic limit: any other registry would get it in chunks.
+    // One layer over the monolithic limit (8 MiB chunks here): any other registry would get it in chunks.
     const big = await pushLargeImage(localC, 'app/big', 'v1', { layerCount: 1, layerSize: 33 * MiB });
     assert.equal(aws.repository('install/app'), undefined);
     const sessions = aws.issuedSessions.length;
@@ -172,7 +172,7 @@ describe('ECR as the destination', () => {
         '--dst-aws-role-arn', PUSHER_ROLE, '--ecr-tag-immutability', '--ecr-scan-on-push', '--ecr-kms-key', 'alias/ferry-images',
         `${local.host}/app/big:v1`, `${ecr.host}/install/app:v1`,
       ],
-      env(keys),
+      { ...env(keys), FERRY_UPLOAD_CHUNK_BYTES: String(8 * MiB) },
       freshHome(),
     );
     assert.equal(r.code, 0, r.stderr);

@@ -1,0 +1,193 @@
+// The single executables (`npm run package`): built once here, into a temp dir, then run the
+// way an operator would: `version`, every command's help, and a real `ferry copy` against a
+// real registry, checked with an independent client. The arm64 binary runs under Debian's
+// qemu-user (pkg.config.json "emulators"), with the arm64 C/C++ runtime from the *-arm64-cross
+// packages (scripts/install-system-deps.sh installs both).
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startDistribution, type DistributionRegistry } from './harness/distribution.ts';
+import { clientFor } from './harness/oci-client.ts';
+import { pushMultiArch } from './harness/fixtures.ts';
+
+const root = new URL('../', import.meta.url).pathname;
+const config = JSON.parse(readFileSync(join(root, 'pkg.config.json'), 'utf8')) as {
+  targets: Array<{ name: string; arch: string; output: string }>;
+  emulators: Record<string, string[]>;
+};
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
+const nodeVersion = (JSON.parse(readFileSync(join(root, 'node_modules/node/package.json'), 'utf8')) as { version: string }).version;
+const arm64Emulator = config.emulators.arm64!;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to its end, without blocking the event loop (the registry's clients live in this process too). */
+function run(argv: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 120_000): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0]!, argv.slice(1), {
+      // NODE_OPTIONS would apply to the binary too (it is Node): keep the test runner's out.
+      env: { ...process.env, NODE_OPTIONS: '', DOCKER_CONFIG: join(tmpdir(), 'ferry-no-docker-config'), ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+function gitCommit(): string {
+  const r = spawnSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : 'unknown';
+}
+
+describe('npm run package: single executables', () => {
+  let out: string;
+  let x64: string;
+  let arm64: string;
+  let reg: DistributionRegistry;
+  /** HEAD when the build started and when it ended (a commit can land meanwhile). */
+  const commits = new Set<string>();
+
+  before(async () => {
+    // A missing emulator is a failure that says what to install, not a skip.
+    const onPath = (cmd: string) => (process.env.PATH ?? '').split(':').some((d) => d && existsSync(join(d, cmd)));
+    assert.ok(onPath(arm64Emulator[0]!), `${arm64Emulator[0]} not found: install qemu-user (sudo bash scripts/install-system-deps.sh)`);
+    const sysroot = arm64Emulator[arm64Emulator.indexOf('-L') + 1]!;
+    assert.ok(existsSync(join(sysroot, 'lib/libstdc++.so.6')), `${sysroot} lacks the arm64 C/C++ runtime: install libc6-arm64-cross libgcc-s1-arm64-cross libstdc++6-arm64-cross (sudo bash scripts/install-system-deps.sh)`);
+
+    out = mkdtempSync(join(tmpdir(), 'ferry-package-'));
+    commits.add(gitCommit());
+    const [built, registry] = await Promise.all([run([process.execPath, join(root, 'scripts/package.mjs'), '--out-dir', out], {}, 240_000), startDistribution()]);
+    reg = registry;
+    commits.add(gitCommit());
+    assert.equal(built.code, 0, `npm run package failed:\n${built.stdout}\n${built.stderr}`);
+    x64 = join(out, 'ferry');
+    arm64 = join(out, 'ferry-linux-arm64');
+    await pushMultiArch(clientFor(reg), 'pkg/app', 'v1');
+  });
+
+  after(async () => {
+    await reg?.stop();
+    if (out) rmSync(out, { recursive: true, force: true });
+  });
+
+  test('the binaries are what pkg.config.json names, one file each, with the pinned Node inside', async () => {
+    assert.deepEqual(
+      config.targets.map((t) => t.output),
+      ['dist/ferry', 'dist/ferry-linux-arm64'],
+    );
+    for (const file of [x64, arm64]) {
+      const st = statSync(file);
+      assert.ok(st.isFile() && (st.mode & 0o111) !== 0, `${file} is an executable file`);
+      assert.ok(st.size > 50 * 2 ** 20, `${file} holds a Node runtime (${st.size} bytes)`);
+    }
+    // ELF headers: x86-64 (62) and AArch64 (183) machines.
+    const machine = (file: string) => {
+      const header = Buffer.alloc(20);
+      const fd = openSync(file, 'r');
+      try {
+        readSync(fd, header, 0, 20, 0);
+      } finally {
+        closeSync(fd);
+      }
+      return header.readUInt16LE(18);
+    };
+    assert.equal(machine(x64), 62);
+    assert.equal(machine(arm64), 183);
+  });
+
+  test('dist/ferry version: version, git commit and Node', async () => {
+    const r = await run([x64, 'version', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    const info = JSON.parse(r.stdout);
+    assert.deepEqual(info, { version: pkg.version, commit: info.commit, node: `v${nodeVersion}` });
+    assert.ok(commits.has(info.commit), `commit ${info.commit} is HEAD (${[...commits].join(' or ')})`);
+    const text = await run([x64, 'version']);
+    assert.equal(text.stdout, `ferry ${pkg.version} (commit ${info.commit}, node v${nodeVersion})\n`);
+  });
+
+  test('dist/ferry runs every command of the bundle, with its code cache accepted', async () => {
+    const help = await run([x64, '--help']);
+    assert.equal(help.code, 0, help.stderr);
+    // A rejected code cache would say so here (src/sea/main.ts).
+    assert.equal(help.stderr, '');
+    const commands = [...help.stdout.matchAll(/^ {2}ferry (\w+)/gm)].map((m) => m[1]);
+    assert.ok(commands.includes('copy') && commands.includes('inspect') && commands.includes('version'), help.stdout);
+    for (const command of commands) {
+      const r = await run([x64, command!, '--help']);
+      assert.equal(r.code, 0, `${command} --help: ${r.stderr}`);
+      assert.match(r.stdout, new RegExp(`^ferry ${command}`), `${command} --help`);
+    }
+    // Bad usage still answers with the usage error and exit code 2.
+    const bad = await run([x64, 'copy', '--json', 'not a reference', `${reg.host}/x/y:z`]);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.equal(JSON.parse(bad.stdout).error.code, 'USAGE');
+    if (commands.includes('agent')) {
+      // The agent's configuration check runs (and names what is missing) inside the binary too.
+      const agent = await run([x64, 'agent'], { FERRY_RUNNER_TOKEN: '' });
+      assert.equal(agent.code, 2, agent.stderr);
+      assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
+    }
+  });
+
+  test('dist/ferry copy: a real copy between repositories of a real registry, byte-exact; inspect agrees', async () => {
+    const state = mkdtempSync(join(tmpdir(), 'ferry-state-'));
+    try {
+      const r = await run([x64, 'copy', '--json', `${reg.host}/pkg/app:v1`, `${reg.host}/pkg/copy-x64:v1`], { XDG_STATE_HOME: state });
+      assert.equal(r.code, 0, r.stderr);
+      const report = JSON.parse(r.stdout);
+      const copied = await clientFor(reg).verifyImage('pkg/copy-x64', 'v1');
+      assert.equal(report.image.digest, copied.digest);
+      assert.equal(copied.digest, (await clientFor(reg).verifyImage('pkg/app', 'v1')).digest);
+      const inspect = await run([x64, 'inspect', '--json', `${reg.host}/pkg/copy-x64:v1`]);
+      assert.equal(inspect.code, 0, inspect.stderr);
+      assert.equal(JSON.parse(inspect.stdout).digest, copied.digest);
+      assert.equal(JSON.parse(inspect.stdout).platforms.length, 3);
+    } finally {
+      rmSync(state, { recursive: true, force: true });
+    }
+  });
+
+  test('dist/ferry-linux-arm64 under qemu: version, --help, then a real copy', async () => {
+    const v = await run([...arm64Emulator, arm64, 'version', '--json']);
+    assert.equal(v.code, 0, v.stderr);
+    assert.equal(v.stderr, '');
+    const info = JSON.parse(v.stdout);
+    assert.deepEqual(info, { version: pkg.version, commit: info.commit, node: `v${nodeVersion}` });
+    assert.ok(commits.has(info.commit), `commit ${info.commit} is HEAD (${[...commits].join(' or ')})`);
+
+    // The code cache was made by the arm64 Node itself (under qemu), so it is accepted: no warning.
+    const help = await run([...arm64Emulator, arm64, '--help']);
+    assert.equal(help.code, 0, help.stderr);
+    assert.equal(help.stderr, '');
+    assert.match(help.stdout, /ferry copy/);
+
+    const state = mkdtempSync(join(tmpdir(), 'ferry-state-'));
+    try {
+      const r = await run([...arm64Emulator, arm64, 'copy', '--json', `${reg.host}/pkg/app:v1`, `${reg.host}/pkg/copy-arm64:v1`], { XDG_STATE_HOME: state });
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(!/rejected/i.test(r.stderr), r.stderr);
+      const report = JSON.parse(r.stdout);
+      const copied = await clientFor(reg).verifyImage('pkg/copy-arm64', 'v1');
+      assert.equal(report.image.digest, copied.digest);
+      assert.equal(copied.digest, (await clientFor(reg).verifyImage('pkg/app', 'v1')).digest);
+    } finally {
+      rmSync(state, { recursive: true, force: true });
+    }
+  });
+});
