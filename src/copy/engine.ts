@@ -413,6 +413,10 @@ class CopyRun {
       if (await this.dst.client.mountBlob(this.dst.repository, b.digest, from, signal)) return finish('mounted');
     }
     this.progress.active.push(active);
+    // Small blobs the engine already read (image configs, for the report) come from the cache,
+    // not from a second source request; the reader verifies them all the same.
+    const cached = await this.cache.get(b.digest);
+    const source = cached && cached.byteLength === b.size ? bufferSource(this.src.description, cached) : this.src;
     const onBytes = (n: number) => {
       this.stats.bytes_transferred += n;
       if (active.done + n <= b.size) {
@@ -424,7 +428,7 @@ class CopyRun {
     if (this.dst instanceof RegistryDestination) {
       // Registries get the resumable path: chunked uploads that continue from the acknowledged offset.
       const result = await uploadBlob({
-        source: this.src,
+        source,
         destination: this.dst.client,
         destinationRepository: this.dst.repository,
         digest: b.digest,
@@ -441,7 +445,7 @@ class CopyRun {
       this.stats.bytes_resent += result.bytesResent;
       this.stats.bytes_reread_for_hash += result.bytesRereadForHash;
     } else {
-      const chunks = counted(readVerifiedBlob({ source: this.src, digest: b.digest, size: b.size, signal }), onBytes);
+      const chunks = counted(readVerifiedBlob({ source, digest: b.digest, size: b.size, signal }), onBytes);
       await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, signal);
     }
     finish('copied');
@@ -488,3 +492,12 @@ class CopyRun {
   }
 }
 
+/** An ImageSource over bytes already in memory (verified again by the reader). */
+function bufferSource(description: string, bytes: Buffer): ImageSource {
+  return {
+    description,
+    getManifest: async () => undefined,
+    getReferrers: async () => undefined,
+    openBlob: async (_digest, _size, offset) => ({ body: (async function* () { yield bytes.subarray(offset); })() }),
+  };
+}

@@ -289,6 +289,17 @@ describe('ferry copy through a fault-injecting proxy', () => {
     assert.equal(await dstC.blobExists('bad/app', layer.digest), false, 'corrupt blob committed');
   });
 
+  test('a cold copy reads every blob from the source exactly once (the config too)', async () => {
+    const img = await pushImage(srcC, 'once/app', 'v1', { layerSizes: [30_000, 40_000] });
+    srcProxy.resetLog();
+    const r = await copyVia('once/app');
+    assert.equal(r.code, 0, r.stderr);
+    for (const b of img.blobs) {
+      assert.equal(srcProxy.count({ method: 'GET', path: new RegExp(`/blobs/${b.digest}`) }), 1, `blob ${b.digest} (${b.mediaType}) fetched more than once`);
+    }
+    await assertSameImage(srcC, 'once/app', 'v1', dstC, 'once/app', 'v1');
+  });
+
   test('copying the same image twice: the second run is one manifest request per registry', async () => {
     await pushMultiArch(srcC, 'warm/app', 'v1');
     const first = await copyVia('warm/app');
