@@ -25,7 +25,7 @@ const { values } = parseArgs({
     tools: { type: 'string' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
-    ferry: { type: 'string', default: 'bundle' },
+    ferry: { type: 'string', default: 'binary' },
     'no-build': { type: 'boolean', default: false },
     'fleet-parallel': { type: 'string', default: '4' },
     'ferry-fleet': { type: 'string', default: 'agent' },
@@ -50,9 +50,10 @@ if (values.help) {
   --tools a,b              ferry, skopeo, crane, oras (default: all)
   --quick                  tiny workloads, a smoke test; output to bench/.work/quick unless --out
   --out DIR                where RESULTS.md and results.json go (default: bench/)
-  --ferry bundle|source|binary   run ferry as the bundle (built first with scripts/build.mjs), from
-                           src/main.ts, or as the single executable dist/ferry (not rebuilt)
-  --no-build               use the existing dist/ferry.mjs
+  --ferry binary|bundle|source   run ferry as what ships, the single executable dist/ferry (default;
+                           built first for this machine with scripts/package.mjs), as the bundle
+                           dist/ferry.mjs (built first with scripts/build.mjs), or from src/main.ts
+  --no-build               use the existing dist/ferry or dist/ferry.mjs
   --fleet-parallel N       processes at once for CLI fleet syncs (default 4)
   --ferry-fleet agent|cli  ferry's fleet/warm sync: one \`ferry agent\` fed by the reference control
                            plane (default), or parallel \`ferry copy\` processes like the peers
@@ -114,11 +115,24 @@ if (values.ferry === 'source') {
     console.error('bench: dist/ferry.mjs not found (npm run build), or drop --no-build');
     process.exit(1);
   }
-  ferryCommand = [node, ...nodeArgs, entry];
+  // The flags the bundle's shebang starts Node with, as running it directly would.
+  const shebang = readFileSync(entry, 'utf8').split('\n', 1)[0] ?? '';
+  const shebangFlags = shebang.startsWith('#!') ? shebang.split(/\s+/).filter((a) => a.startsWith('--')) : [];
+  ferryCommand = [node, ...shebangFlags, ...nodeArgs, entry];
   ferryLabel = 'node dist/ferry.mjs (the bundle)';
 } else if (values.ferry === 'binary') {
-  if (!existsSync(singleExecutable)) {
-    console.error('bench: dist/ferry (the single executable) not found: build it first');
+  if (!values['no-build']) {
+    console.log('bench: building the single executable for this machine (scripts/build.mjs --cjs, scripts/package.mjs)…');
+    const target = `linux-${process.arch}`;
+    for (const step of [['scripts/build.mjs', '--cjs'], ['scripts/package.mjs', '--target', target]]) {
+      const r = spawnSync(node, [join(root, step[0]!), ...step.slice(1)], { cwd: root, stdio: 'inherit' });
+      if (r.status !== 0) {
+        console.error('bench: building the single executable failed; run with --ferry bundle to benchmark the bundle');
+        process.exit(1);
+      }
+    }
+  } else if (!existsSync(singleExecutable)) {
+    console.error('bench: dist/ferry (the single executable) not found: npm run package, or drop --no-build');
     process.exit(1);
   }
   if (nodeArgs.length) console.warn('bench: --ferry-node-args is ignored for the single executable');

@@ -135,13 +135,17 @@ async function main() {
       useSnapshot: target.useSnapshot ?? config.useSnapshot,
       // The main script is small; the code cache that matters is the bundle's, an asset.
       useCodeCache: false,
+      execArgv: target.execArgv ?? config.execArgv ?? [],
+      // NODE_OPTIONS may still add flags (operators' debugging), but cannot drop these.
+      execArgvExtension: 'env',
       assets: { [BUNDLE_ASSET]: bundle, ...(codeCache ? { [CODE_CACHE_ASSET]: cacheFile } : {}) },
     };
     writeFileSync(seaConfig, JSON.stringify(sea, null, 2));
     try {
       // The target's own Node makes the code cache and the blob: same version, same architecture.
       const [cmd, ...pre] = [...runner, node];
-      if (codeCache) run(cmd, [...pre, join(root, 'scripts/sea-code-cache.ts'), bundle, cacheFile]);
+      // Under the executable's own V8 flags: V8 rejects a code cache made under other flags.
+      if (codeCache) run(cmd, [...pre, ...sea.execArgv, join(root, 'scripts/sea-code-cache.ts'), bundle, cacheFile]);
       run(cmd, [...pre, '--experimental-sea-config', seaConfig], { cwd: outDir });
       rmSync(output, { force: true });
       copyFileSync(node, output);

@@ -12,6 +12,7 @@ import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { isEcrHost } from '../auth/cloud/hosts.ts';
 import { DockerConfigCredentials } from '../auth/docker-config.ts';
 import { ContentCache } from '../copy/content-cache.ts';
+import { BlobPlacements } from '../copy/placements.ts';
 import { UploadJournal } from '../copy/journal.ts';
 import { TransferLimits } from '../copy/limits.ts';
 import type { Logger } from '../log/logger.ts';
@@ -144,6 +145,7 @@ export class Agent {
       transport,
       limits: new TransferLimits(cfg.concurrency),
       cache: new ContentCache(join(state.dir, 'cache')),
+      placements: new BlobPlacements(),
       journal: UploadJournal.inStateDir(state.dir, this.log),
       metrics: this.metrics,
       logger: this.log,

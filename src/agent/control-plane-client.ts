@@ -6,7 +6,7 @@
 // The client never retries by itself: one call is one request. Retrying belongs to the caller — see retry.ts for status/result delivery and Backoff for
 // polling — so that retries never multiply and the job loop stays in control of its timing.
 import { randomUUID } from 'node:crypto';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, type Dispatcher } from '../transport/undici.ts';
 import { FerryError, UsageError, type ErrorCode } from '../errors.ts';
 import { registerSecret, type Logger } from '../log/logger.ts';
 import type { Credential } from '../auth/credentials.ts';
@@ -519,7 +519,15 @@ export class ControlPlaneClient {
 
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(url, { method: op.method, headers, ...(payload !== undefined ? { body: payload } : {}), dispatcher: this.dispatcher, signal });
+      const target = new URL(url);
+      res = await this.dispatcher.request({
+        origin: target.origin,
+        path: `${target.pathname}${target.search}`,
+        method: op.method,
+        headers,
+        ...(payload !== undefined ? { body: payload } : {}),
+        signal,
+      });
     } catch (e) {
       if (op.signal?.aborted) {
         event('aborted');

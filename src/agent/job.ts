@@ -10,6 +10,7 @@ import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { copyImage } from '../copy/engine.ts';
 import { registryCopyDestination, registryCopySource } from '../copy/endpoints.ts';
 import type { ContentCache } from '../copy/content-cache.ts';
+import type { BlobPlacements } from '../copy/placements.ts';
 import { SUSPEND, type UploadJournal } from '../copy/journal.ts';
 import type { TransferLimits } from '../copy/limits.ts';
 import type { CopyProgress, CopyReport } from '../copy/types.ts';
@@ -33,6 +34,8 @@ export interface JobContext {
   transport: HttpTransport;
   limits: TransferLimits;
   cache: ContentCache;
+  /** Where the jobs have put blobs in the local registry: each one goes up once, then is mounted. */
+  placements: BlobPlacements;
   /** Open chunked uploads in the state directory: a restarted agent continues them. */
   journal?: UploadJournal;
   metrics: AgentMetrics;
@@ -217,6 +220,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     limits: ctx.limits,
     logger: log,
     cache: ctx.cache,
+    placements: ctx.placements,
     signal,
     onProgress,
     ...(ctx.journal ? { journal: ctx.journal } : {}),

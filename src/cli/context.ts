@@ -2,7 +2,7 @@
 // clients, the logger. Commands stay thin: flags → options → library call → output.
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import type { Side } from '../errors.ts';
+import { UsageError, type Side } from '../errors.ts';
 import { Keychain, StaticCredentials, type CredentialProvider } from '../auth/credentials.ts';
 import { DockerConfigCredentials } from '../auth/docker-config.ts';
 import { parseCredsFlag } from '../auth/cli-credentials.ts';
@@ -26,12 +26,28 @@ export function makeLogger(flags: GlobalFlags, interactive: boolean): Logger {
   return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info') });
 }
 
-export function makeTransport(flags: GlobalFlags): HttpTransport {
+export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): HttpTransport {
+  const bodyTimeoutMs = readTimeoutMs(env);
   return new HttpTransport({
     plainHttp: repeated(flags['plain-http']),
     caFiles: repeated(flags['ca-file']),
     userAgent: USER_AGENT,
+    ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
   });
+}
+
+/**
+ * FERRY_READ_TIMEOUT_SECONDS: a response body (a blob download) that sends no byte for this long
+ * is treated as stalled; the download resumes with Range from the last byte received. Default 60.
+ */
+export function readTimeoutMs(env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env.FERRY_READ_TIMEOUT_SECONDS?.trim();
+  if (!raw) return undefined;
+  const s = Number(raw);
+  if (!/^\d+(\.\d+)?$/.test(raw) || !(s >= 0.1 && s <= 3600)) {
+    throw new UsageError(`FERRY_READ_TIMEOUT_SECONDS must be a number of seconds from 0.1 to 3600, not "${raw}"`);
+  }
+  return Math.round(s * 1000);
 }
 
 /**

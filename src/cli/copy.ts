@@ -14,6 +14,7 @@ import { registryCopyDestination, registryCopySource } from '../copy/endpoints.t
 import { ContentCache } from '../copy/content-cache.ts';
 import { UploadJournal } from '../copy/journal.ts';
 import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from '../copy/blob-upload.ts';
+import { ecrLayerTuning } from '../copy/ecr-layer-upload.ts';
 import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
@@ -141,7 +142,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       cache: new ContentCache(join(stateDir, 'cache')),
       // Open chunked uploads, so that running the same command again after a crash continues them.
       journal: UploadJournal.inStateDir(stateDir, logger),
-      tuning: uploadTuning(process.env),
+      tuning: { ...uploadTuning(process.env), ...ecrLayerTuning(process.env) },
       signal: abort.signal,
       dryRun: args['dry-run'],
       ...(display ? { onProgress: (p) => display.update(p) } : {}),

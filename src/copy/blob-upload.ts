@@ -2,7 +2,8 @@
 // Small blobs (and registries that mishandle PATCH) go up monolithic: POST + one PUT.
 // Large blobs go up in chunks; after a failed chunk ferry asks the registry how much it
 // holds and continues from there, re-reading the source from that offset with the hash
-// state saved at that chunk boundary. When the registry has dropped the session, the blob
+// state saved at the last chunk boundary (brought forward by hashing the source bytes up to
+// the registry's offset when it kept part of the failed chunk). When the registry has dropped the session, the blob
 // starts over (logged, and counted in the report). With a journal (src/copy/journal.ts) every
 // acknowledged chunk is recorded, so a later process can continue the upload after a crash.
 import { FerryError, type Side } from '../errors.ts';
@@ -10,7 +11,7 @@ import type { Logger } from '../log/logger.ts';
 import type { Digest } from '../reference/digest.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import type { ImageSource } from '../ends/types.ts';
-import { sleep, backoffDelay, DEFAULT_RETRY } from '../transport/retry.ts';
+import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../transport/retry.ts';
 import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from './blob-reader.ts';
 import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
 
@@ -21,6 +22,10 @@ export interface UploadTuning {
   chunkBytes: number;
   /** Whole-blob attempts (a restart after the registry dropped the session counts as one). */
   attempts: number;
+  /** ECR destinations: blobs from this size on go through ECR's layer-upload API (default: src/copy/ecr-layer-upload.ts). */
+  ecrLayerApiMinBytes?: number;
+  /** ECR's layer-upload API: part size (whole MiB, 5–10 MiB). */
+  ecrPartBytes?: number;
 }
 
 // Chunks exist for resuming: after a failed chunk only that chunk is sent again. Each one also
@@ -131,14 +136,31 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
           if (offset !== undefined) await record?.(l, offset);
         });
       } else {
-        const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal }), onBytes);
+        const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal, onResume: downloadResumed(logger, digest, size) }), onBytes);
         await dst.commitUpload(repo, location, digest, body, size, req.signal);
       }
       if (journal && chunked) await journal.remove(key);
       settle();
+      if (result.resumes > 0 || result.restarts > 0) {
+        logger.info(
+          { digest, size, resumes: result.resumes, restarts: result.restarts, bytes_resent: result.bytesResent, bytes_reread_for_hash: result.bytesRereadForHash },
+          'blob uploaded after interruptions',
+        );
+      }
       return result;
     } catch (e) {
-      const err = e instanceof FerryError ? e : new FerryError('INTERNAL', String((e as Error)?.message ?? e), { cause: e });
+      let err = e instanceof FerryError ? e : new FerryError('INTERNAL', String((e as Error)?.message ?? e), { cause: e });
+      // 404 on the upload's Location (BLOB_UPLOAD_UNKNOWN): the registry expired or dropped the
+      // session. Nothing to ask it; the blob starts over in a new session.
+      if (err.side === 'destination' && err.status === 404 && !req.signal?.aborted) {
+        err = new FerryError(err.code, `${err.message} (the upload session expired or was dropped by the registry)`, {
+          side: 'destination',
+          status: 404,
+          registryCodes: err.registryCodes,
+          retryable: true,
+          cause: e,
+        });
+      }
       settle();
       // Suspended (the agent stopping, the job left open): the journaled session stays for the next process.
       if (journal && chunked && req.signal?.aborted && req.signal.reason === SUSPEND) throw err;
@@ -147,7 +169,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       if (journal && chunked) await journal.remove(key);
       if (!err.retryable || req.signal?.aborted || attempt >= req.tuning.attempts) throw err;
       result.restarts++;
-      const delay = backoffDelay(DEFAULT_RETRY, attempt);
+      const delay = Math.max(waitAsked(err), backoffDelay(DEFAULT_RETRY, attempt));
       logger.warn({ digest, size, attempt, err: err.message, side: err.side }, 'blob upload failed; restarting it from the beginning');
       await sleep(delay, req.signal);
     }
@@ -181,13 +203,15 @@ async function continueJournaled(req: BlobUploadRequest, entry: JournalEntry, re
   const status = await dst.uploadStatus(repo, location, req.signal).catch((e: Error) => `failed: ${e.message}`);
   if (typeof status === 'string') return why(status === 'gone' ? 'the registry expired or invalidated the session (404)' : `upload status ${status}`);
   // Less than the journal acknowledged: the registry lost bytes it confirmed. More: a chunk whose
-  // acknowledgement the crash cut off (spec registries; distribution 2.8 answers 404 then). The
-  // prefix is re-hashed from the source anyway, so any offset short of the end can be continued.
+  // acknowledgement the crash cut off, or the part of a chunk the crash cut mid-body that a spec
+  // registry kept (distribution 2.8 answers 404 then). The prefix is re-hashed from the source
+  // anyway, so any offset can be continued, also one off the chunk boundaries; all of the blob
+  // held leaves only the commit.
   const offset = status.offset;
-  if (offset < entry.offset || offset >= size) return why(`registry holds ${offset} bytes, the journal acknowledged ${entry.offset}`);
+  if (offset < entry.offset || offset > size) return why(`registry holds ${offset} bytes, the journal acknowledged ${entry.offset}`);
   let checkpoint: HashCheckpoint | undefined;
   if (offset > 0) {
-    checkpoint = await hashPrefix(req, offset);
+    checkpoint = await hashTo(req, undefined, offset);
     result.bytesRereadForHash += offset;
   }
   result.resumes++;
@@ -196,9 +220,9 @@ async function continueJournaled(req: BlobUploadRequest, entry: JournalEntry, re
   return { location: status.location, checkpoint };
 }
 
-/** Read [0, offset) of the blob from the source only to hash it. */
-async function hashPrefix(req: BlobUploadRequest, offset: number): Promise<HashCheckpoint> {
-  const hasher = new BlobHasher(req.digest);
+/** Read [from, offset) of the blob from the source (from byte 0 without a checkpoint) only to hash it. At the end of the blob the digest is checked. */
+export async function hashTo(req: BlobUploadRequest, from: HashCheckpoint | undefined, offset: number): Promise<HashCheckpoint> {
+  const hasher = new BlobHasher(req.digest, from);
   // alignTo = offset: no chunk crosses it, so once `offset` bytes came out the hasher is exactly there.
   const reader = readVerifiedBlob({ source: req.source, digest: req.digest, size: req.size, hasher, alignTo: offset, signal: req.signal });
   try {
@@ -248,10 +272,17 @@ async function uploadChunked(
       hasher,
       alignTo: chunkBytes,
       signal: req.signal,
+      onResume: downloadResumed(logger, digest, size),
     });
     const cursor = new ChunkCursor(reader);
     let offset = checkpoint?.offset ?? 0;
     try {
+      if (offset === size) {
+        // The registry holds every byte (a cut final request it kept whole): only the commit is left.
+        // The digest was checked when the hash was brought to this offset.
+        await dst.commitUpload(repo, location, digest, Buffer.alloc(0), 0, req.signal);
+        return;
+      }
       while (offset < size) {
         const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
         const body = counted(cursor.take(length), req.onBytes);
@@ -277,23 +308,46 @@ async function uploadChunked(
     } catch (e) {
       await cursor.close().catch(() => undefined);
       const err = e as FerryError;
-      if (!(err instanceof FerryError) || !err.retryable || req.signal?.aborted || (err.side as Side | undefined) === 'source') throw e;
-      if (++resumesHere > 3) throw e;
-      // Ask the registry what it holds; continue from there if we can hash from that offset.
+      // 416: the registry holds another offset than the chunk started at (part of an earlier cut
+      // chunk, or an empty upload and a 1-byte one both written `0-0`): ask it, as after a cut.
+      const desync = err instanceof FerryError && err.side === 'destination' && err.status === 416;
+      if (!(err instanceof FerryError) || !(err.retryable || desync) || req.signal?.aborted || (err.side as Side | undefined) === 'source') throw e;
+      // Still out of step after that: the blob starts over in a new session (retryable).
+      const giveUp = () => (desync ? new FerryError('REGISTRY_UNAVAILABLE', `the registry and ferry disagree on the offset of an upload of ${digest}: ${err.message}`, { side: 'destination', retryable: true, cause: e }) : e);
+      if (++resumesHere > 3) throw giveUp();
+      // A busy or failing registry gets a pause first (at least its Retry-After).
+      await sleep(Math.max(waitAsked(err), backoffDelay(DEFAULT_RETRY, resumesHere)), req.signal);
+      // Ask the registry what it holds and continue from there. It can hold more than the last
+      // acknowledged chunk: the part of a cut chunk that reached it, which a spec registry keeps.
+      // The bytes in between are read from the source again only to hash them (at most one chunk).
       const status = await dst.uploadStatus(repo, location, req.signal).catch(() => 'gone' as const);
       const held = typeof status === 'object' ? status.offset : undefined;
       const ours = checkpoint?.offset ?? 0;
-      if (typeof status === 'object' && held === ours) {
+      if (typeof status === 'object' && held !== undefined && held >= ours && held <= size) {
+        if (held > ours) {
+          checkpoint = await hashTo(req, checkpoint, held);
+          result.bytesRereadForHash += held - ours;
+        }
         location = status.location;
-        await setLocation(location, ours);
+        await setLocation(location, held);
         result.resumes++;
-        logger.info({ digest, offset: ours, size }, 'chunk failed; resuming upload from the registry\'s acknowledged offset');
+        logger.info({ digest, offset: held, acknowledged_before: ours, size }, 'chunk failed; resuming upload from the registry\'s acknowledged offset');
         continue;
       }
       logger.warn({ digest, registry_offset: held, status: typeof status === 'string' ? status : 'mismatch' }, 'registry dropped or desynchronized the upload session');
-      throw e;
+      throw giveUp();
     }
   }
+}
+
+/** The registry's Retry-After on a failed streamed request (capped like the client's), else 0. */
+function waitAsked(err: unknown): number {
+  return Math.min(retryAfterOf(err) ?? 0, DEFAULT_RETRY.maxRetryAfterMs);
+}
+
+/** Logs a download that broke or stalled and goes on with Range from where it stopped. */
+export function downloadResumed(logger: Logger, digest: Digest, size: number): (offset: number, err: FerryError) => void {
+  return (offset, err) => logger.info({ digest, size, offset, err: err.message }, 'download interrupted; resuming with Range from the last byte received');
 }
 
 export async function* counted(source: AsyncIterable<Buffer>, onBytes: ((n: number) => void) | undefined): AsyncGenerator<Buffer, void, undefined> {

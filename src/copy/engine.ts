@@ -10,8 +10,10 @@ import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../o
 import type { ImageDestination, ImageSource } from '../ends/types.ts';
 import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
 import pLimit from 'p-limit';
-import { counted, discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import { counted, discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from './blob-upload.ts';
+import { uploadEcrLayer, usesEcrLayerApi } from './ecr-layer-upload.ts';
 import type { UploadJournal } from './journal.ts';
+import type { BlobPlacements, UploadLead } from './placements.ts';
 import { readVerifiedBlob } from './blob-reader.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import { ContentCache } from './content-cache.ts';
@@ -53,7 +55,12 @@ export interface CopyRequest {
   dryRun?: boolean;
   /** Journal of open uploads (in the state directory): chunked uploads survive a crash of this process. */
   journal?: UploadJournal;
+  /** Shared by copies running side by side (the agent's jobs): each blob goes up once per registry, then is mounted. */
+  placements?: BlobPlacements;
 }
+
+/** Times a blob waits for another copy's upload of it before uploading it itself. */
+const MAX_FOLLOWS = 3;
 
 /** Referrers of referrers (signatures of attestations): deeper than this is a loop. */
 const MAX_REFERRER_DEPTH = 3;
@@ -104,6 +111,8 @@ class CopyRun {
     duration_ms: 0,
   };
   private readonly progress: CopyProgress = { bytes_done: 0, bytes_total: 0, blobs_done: 0, blobs_total: 0, active: [] };
+  /** Blobs the destination said it has or lacks in one batched check (ECR), asked before the transfers. */
+  private known: Map<Digest, boolean> | undefined;
 
   constructor(req: CopyRequest) {
     this.req = req;
@@ -159,6 +168,9 @@ class CopyRun {
     if (upToDate && referrerRoots.length === 0) {
       this.log.info({ destination: destination.name, digest: root.digest }, 'destination already up to date');
     }
+
+    // ECR: one BatchCheckLayerAvailability per 100 blobs instead of a HEAD each.
+    if (this.dst instanceof RegistryDestination && blobs.size > 0) this.known = await this.dst.checkBlobs([...blobs.keys()], signal);
 
     if (this.req.dryRun) {
       const plan = await this.planDryRun(blobs, [...toWrite, ...referrerRoots]);
@@ -274,15 +286,15 @@ class CopyRun {
   private async discoverReferrers(root: ManifestNode): Promise<{ nodes: ManifestNode[]; tags: Array<{ tag: string; node: ManifestNode }> }> {
     const nodes: ManifestNode[] = [];
     const tags: Array<{ tag: string; node: ManifestNode }> = [];
-    const seen = new Set<Digest>();
+    // Every manifest met so far (the image's own, then referrers), by digest: each is visited once.
+    const known = new Map<Digest, ManifestNode>();
     const subjects: ManifestNode[] = [];
     const collect = (n: ManifestNode) => {
       subjects.push(n);
       n.children.forEach(collect);
     };
     collect(root);
-    seen.add(root.digest);
-    for (const s of subjects) seen.add(s.digest);
+    for (const s of subjects) known.set(s.digest, s);
 
     const visit = async (subject: Digest, depth: number): Promise<void> => {
       if (depth > MAX_REFERRER_DEPTH) {
@@ -303,9 +315,20 @@ class CopyRun {
         }
       }
       for (const d of descriptors) {
-        if (seen.has(d.digest)) continue;
-        seen.add(d.digest);
-        const node = await this.graph.fetchNode(d.digest, d);
+        // A referrer names its subject inside its own (verified) bytes. One listed under another
+        // subject — the subject itself, a referrer listing itself or pointing back — is a
+        // response that loops or lies.
+        const node = known.get(d.digest) ?? (await this.graph.fetchNode(d.digest, d));
+        const claimed = subjectOf(node);
+        if (claimed !== subject) {
+          throw new FerryError(
+            'SOURCE_INVALID',
+            `the source lists ${d.digest} as a referrer of ${subject}, but its subject is ${claimed ?? 'not set'}: the referrers response loops or is inconsistent; refusing it`,
+            { side: 'source' },
+          );
+        }
+        if (known.has(d.digest)) continue;
+        known.set(d.digest, node);
         await this.graph.expand(node, 0, new Set());
         found.push(node);
       }
@@ -317,8 +340,8 @@ class CopyRun {
         const node: ManifestNode = { digest: m.digest, mediaType: parsed.mediaType, bytes: m.bytes, parsed, children: [] };
         await this.graph.expand(node, 0, new Set());
         tags.push({ tag, node });
-        if (!seen.has(node.digest)) {
-          seen.add(node.digest);
+        if (!known.has(node.digest)) {
+          known.set(node.digest, node);
           found.push(node);
         }
       }
@@ -336,7 +359,7 @@ class CopyRun {
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
         this.req.limits.run(this.dst.description, async () => {
-          const have = await this.dst.hasBlob(b.digest, b.size, this.req.signal);
+          const have = this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, this.req.signal));
           const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : sameRegistry ? 'mount' : 'copy';
           return { digest: b.digest, size: b.size, action };
         }),
@@ -399,19 +422,88 @@ class CopyRun {
       this.progress.active = this.progress.active.filter((a) => a !== active);
       this.emit();
     };
-    if (await this.dst.hasBlob(b.digest, b.size, signal)) {
+    const placements = this.dst instanceof RegistryDestination ? this.req.placements : undefined;
+    const place = (repository: string) => {
+      if (this.dst instanceof RegistryDestination) placements?.record(this.dst.client.registry, b.digest, repository);
+    };
+    if (this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, signal))) {
       // Committed by a process that died before it could drop its journal entry.
       if (this.req.journal && this.dst instanceof RegistryDestination) {
         const key = { registry: this.dst.client.registry, repository: this.dst.repository, digest: b.digest };
         const entry = await this.req.journal.get(key);
         if (entry) await discardJournaled(this.journalTarget(this.dst), entry, 'the blob is already complete at the destination');
       }
+      if (this.dst instanceof RegistryDestination) place(this.dst.repository);
       return finish('skipped');
     }
     const from = this.mountFrom();
     if (from !== undefined && this.dst instanceof RegistryDestination) {
-      if (await this.dst.client.mountBlob(this.dst.repository, b.digest, from, signal)) return finish('mounted');
+      if (await this.dst.client.mountBlob(this.dst.repository, b.digest, from, signal)) {
+        place(this.dst.repository);
+        return finish('mounted');
+      }
     }
+    let lead: UploadLead | undefined;
+    if (placements && this.dst instanceof RegistryDestination) {
+      const placed = await this.placeFromSiblings(placements, this.dst, b, signal);
+      if (placed) return finish(placed);
+      for (let follows = 0; follows < MAX_FOLLOWS; follows++) {
+        const claim = placements.begin(this.dst.client.registry, b.digest);
+        if (claim.lead) {
+          lead = claim;
+          break;
+        }
+        // Another copy is uploading this blob to this registry: wait, then mount it from there.
+        this.log.debug({ digest: b.digest }, 'waiting for another copy\'s upload of this blob, to mount it');
+        await abortable(claim.landed, signal);
+        const after = await this.placeFromSiblings(placements, this.dst, b, signal);
+        if (after) return finish(after);
+      }
+    }
+    try {
+      await this.streamBlob(b, signal, active);
+      if (this.dst instanceof RegistryDestination) {
+        place(this.dst.repository);
+        lead?.settle(this.dst.repository);
+      }
+    } finally {
+      lead?.settle(undefined);
+    }
+    finish('copied');
+  }
+
+  /**
+   * Mount a blob this process put into another repository of the destination registry.
+   * Undefined when no sibling holds it or every mount was refused (the caller uploads).
+   */
+  private async placeFromSiblings(placements: BlobPlacements, dst: RegistryDestination, b: BlobInfo, signal: AbortSignal): Promise<'mounted' | 'skipped' | undefined> {
+    const registry = dst.client.registry;
+    for (const holder of placements.holders(registry, b.digest)) {
+      if (holder === dst.repository) {
+        // Another copy into this same repository finished it.
+        if (await dst.hasBlob(b.digest, b.size, signal)) return 'skipped';
+        placements.forget(registry, b.digest, holder);
+        continue;
+      }
+      let mounted = false;
+      try {
+        mounted = await dst.client.mountBlob(dst.repository, b.digest, holder, signal);
+      } catch (e) {
+        // Credentials that may push here but not pull from there: upload instead.
+        if (signal.aborted || !(e instanceof FerryError) || e.retryable) throw e;
+        this.log.debug({ digest: b.digest, from: holder, code: e.code }, 'mount from a sibling repository refused; uploading');
+      }
+      if (mounted) {
+        placements.record(registry, b.digest, dst.repository);
+        return 'mounted';
+      }
+      placements.forget(registry, b.digest, holder);
+    }
+    return undefined;
+  }
+
+  /** Read the blob from the source, verified, and write it to the destination. */
+  private async streamBlob(b: BlobInfo, signal: AbortSignal, active: { digest: Digest; done: number; size: number }): Promise<void> {
     this.progress.active.push(active);
     // Small blobs the engine already read (image configs, for the report) come from the cache,
     // not from a second source request; the reader verifies them all the same.
@@ -426,8 +518,9 @@ class CopyRun {
       this.emit();
     };
     if (this.dst instanceof RegistryDestination) {
-      // Registries get the resumable path: chunked uploads that continue from the acknowledged offset.
-      const result = await uploadBlob({
+      // Registries get the resumable path: chunked uploads that continue from the acknowledged offset;
+      // large layers to ECR go through ECR's own layer-upload API (resumable where its Docker API is not).
+      const upload: BlobUploadRequest = {
         source,
         destination: this.dst.client,
         destinationRepository: this.dst.repository,
@@ -439,7 +532,9 @@ class CopyRun {
         onBytes,
         journal: this.req.journal,
         sourceName: this.req.source.name,
-      });
+      };
+      const ecr = usesEcrLayerApi(b.size, this.tuning) ? await this.dst.ecrLayerApi() : undefined;
+      const result = ecr ? await uploadEcrLayer(upload, ecr) : await uploadBlob(upload);
       this.stats.blobs_restarted += result.restarts;
       if (result.resumes > 0) this.stats.blobs_resumed++;
       this.stats.bytes_resent += result.bytesResent;
@@ -448,7 +543,6 @@ class CopyRun {
       const chunks = counted(readVerifiedBlob({ source, digest: b.digest, size: b.size, signal }), onBytes);
       await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, signal);
     }
-    finish('copied');
   }
 
   private journalTarget(dst: RegistryDestination) {
@@ -492,6 +586,11 @@ class CopyRun {
   }
 }
 
+/** The digest a manifest names as its `subject`, if any. */
+function subjectOf(n: ManifestNode): Digest | undefined {
+  return n.parsed.kind === 'image' ? n.parsed.manifest.subject?.digest : n.parsed.index.subject?.digest;
+}
+
 /** An ImageSource over bytes already in memory (verified again by the reader). */
 function bufferSource(description: string, bytes: Buffer): ImageSource {
   return {
@@ -500,4 +599,23 @@ function bufferSource(description: string, bytes: Buffer): ImageSource {
     getReferrers: async () => undefined,
     openBlob: async (_digest, _size, offset) => ({ body: (async function* () { yield bytes.subarray(offset); })() }),
   };
+}
+
+/** Wait for `p`, or stop waiting when the copy is cancelled. */
+function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(new AbortedError());
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new AbortedError());
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
 }

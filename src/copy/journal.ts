@@ -33,10 +33,12 @@ export interface JournalEntry {
   repository: string;
   digest: string;
   size: number;
-  /** The newest upload Location the registry returned (absolute URL). */
+  /** The newest upload Location the registry returned (absolute URL); empty for an ECR layer-API upload. */
   location: string;
-  /** Bytes the registry acknowledged at `location`. */
+  /** Bytes the registry acknowledged at `location` (or under `upload_id`). */
   offset: number;
+  /** ECR's layer-upload API: the uploadId (src/copy/ecr-layer-upload.ts). Absent for Docker-API uploads. */
+  upload_id?: string;
   /** What the copy read from (the source reference as written, normalized). */
   source: string;
   started_at: string;
@@ -172,6 +174,11 @@ export function decodeEntry(text: string): JournalEntry | string {
     if (!Number.isSafeInteger(e[f]) || (e[f] as number) < 0) return `field ${f} is not a non-negative integer`;
   }
   if ((e.offset as number) > (e.size as number)) return 'offset past the blob size';
+  if (e.upload_id !== undefined) {
+    // An ECR layer upload: named by its uploadId, it has no Location.
+    if (typeof e.upload_id !== 'string' || !/^[\w.:-]{1,256}$/.test(e.upload_id)) return 'upload_id is not an upload id';
+    return entry as JournalEntry;
+  }
   try {
     const u = new URL(e.location as string);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') return 'location is not an http(s) URL';

@@ -3,6 +3,7 @@
 // uploads (src/copy/blob-upload.ts).
 import type { Digest } from '../reference/digest.ts';
 import type { RegistryClient } from '../registry/client.ts';
+import { EcrApiError, ecrLayerApiFor, type EcrLayerApi } from '../registry/ecr-layer-api.ts';
 import type { BlobStream, FetchedManifest, ImageDestination, ImageSource, ManifestHead } from './types.ts';
 
 export class RegistrySource implements ImageSource {
@@ -24,8 +25,8 @@ export class RegistrySource implements ImageSource {
     return this.client.getReferrers(this.repository, digest, signal);
   }
 
-  async openBlob(digest: Digest, _size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
-    const res = await this.client.openBlob(this.repository, digest, offset, signal);
+  async openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
+    const res = await this.client.openBlob(this.repository, digest, offset, signal, size);
     return { body: res.body as AsyncIterable<Buffer>, ignoredRange: (res as { ignoredRange?: boolean }).ignoredRange === true };
   }
 }
@@ -52,6 +53,34 @@ export class RegistryDestination implements ImageDestination {
 
   async hasBlob(digest: Digest, _size: number, signal?: AbortSignal): Promise<boolean> {
     return (await this.client.headBlob(this.repository, digest, signal)) !== undefined;
+  }
+
+  private ecrApi: Promise<EcrLayerApi | undefined> | undefined;
+
+  /** ECR's own layer-upload API, when this is an ECR registry reached with the AWS identity; else undefined. */
+  ecrLayerApi(): Promise<EcrLayerApi | undefined> {
+    this.ecrApi ??= ecrLayerApiFor(this.client);
+    return this.ecrApi;
+  }
+
+  /**
+   * Which of these blobs the destination has, in few requests: ECR's BatchCheckLayerAvailability
+   * (100 digests a call). Undefined where there is no such call, or it failed (then the caller
+   * asks hasBlob, one HEAD each).
+   */
+  async checkBlobs(digests: Digest[], signal?: AbortSignal): Promise<Map<Digest, boolean> | undefined> {
+    if (digests.length === 0) return undefined;
+    const api = await this.ecrLayerApi();
+    if (!api) return undefined;
+    try {
+      return (await api.checkAvailability(this.repository, digests, signal)) as Map<Digest, boolean>;
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      // A repository that does not exist yet (a dry run does not create it) holds no blobs.
+      if (e instanceof EcrApiError && e.awsCode === 'RepositoryNotFoundException') return new Map(digests.map((d) => [d, false]));
+      this.client.logger.warn({ err: (e as Error).message }, 'ecr:BatchCheckLayerAvailability failed; checking blobs one by one');
+      return undefined;
+    }
   }
 
   /** One POST + PUT. The engine prefers uploadBlob (chunked, resumable) for registries; this serves generic callers. */

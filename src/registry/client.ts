@@ -61,6 +61,8 @@ export class RegistryClient {
   readonly baseUrl: URL;
   readonly profile: RegistryProfile;
   readonly logger: Logger;
+  /** Where this client's credentials come from (the ECR layer-upload API finds the AWS identity here). */
+  readonly credentials: CredentialProvider;
   private readonly transport: HttpTransport;
   private readonly auth: RegistryAuth;
   private readonly retry: RetryPolicy;
@@ -73,6 +75,7 @@ export class RegistryClient {
     this.logger = opts.logger;
     this.retry = opts.retry ?? DEFAULT_RETRY;
     this.onRequest = opts.onRequest;
+    this.credentials = opts.credentials;
     const endpoint = registryEndpoint(opts.registry);
     this.baseUrl = new URL(`${opts.transport.schemeFor(endpoint)}://${endpoint}`);
     this.profile = registryProfile(opts.registry);
@@ -164,6 +167,8 @@ export class RegistryClient {
   async getReferrers(repository: string, digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
     const pages: Buffer[] = [];
     let path: string | URL = `/v2/${repository}/referrers/${digest}`;
+    // A Link back to a page already read is a loop: say so rather than reading it 20 times.
+    const visited = new Set<string>([new URL(path, this.baseUrl).href]);
     for (let page = 0; page < 20; page++) {
       const res = await this.send({
         method: 'GET',
@@ -186,6 +191,10 @@ export class RegistryClient {
       if (!next) return pages;
       const nextUrl = new URL(next, res.url);
       if (nextUrl.host !== res.url.host) throw this.invalid(`referrers pagination of ${repository} points at another host (${nextUrl.host})`);
+      if (visited.has(nextUrl.href)) {
+        throw this.invalid(`referrers pagination of ${repository}@${digest} loops: page ${page + 1} links back to ${nextUrl.pathname}${nextUrl.search}, a page already read`);
+      }
+      visited.add(nextUrl.href);
       path = nextUrl;
     }
     throw this.invalid(`referrers of ${repository}@${digest} span more than 20 pages`);
@@ -209,10 +218,14 @@ export class RegistryClient {
     return len !== undefined ? Number(len) : -1;
   }
 
-  /** Open a blob for reading from `offset` (Range). Redirects (S3, CDNs) get no Authorization. */
-  async openBlob(repository: string, digest: Digest, offset: number, signal?: AbortSignal): Promise<HttpResponse> {
+  /**
+   * Open a blob for reading from `offset` (Range). Redirects (S3, CDNs) get no Authorization.
+   * With the blob's `size` the range is closed (`bytes=N-LAST`): go-containerregistry's registry
+   * answers an open one (`bytes=N-`) with 416.
+   */
+  async openBlob(repository: string, digest: Digest, offset: number, signal?: AbortSignal, size?: number): Promise<HttpResponse> {
     const headers: Record<string, string> = {};
-    if (offset > 0) headers.range = `bytes=${offset}-`;
+    if (offset > 0) headers.range = size !== undefined && size > offset ? `bytes=${offset}-${size - 1}` : `bytes=${offset}-`;
     const res = await this.send({
       method: 'GET',
       path: `/v2/${repository}/blobs/${digest}`,
@@ -430,12 +443,15 @@ export class RegistryClient {
           await sleep(delay, opts.signal ?? undefined);
           continue;
         }
-        throw new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${res.status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
+        const unavailable = new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${res.status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
           side: this.side,
           status: res.status,
           registryCodes: parsed.codes,
           retryable: true,
         });
+        // A streamed body is retried by the caller (the blob uploader): it must wait as long too.
+        if (retryAfter !== undefined && !tooLong) Object.assign(unavailable, { retryAfterMs: retryAfter });
+        throw unavailable;
       }
       throw this.statusError(res.status, parsed, opts.what, url);
     }
@@ -476,6 +492,9 @@ export class RegistryClient {
       message = `${this.registry} refused to overwrite an immutable tag (${what}): the repository has tag immutability on; push to a new tag or turn immutability off${detail}`;
     } else if (status === 413 || parsed.codes.includes('DENIED') || parsed.codes.includes('SIZE_INVALID')) {
       code = src ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED';
+    } else if (status === 507) {
+      code = src ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED';
+      message += ' (HTTP 507 Insufficient Storage: the registry is out of storage; free space or raise its quota, then run the copy again)';
     } else {
       code = src ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED';
     }

@@ -4,7 +4,7 @@
 // Redirects are followed here, by hand, so that credentials never leave their host.
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
-import { Agent, EnvHttpProxyAgent, type Dispatcher } from 'undici';
+import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
 
@@ -102,7 +102,9 @@ export class HttpTransport {
           origin: url.origin,
           path: url.pathname + url.search,
           method: req.method,
-          headers,
+          // A copy: undici's proxy agent writes `host` into the object it is given, which would
+          // then go with the next hop of a redirect — to another host, under the wrong name.
+          headers: { ...headers },
           body: req.body as Dispatcher.DispatchOptions['body'],
           signal: req.signal ?? null,
           // undici closes the connection after every HEAD (for servers that wrongly send a body
@@ -118,12 +120,17 @@ export class HttpTransport {
       }
       const location = res.headers.location;
       await res.body.dump().catch(() => undefined);
+      // What a server redirects to is its doing: refusals here are the serving side's fault
+      // (SOURCE_INVALID; the registry client re-blames them on the destination when it is one).
       if (typeof location !== 'string') {
-        throw new FerryError('INTERNAL', `redirect ${res.statusCode} from ${url.host} without a Location`);
+        throw new FerryError('SOURCE_INVALID', `redirect ${res.statusCode} from ${url.host} without a Location`);
       }
-      if (hop >= MAX_REDIRECTS) throw new FerryError('INTERNAL', `too many redirects from ${req.url.host}`);
+      if (hop >= MAX_REDIRECTS) throw new FerryError('SOURCE_INVALID', `more than ${MAX_REDIRECTS} redirects from ${req.url.host} (a redirect loop?); refusing`);
       const next = new URL(location, url);
       checkRedirectTarget(url, next);
+      if (next.protocol === 'http:' && !this.allowsPlainHttp(next.host)) {
+        throw new FerryError('SOURCE_INVALID', `redirect from ${url.host} to plain-HTTP host ${next.host}; refusing: only loopback and hosts named with --plain-http may use plain HTTP`);
+      }
       if (next.host !== url.host || next.protocol !== url.protocol) {
         // Never send the registry's credentials to another host (S3, a CDN, an attacker).
         headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));

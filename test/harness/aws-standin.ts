@@ -4,7 +4,11 @@
 //   STS  (query protocol: form-encoded POST, XML answers)  AssumeRole, AssumeRoleWithWebIdentity,
 //        GetCallerIdentity.                                 Reached with AWS_ENDPOINT_URL_STS.
 //   ECR  (JSON 1.1 protocol, X-Amz-Target)                  GetAuthorizationToken, DescribeRepositories,
-//                                                           CreateRepository. AWS_ENDPOINT_URL_ECR.
+//                                                           CreateRepository, and the layer-upload API:
+//                                                           InitiateLayerUpload, UploadLayerPart,
+//                                                           CompleteLayerUpload, BatchCheckLayerAvailability
+//                                                           (layers land in a registry's storage through an
+//                                                           attached EcrLayerStore). AWS_ENDPOINT_URL_ECR.
 //   IMDS (EC2 instance metadata, IMDSv2 only)               session token, instance-profile role
 //                                                           credentials, region. AWS_EC2_METADATA_SERVICE_ENDPOINT.
 //
@@ -15,8 +19,11 @@
 // UnrecognizedClientException, ExpiredToken / ExpiredTokenException, AccessDenied /
 // AccessDeniedException).
 import { createHash, createHmac, createPublicKey, createSign, createVerify, randomBytes, randomUUID, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { appendFileSync, createReadStream, mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers: HTTP servers, SigV4 verification, RS256 JWTs (also used by gcp-standin.ts).
@@ -29,10 +36,17 @@ export interface Listening {
   host: string;
 }
 
-export async function listen(handler: (req: IncomingMessage, res: ServerResponse, body: Buffer) => Promise<void> | void): Promise<Listening> {
+export async function listen(
+  handler: (req: IncomingMessage, res: ServerResponse, body: Buffer) => Promise<void> | void,
+  /** Told of every request body byte as it arrives (also of bodies a client never finishes). */
+  onBodyBytes?: (req: IncomingMessage, n: number) => void,
+): Promise<Listening> {
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('data', (c: Buffer) => {
+      chunks.push(c);
+      onBodyBytes?.(req, c.byteLength);
+    });
     req.on('end', () => {
       Promise.resolve(handler(req, res, Buffer.concat(chunks))).catch((e: unknown) => {
         if (!res.headersSent) {
@@ -307,6 +321,44 @@ export interface EcrRepository {
   encryptionConfiguration: { encryptionType: string; kmsKey?: string };
 }
 
+/** Where completed layers go: the storage of the registry that serves the ECR host (cloud-registry.ts attaches it). */
+export interface EcrLayerStore {
+  /** The blob's size in the repository, or undefined when it is not there. */
+  stat(repositoryName: string, digest: string): Promise<number | undefined>;
+  /** Store a layer whose bytes (already verified against `digest`) are in `file`. */
+  put(repositoryName: string, digest: string, file: string, size: number): Promise<void>;
+}
+
+/** An open layer upload (InitiateLayerUpload … CompleteLayerUpload). */
+export interface EcrLayerUpload {
+  uploadId: string;
+  registryId: string;
+  repositoryName: string;
+  /** The bytes received so far, in order. */
+  file: string;
+  /** Bytes received (the next part must start here). */
+  received: number;
+  /** Size of every accepted part, in order. */
+  partSizes: number[];
+}
+
+/** One UploadLayerPart request that reached the stand-in complete, and what it answered. */
+export interface EcrPartRecord {
+  uploadId: string;
+  partFirstByte: number;
+  partLastByte: number;
+  /** Decoded payload bytes. */
+  bytes: number;
+  /** 'accepted' or the exception type answered. */
+  outcome: string;
+}
+
+/** ECR's layer-part limits (Amazon ECR service quotas; UploadLayerPart's layerPartBlob ≤ 20971520). */
+export const ECR_MIN_PART_BYTES = 5 * 1024 * 1024;
+export const ECR_MAX_PART_BYTES = 10 * 1024 * 1024;
+export const ECR_MAX_PARTS = 4200;
+export const ECR_MAX_BLOB_LENGTH = 20971520;
+
 export interface AwsStandinOptions {
   /** Region the STS and ECR endpoints serve (the credential scope must name it). Default us-east-1. */
   region?: string;
@@ -347,8 +399,23 @@ export class AwsStandin {
   /** Listeners told of each ECR password as it is issued (e.g. to write a registry's htpasswd). */
   readonly onEcrToken: Array<(t: IssuedEcrToken) => void | Promise<void>> = [];
 
+  /** Request body bytes received per ECR operation, counted as they arrive (base64 JSON for UploadLayerPart). */
+  readonly ecrBytesIn = new Map<string, number>();
+  /** Open layer uploads by uploadId. */
+  readonly layerUploads = new Map<string, EcrLayerUpload>();
+  /** Every UploadLayerPart that arrived whole, oldest first. */
+  readonly layerParts: EcrPartRecord[] = [];
+  /** How many digests each BatchCheckLayerAvailability call asked about. */
+  readonly batchCheckSizes: number[] = [];
+  /** Layers CompleteLayerUpload stored: repository, digest, size. */
+  readonly completedLayers: Array<{ repositoryName: string; digest: string; size: number }> = [];
+  /** Faults: flip a byte of the next accepted part as it is stored (CompleteLayerUpload then finds another digest). */
+  corruptNextLayerPart = false;
+
   private readonly identities = new Map<string, SigV4Identity>();
   private readonly imdsTokens = new Map<string, number>();
+  private readonly layerStores = new Map<string, EcrLayerStore>();
+  private layerDir: string | undefined;
 
   private constructor(options: AwsStandinOptions, sts: Listening, ecr: Listening, imds: Listening) {
     this.options = options;
@@ -362,7 +429,10 @@ export class AwsStandin {
   static async start(options: AwsStandinOptions = {}): Promise<AwsStandin> {
     let self: AwsStandin | undefined;
     const sts = await listen((req, res, body) => self!.handleSts(req, res, body));
-    const ecr = await listen((req, res, body) => self!.handleEcr(req, res, body));
+    const ecr = await listen(
+      (req, res, body) => self!.handleEcr(req, res, body),
+      (req, n) => self!.countEcrBytes(req, n),
+    );
     const imds = await listen((req, res, body) => self!.handleImds(req, res));
     self = new AwsStandin(options, sts, ecr, imds);
     return self;
@@ -370,6 +440,31 @@ export class AwsStandin {
 
   async close(): Promise<void> {
     await Promise.all([closeServer(this.sts.server), closeServer(this.ecr.server), closeServer(this.imds.server)]);
+    if (this.layerDir) rmSync(this.layerDir, { recursive: true, force: true });
+  }
+
+  /** Completed layers of registry `registryId` go to `store` (and BatchCheckLayerAvailability asks it). */
+  attachLayerStore(registryId: string, store: EcrLayerStore): void {
+    this.layerStores.set(registryId, store);
+  }
+
+  /** Lose every open layer upload, as if ECR had expired them: their uploadIds now answer UploadNotFoundException. */
+  forgetLayerUploads(): number {
+    const n = this.layerUploads.size;
+    for (const u of this.layerUploads.values()) rmSync(u.file, { force: true });
+    this.layerUploads.clear();
+    return n;
+  }
+
+  /** Bytes received for an ECR operation so far. */
+  ecrBytes(op: string): number {
+    return this.ecrBytesIn.get(op) ?? 0;
+  }
+
+  private countEcrBytes(req: IncomingMessage, n: number): void {
+    const target = String(req.headers['x-amz-target'] ?? '');
+    const op = target.slice(target.indexOf('.') + 1) || 'unknown';
+    this.ecrBytesIn.set(op, this.ecrBytes(op) + n);
   }
 
   /** Environment that points the AWS SDK at these stand-ins. */
@@ -723,8 +818,158 @@ export class AwsStandin {
         this.repositories.set(key, repo);
         return this.ecrOk(res, { repository: repoJson(repo) });
       }
+      case 'InitiateLayerUpload':
+      case 'UploadLayerPart':
+      case 'CompleteLayerUpload':
+      case 'BatchCheckLayerAvailability':
+        return this.handleEcrLayers(op, input, caller, res, deny);
       default:
         return this.ecrError(res, 400, 'UnknownOperationException', '');
+    }
+  }
+
+  /**
+   * ECR's layer-upload API, as the AWS API reference describes it: InitiateLayerUpload opens an
+   * upload (uploadId, partSize); UploadLayerPart takes base64 parts that must be contiguous
+   * (partFirstByte = the byte after the last one received, else InvalidLayerPartException with
+   * lastValidByteReceived), each at most 10 MiB and at most 4200 of them; CompleteLayerUpload
+   * checks every part but the last is at least 5 MiB (LayerPartTooSmallException), that the
+   * layer is new (LayerAlreadyExistsException) and that its sha256 matches the digest given
+   * (InvalidLayerException), then stores it; unknown uploadIds are UploadNotFoundException.
+   * BatchCheckLayerAvailability takes 1–100 digests.
+   */
+  private async handleEcrLayers(op: string, input: Record<string, unknown>, caller: SigV4Identity, res: ServerResponse, deny: (action: string, resource: string) => void): Promise<void> {
+    const region = this.region;
+    const registryId = typeof input.registryId === 'string' ? input.registryId : caller.account;
+    const name = typeof input.repositoryName === 'string' ? input.repositoryName : '';
+    const arn = repoArn(region, registryId, name);
+    if (!this.allowed(caller.arn, `ecr:${op}`, arn)) return deny(`ecr:${op}`, arn);
+    const repo = this.repository(name, registryId);
+    if (!repo) return this.ecrError(res, 400, 'RepositoryNotFoundException', `The repository with name '${name}' does not exist in the registry with id '${registryId}'`);
+    const store = this.layerStores.get(registryId);
+    if (!store) return this.ecrError(res, 500, 'ServerException', `no layer store attached for registry ${registryId} (test setup)`);
+    const uploadNotFound = (id: unknown): void =>
+      this.ecrError(res, 400, 'UploadNotFoundException', `Upload with id '${String(id)}' does not exist in the repository with name '${name}' in the registry with id '${registryId}'`);
+    const upload = (): EcrLayerUpload | undefined => {
+      const u = typeof input.uploadId === 'string' ? this.layerUploads.get(input.uploadId) : undefined;
+      return u && u.registryId === registryId && u.repositoryName === name ? u : undefined;
+    };
+    const digestPattern = /^[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+$/;
+
+    switch (op) {
+      case 'InitiateLayerUpload': {
+        this.layerDir ??= mkdtempSync(join(tmpdir(), 'ferry-ecr-layers-'));
+        const uploadId = randomUUID();
+        const file = join(this.layerDir, uploadId);
+        writeFileSync(file, Buffer.alloc(0));
+        this.layerUploads.set(uploadId, { uploadId, registryId, repositoryName: name, file, received: 0, partSizes: [] });
+        return this.ecrOk(res, { uploadId, partSize: ECR_MAX_PART_BYTES });
+      }
+      case 'UploadLayerPart': {
+        const u = upload();
+        if (!u) return uploadNotFound(input.uploadId);
+        const first = input.partFirstByte;
+        const last = input.partLastByte;
+        const blob = input.layerPartBlob;
+        if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || (first as number) < 0 || (last as number) < 0 || typeof blob !== 'string') {
+          return this.ecrError(res, 400, 'InvalidParameterException', 'Invalid parameter: partFirstByte, partLastByte and layerPartBlob are required');
+        }
+        if (blob.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(blob)) {
+          return this.ecrError(res, 400, 'SerializationException', 'Base64 encoded value is not valid for layerPartBlob');
+        }
+        const bytes = Buffer.from(blob, 'base64');
+        const record: EcrPartRecord = { uploadId: u.uploadId, partFirstByte: first as number, partLastByte: last as number, bytes: bytes.byteLength, outcome: 'accepted' };
+        this.layerParts.push(record);
+        const invalidPart = (message: string): void => {
+          record.outcome = 'InvalidLayerPartException';
+          res.writeHead(400, {
+            'content-type': 'application/x-amz-json-1.1',
+            'x-amzn-errortype': 'InvalidLayerPartException:http://internal.amazon.com/coral/com.amazonaws.containerregistry/',
+            'x-amzn-requestid': randomUUID(),
+          });
+          res.end(JSON.stringify({ __type: 'InvalidLayerPartException', message, registryId, repositoryName: name, uploadId: u.uploadId, lastValidByteReceived: u.received - 1 }));
+        };
+        if (bytes.byteLength > ECR_MAX_BLOB_LENGTH) {
+          record.outcome = 'ValidationException';
+          return this.ecrError(res, 400, 'ValidationException', `1 validation error detected: Value at 'layerPartBlob' failed to satisfy constraint: Member must have length less than or equal to ${ECR_MAX_BLOB_LENGTH}`);
+        }
+        if ((last as number) - (first as number) + 1 !== bytes.byteLength) return invalidPart(`The layer part size is not valid: ${bytes.byteLength} bytes for bytes ${first}-${last}`);
+        if ((first as number) !== u.received) {
+          return invalidPart(`The first byte specified, ${first}, is not consecutive to the last byte of a previous layer part upload, ${u.received - 1}`);
+        }
+        if (bytes.byteLength > ECR_MAX_PART_BYTES || bytes.byteLength === 0) return invalidPart(`The layer part size is not valid: ${bytes.byteLength} bytes (maximum ${ECR_MAX_PART_BYTES})`);
+        if (u.partSizes.length >= ECR_MAX_PARTS) {
+          record.outcome = 'LimitExceededException';
+          return this.ecrError(res, 400, 'LimitExceededException', `The upload has reached the maximum of ${ECR_MAX_PARTS} layer parts`);
+        }
+        if (this.corruptNextLayerPart) {
+          this.corruptNextLayerPart = false;
+          bytes[0] = (bytes[0] ?? 0) ^ 0xff;
+        }
+        appendFileSync(u.file, bytes);
+        u.received += bytes.byteLength;
+        u.partSizes.push(bytes.byteLength);
+        return this.ecrOk(res, { registryId, repositoryName: name, uploadId: u.uploadId, lastByteReceived: u.received - 1 });
+      }
+      case 'CompleteLayerUpload': {
+        const digests = input.layerDigests;
+        if (!Array.isArray(digests) || digests.length < 1 || digests.length > 100 || !digests.every((d) => typeof d === 'string' && digestPattern.test(d))) {
+          return this.ecrError(res, 400, 'InvalidParameterException', "Invalid parameter at 'layerDigests': between 1 and 100 digests of the form algorithm:hex");
+        }
+        const u = upload();
+        if (!u) return uploadNotFound(input.uploadId);
+        if (u.partSizes.length === 0) return this.ecrError(res, 400, 'EmptyUploadException', `The upload with id '${u.uploadId}' does not contain any layer parts`);
+        if (u.partSizes.slice(0, -1).some((n) => n < ECR_MIN_PART_BYTES)) return this.ecrError(res, 400, 'LayerPartTooSmallException', 'Layer parts must be at least 5 MiB in size.');
+        const digest = digests[0] as string;
+        if ((await store.stat(name, digest)) !== undefined) {
+          this.dropUpload(u);
+          return this.ecrError(res, 400, 'LayerAlreadyExistsException', `The layer '${digest}' already exists in the repository with name '${name}' in the registry with id '${registryId}'`);
+        }
+        const hash = createHash('sha256');
+        for await (const c of createReadStream(u.file)) hash.update(c as Buffer);
+        const actual = `sha256:${hash.digest('hex')}`;
+        if (actual !== digest) {
+          this.dropUpload(u);
+          return this.ecrError(res, 400, 'InvalidLayerException', `The layer digest calculation performed by Amazon ECR upon receipt of the image layer does not match the digest specified: computed ${actual}, specified ${digest}`);
+        }
+        await store.put(name, digest, u.file, u.received);
+        this.completedLayers.push({ repositoryName: name, digest, size: u.received });
+        this.dropUpload(u);
+        return this.ecrOk(res, { registryId, repositoryName: name, uploadId: u.uploadId, layerDigest: digest });
+      }
+      case 'BatchCheckLayerAvailability': {
+        const digests = input.layerDigests;
+        if (!Array.isArray(digests) || digests.length < 1 || digests.length > 100) {
+          return this.ecrError(
+            res,
+            400,
+            'ValidationException',
+            `1 validation error detected: Value at 'layerDigests' failed to satisfy constraint: Member must have length ${Array.isArray(digests) && digests.length > 100 ? 'less than or equal to 100' : 'greater than or equal to 1'}`,
+          );
+        }
+        this.batchCheckSizes.push(digests.length);
+        const layers: unknown[] = [];
+        const failures: unknown[] = [];
+        for (const d of digests) {
+          if (typeof d !== 'string' || !digestPattern.test(d)) {
+            failures.push({ layerDigest: String(d), failureCode: 'InvalidLayerDigest', failureReason: 'Invalid layer digest' });
+            continue;
+          }
+          const size = await store.stat(name, d);
+          if (size === undefined) failures.push({ layerDigest: d, failureCode: 'MissingLayerDigest', failureReason: 'Could not find layer' });
+          else layers.push({ layerDigest: d, layerAvailability: 'AVAILABLE', layerSize: size });
+        }
+        return this.ecrOk(res, { layers, failures });
+      }
+    }
+  }
+
+  private dropUpload(u: EcrLayerUpload): void {
+    this.layerUploads.delete(u.uploadId);
+    try {
+      unlinkSync(u.file);
+    } catch {
+      // already gone
     }
   }
 

@@ -19,7 +19,7 @@
 // front checks each against the stand-in and presents the registry's own htpasswd credential.
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createReadStream, readFileSync, writeFileSync } from 'node:fs';
 import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
@@ -143,6 +143,8 @@ export interface FrontRequest {
   note?: string;
   /** When it arrived (epoch ms). */
   at: number;
+  /** Request body bytes received. */
+  bytes: number;
 }
 
 type Decision = { forward: true; authorization?: string } | { forward: false; status: number; headers?: Record<string, string>; body?: string; note?: string };
@@ -173,7 +175,8 @@ async function startFront(opts: {
   const agent = new HttpAgent({ keepAlive: true });
   const [backendHost, backendPort] = opts.backend.split(':') as [string, string];
   const server = createHttpsServer({ cert: opts.pki.cert, key: opts.pki.key, requestTimeout: 0, headersTimeout: 0 }, (req, res) => {
-    const entry: FrontRequest = { method: req.method ?? 'GET', path: req.url ?? '/', authorization: req.headers.authorization, status: 0, by: 'front', at: Date.now() };
+    const entry: FrontRequest = { method: req.method ?? 'GET', path: req.url ?? '/', authorization: req.headers.authorization, status: 0, by: 'front', at: Date.now(), bytes: 0 };
+    const countBytes = (c: Buffer) => void (entry.bytes += c.byteLength);
     requests.push(entry);
     const url = new URL(req.url ?? '/', `https://${opts.publicHost}`);
     Promise.resolve(opts.decide(req, url))
@@ -181,6 +184,7 @@ async function startFront(opts: {
         if (!d.forward) {
           if (d.note) entry.note = d.note;
           // Read what the client sends first, so it sees the answer rather than a broken pipe.
+          req.on('data', countBytes);
           req.resume();
           req.on('end', () => {
             entry.status = d.status;
@@ -207,6 +211,7 @@ async function startFront(opts: {
         res.on('close', () => {
           if (!res.writableFinished) upstream.destroy();
         });
+        req.on('data', countBytes);
         req.pipe(upstream);
       })
       .catch((e: unknown) => {
@@ -362,6 +367,19 @@ export async function startEcrRegistry(opts: EcrRegistryOptions): Promise<EcrReg
 
   const front = await startFront({ pki: opts.pki, publicHost: host, backend: backend.host, decide: withHooks(opts, decide) });
   opts.proxy.route(host, front.port);
+
+  // ECR's layer-upload API (the AWS stand-in) stores completed layers in this registry, and
+  // BatchCheckLayerAvailability looks here, so a manifest PUT through the Docker API finds them.
+  aws.attachLayerStore(account, {
+    stat: async (name, digest) => {
+      const r = await fetch(`${backend.url}/v2/${name}/blobs/${digest}`, { method: 'HEAD', headers: { authorization: backendAuth } });
+      return r.status === 200 ? Number(r.headers.get('content-length')) : undefined;
+    },
+    put: async (name, digest, file, size) => {
+      const ref = await client.pushBlobStream(name, createReadStream(file), { chunkSize: 64 * 1024 * 1024 });
+      if (ref.digest !== digest || ref.size !== size) throw new Error(`layer store: stored ${ref.digest} (${ref.size} bytes), expected ${digest} (${size})`);
+    },
+  });
 
   // The "S3" host: pre-signed URLs only. S3 refuses a request that also carries an Authorization
   // header ("Only one auth mechanism allowed"), so a leaked registry credential fails the download.

@@ -140,6 +140,27 @@ export interface ControlPlaneOptions {
   oneTimeTokenTtlS?: number;
   /** Request bodies above this get 413; default 1 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Start from a state another control plane saved with saveState() (a restart: jobs,
+   * executions, leases, one-time tokens, results, the runner token and settings carry over;
+   * the request log, heartbeats and faults do not). runnerId / token / settings given here win.
+   */
+  state?: ControlPlaneState;
+}
+
+/**
+ * What a control plane keeps in its database, as plain JSON (it survives JSON.stringify /
+ * JSON.parse, e.g. through a file). Opaque to callers: pass it back to startControlPlane().
+ */
+export interface ControlPlaneState {
+  version: 1;
+  runnerId: string;
+  token: string;
+  settings: Partial<RunnerSettings> | 'missing';
+  seq: number;
+  clockOffsetMs: number;
+  jobs: unknown[];
+  tokens: Array<[string, unknown]>;
 }
 
 export interface EnqueueOptions {
@@ -182,6 +203,8 @@ export interface ControlPlane {
   rotateToken(next: string): void;
   setSettings(settings: Partial<RunnerSettings> | 'missing'): void;
   setIssueCredentials(fn: IssueCredentials): void;
+  /** Everything durable, for a restart: stop() this one, then startControlPlane({ port, state }). */
+  saveState(): ControlPlaneState;
   /** Move the server's clock forward (leases, token expiry, timeouts). */
   advanceClock(ms: number): void;
   now(): number;
@@ -279,18 +302,24 @@ function oneTimeTokenOf(plan: Record<string, unknown>): string | undefined {
 
 export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise<ControlPlane> {
   const host = opts.host ?? '127.0.0.1';
-  const runnerId = opts.runnerId ?? DEFAULT_RUNNER_ID;
+  const saved = opts.state;
+  if (saved !== undefined && saved.version !== 1) throw new Error(`control plane state version ${String(saved.version)} is not supported`);
+  const runnerId = opts.runnerId ?? saved?.runnerId ?? DEFAULT_RUNNER_ID;
   const leaseS = opts.leaseS ?? DEFAULT_SETTINGS.lease_s;
   const maxBodyBytes = opts.maxBodyBytes ?? 1024 * 1024;
   const defaultTtlS = opts.oneTimeTokenTtlS ?? 3600;
-  let token = opts.token ?? DEFAULT_RUNNER_TOKEN;
-  let settings: Partial<RunnerSettings> | 'missing' = opts.settings ?? {};
-  let clockOffset = 0;
-  let seq = 0;
+  let token = opts.token ?? saved?.token ?? DEFAULT_RUNNER_TOKEN;
+  let settings: Partial<RunnerSettings> | 'missing' = opts.settings ?? saved?.settings ?? {};
+  let clockOffset = saved?.clockOffsetMs ?? 0;
+  let seq = saved?.seq ?? 0;
   let up = false;
   const now = () => Date.now() + clockOffset;
   const jobs = new Map<string, JobRec>();
   const tokens = new Map<string, TokenRec>();
+  if (saved !== undefined) {
+    for (const j of structuredClone(saved.jobs) as JobRec[]) jobs.set(j.id, j);
+    for (const [k, v] of structuredClone(saved.tokens) as Array<[string, TokenRec]>) tokens.set(k, v);
+  }
   const requests: RequestRecord[] = [];
   const heartbeats: Array<HeartbeatBody & { at: string }> = [];
   let faults: ActiveFault[] = [];
@@ -888,6 +917,13 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     },
     setIssueCredentials(fn) {
       issueCredentials = fn;
+    },
+    saveState() {
+      sweep();
+      // Through JSON, so a restored state is exactly what a file or a database would give back.
+      return JSON.parse(
+        JSON.stringify({ version: 1, runnerId, token, settings, seq, clockOffsetMs: clockOffset, jobs: [...jobs.values()], tokens: [...tokens.entries()] }),
+      ) as ControlPlaneState;
     },
     advanceClock(ms) {
       clockOffset += ms;

@@ -23,6 +23,10 @@ export type FaultRule = RuleMatch &
         status: number;
         /** Adds `Retry-After: <seconds>`. */
         retryAfter?: number;
+        /** The registry error code in the JSON body (default by status, e.g. UNAVAILABLE for 503). */
+        code?: string;
+        /** The error message in the JSON body (default "injected <status> by the fault proxy"). */
+        message?: string;
       }
     | {
         /**
@@ -39,10 +43,12 @@ export type FaultRule = RuleMatch &
         offset: number;
       }
     | {
-        /** Send the response headers, then nothing for `ms`; then cut the connection (default) or carry on. */
+        /** Send the response headers (and the first `afterBytes` of the body), then nothing for `ms`; then cut the connection (default) or carry on. */
         action: 'stall';
         ms: number;
         then?: 'reset' | 'continue';
+        /** Let this many body bytes through before the stall (default 0: stall right after the headers). */
+        afterBytes?: number;
       }
   );
 
@@ -54,6 +60,10 @@ export interface ProxiedRequest {
   status: number;
   /** The fault applied to this request, if any. */
   fault?: FaultRule['action'];
+  /** When the request arrived (Date.now()). */
+  at: number;
+  /** The request's Range header, if any. */
+  range?: string;
 }
 
 export interface ActiveRule {
@@ -143,7 +153,8 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
   };
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const entry: ProxiedRequest = { method: req.method ?? 'GET', path: req.url ?? '/', status: 0 };
+    const entry: ProxiedRequest = { method: req.method ?? 'GET', path: req.url ?? '/', status: 0, at: Date.now() };
+    if (typeof req.headers.range === 'string') entry.range = req.headers.range;
     requests.push(entry);
     const rule = take(req);
     if (rule) entry.fault = rule.action;
@@ -151,7 +162,7 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
 
     if (rule?.action === 'status') {
       req.resume(); // drain any upload so the connection stays usable
-      const body = JSON.stringify({ errors: [{ code: ERROR_CODES[rule.status] ?? 'UNKNOWN', message: `injected ${rule.status} by the fault proxy` }] });
+      const body = JSON.stringify({ errors: [{ code: rule.code ?? ERROR_CODES[rule.status] ?? 'UNKNOWN', message: rule.message ?? `injected ${rule.status} by the fault proxy` }] });
       const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
       if (rule.retryAfter !== undefined) headers['retry-after'] = String(rule.retryAfter);
       entry.status = rule.status;
@@ -281,19 +292,56 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
 
       if (rule?.action === 'stall') {
         res.flushHeaders();
-        const timer = setTimeout(() => {
-          timers.delete(timer);
-          if (rule.then === 'continue') {
-            upRes.pipe(res);
-          } else {
-            upRes.destroy();
-            cutAfterFlush(res.socket);
-          }
-        }, rule.ms);
-        timers.add(timer);
+        const afterBytes = rule.afterBytes ?? 0;
+        let timer: NodeJS.Timeout | undefined;
+        let held: Buffer | undefined;
+        const stall = (): void => {
+          timer = setTimeout(() => {
+            timers.delete(timer!);
+            if (rule.then === 'continue') {
+              if (held) res.write(held);
+              upRes.pipe(res);
+            } else {
+              upRes.destroy();
+              cutAfterFlush(res.socket);
+            }
+          }, rule.ms);
+          timers.add(timer);
+        };
+        if (afterBytes <= 0) {
+          stall();
+        } else {
+          // The first `afterBytes` go through; then the body stands still.
+          let passed = 0;
+          const onData = (chunk: Buffer): void => {
+            const room = afterBytes - passed;
+            if (chunk.byteLength < room) {
+              passed += chunk.byteLength;
+              if (!res.write(chunk)) {
+                upRes.pause();
+                res.once('drain', () => {
+                  if (!timer) upRes.resume();
+                });
+              }
+              return;
+            }
+            passed = afterBytes;
+            upRes.off('data', onData);
+            upRes.pause();
+            res.write(chunk.subarray(0, room));
+            if (chunk.byteLength > room) held = chunk.subarray(room);
+            stall();
+          };
+          upRes.on('data', onData);
+          upRes.on('end', () => {
+            if (!timer) res.end(); // shorter than afterBytes: nothing to stall
+          });
+        }
         res.on('close', () => {
-          clearTimeout(timer);
-          timers.delete(timer);
+          if (timer) {
+            clearTimeout(timer);
+            timers.delete(timer);
+          }
           upRes.destroy();
         });
         return;

@@ -17,6 +17,7 @@ import { pushLargeImage, type PushedManifest } from '../harness/fixtures.ts';
 import { createRng, seedFor, SUITE_SEED } from '../harness/seed.ts';
 import { tempStateHome } from '../e2e/ferry-cli.ts';
 import { MiB, journalFiles, logLines, mib, spawnFerry } from './helpers.ts';
+import { recordFault } from '../faults/report.ts';
 
 const LAYERS = 4;
 const LAYER_SIZE = 136 * MiB;
@@ -47,7 +48,7 @@ describe('SIGKILL of ferry copy at random points, restarted with the same --stat
   });
 
   for (const mode of ['buffering proxy', 'direct'] as const) {
-    test(`${KILLS[mode]} kills, destination ${mode === 'direct' ? 'distribution 2.8 directly' : 'distribution 2.8 behind a request-buffering proxy'}`, async () => {
+    test(`${KILLS[mode]} kills, destination ${mode === 'direct' ? 'distribution 2.8 directly' : 'distribution 2.8 behind a request-buffering proxy'}`, async (tc) => {
       const proxy = await startFaultProxy(dst.host, { bufferRequestBodies: mode === 'buffering proxy' });
       proxies.push(proxy);
       const seed = seedFor(`resume/sigkill/${mode}`);
@@ -169,6 +170,15 @@ describe('SIGKILL of ferry copy at random points, restarted with the same --stat
         // distribution 2.8 invalidates a session cut mid-PATCH: ferry deletes it and restarts the blob.
         assert.ok(runs.some((r) => r.reasons.some((x) => x.includes('404'))), 'a cut session was found invalid (404) and restarted');
       }
+      // The row of docs/faults.md for this case.
+      const restartedBlobs = runs.reduce((n, r) => n + [...r.decisions.values()].filter((o) => o === RESTARTED).length, 0);
+      recordFault(tc, {
+        suite: 'resume',
+        fault: `SIGKILL of ferry copy at ${kills} seeded random points (seed ${SUITE_SEED}) during a ${mib(imageBytes)} MiB copy (${LAYERS} × ${mib(LAYER_SIZE)} MiB layers, ${mib(CHUNK)} MiB chunks), destination ${mode === 'direct' ? 'distribution 2.8 directly' : 'distribution 2.8 behind a request-buffering proxy'}; the same command run again after each kill`,
+        action: `continued journaled uploads from the registry's offset in ${continued} run(s), restarted ${restartedBlobs} blob(s) whose session the registry had dropped; re-sent ${(resentTotal / imageBytes).toFixed(2)}× the image size in all (${mib(resentTotal / kills)} MiB per kill)`,
+        bytesResent: resentTotal,
+        outcome: `byte-exact after ${runs.length} runs`,
+      });
     });
   }
 });

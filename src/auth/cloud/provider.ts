@@ -4,6 +4,7 @@
 import type { Side } from '../../errors.ts';
 import type { Logger } from '../../log/logger.ts';
 import type { Credential, CredentialProvider, CredentialRequest } from '../credentials.ts';
+import type { ECRClient } from '@aws-sdk/client-ecr';
 import type { EcrCredentials, EnsureEcrRepositoryOptions, EnsuredEcrRepository } from './ecr.ts';
 import type { GarCredentials } from './gar.ts';
 import { isEcrHost, isGarHost, parseEcrHost } from './hosts.ts';
@@ -59,6 +60,14 @@ export class CloudCredentials implements CredentialProvider {
     if (!host) throw new Error(`${registry} is not an ECR host`);
     const [{ ensureEcrRepository }, ecr] = await Promise.all([import('./ecr.ts'), this.ecrProvider()]);
     return ensureEcrRepository({ client: ecr.client(host.host), registryId: host.account, repositoryName, logger: this.opts.logger, ...settings });
+  }
+
+  /**
+   * The ECR API client for an ECR registry host's region, signed with the same AWS identity the
+   * registry credentials come from (for ECR's layer-upload API).
+   */
+  async ecrApiClient(registry: string): Promise<ECRClient> {
+    return (await this.ecrProvider()).client(registry);
   }
 
   /** Close the SDK clients' connection pools. */
