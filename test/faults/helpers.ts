@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FaultProxy } from '../harness/fault-proxy.ts';
 import type { PushedManifest } from '../harness/fixtures.ts';
+import { logLines } from '../resume/helpers.ts';
 
 const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
 
@@ -81,18 +82,7 @@ export function runFerry(label: string, args: string[], env: NodeJS.ProcessEnv =
   return startFerry(label, args, env, timeoutMs).done;
 }
 
-export function logLines(stderr: string): Array<Record<string, any>> {
-  const out: Array<Record<string, any>> = [];
-  for (const line of stderr.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      out.push(JSON.parse(line));
-    } catch {
-      // not JSON
-    }
-  }
-  return out;
-}
+export { logLines };
 
 /** Log lines whose message starts with `prefix`. */
 export function messages(r: FerryResult, prefix: string): Array<Record<string, any>> {

@@ -1,0 +1,108 @@
+// Where a blob download's CPU goes in Node, below ferry: one 256 MiB blob from a real
+// distribution registry on loopback, read and hashed (sha256) by
+//   - undici (what ferry uses: llhttp in WebAssembly, a fresh 64 KiB buffer per socket read),
+//   - node:http (llhttp in C++, a fresh buffer per read),
+//   - a bare socket reading into one reused 256 KiB buffer (`onread`), HTTP head skipped by hand,
+// and hashing the same bytes from memory alone. CPU is this process's user + sys (the registry
+// is another process). Used for docs/performance.md ("the data path's floor").
+//   node bench/datapath.ts [--mib N] [--runs N]
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { Agent, request } from 'undici';
+import { startDistribution } from '../test/harness/distribution.ts';
+import { clientFor } from '../test/harness/oci-client.ts';
+import { seededBytes } from '../test/harness/seed.ts';
+
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '256' }, runs: { type: 'string', default: '5' } } });
+const SIZE = Number(values.mib) * 1024 * 1024;
+const RUNS = Number(values.runs);
+
+const registry = await startDistribution();
+const agent = new Agent({ connections: 1 });
+try {
+  const bytes = seededBytes('bench/datapath', SIZE);
+  const ref = await clientFor(registry).pushBlob('bench/datapath', bytes);
+  const url = new URL(`http://${registry.host}/v2/bench/datapath/blobs/${ref.digest}`);
+  const expected = ref.digest.slice('sha256:'.length);
+
+  const ways: Record<string, () => Promise<string>> = {
+    'undici + sha256': async () => {
+      const res = await request(url, { dispatcher: agent });
+      const h = createHash('sha256');
+      for await (const chunk of res.body) h.update(chunk as Buffer);
+      return h.digest('hex');
+    },
+    'node:http + sha256': () =>
+      new Promise((resolve, reject) => {
+        http
+          .get(url, (res) => {
+            const h = createHash('sha256');
+            res.on('data', (chunk: Buffer) => h.update(chunk));
+            res.on('end', () => resolve(h.digest('hex')));
+            res.on('error', reject);
+          })
+          .on('error', reject);
+      }),
+    'socket, reused buffer + sha256': () =>
+      new Promise((resolve, reject) => {
+        const h = createHash('sha256');
+        let inHead = true;
+        let got = 0;
+        const socket = net.connect({
+          host: url.hostname,
+          port: Number(url.port),
+          onread: {
+            buffer: Buffer.allocUnsafe(256 * 1024),
+            callback: (n: number, buf: Buffer) => {
+              let data = buf.subarray(0, n);
+              if (inHead) {
+                const end = data.indexOf('\r\n\r\n');
+                if (end < 0) return true; // the head is small: it comes in the first read here
+                data = data.subarray(end + 4);
+                inHead = false;
+              }
+              h.update(data);
+              got += data.byteLength;
+              if (got >= SIZE) {
+                socket.destroy();
+                resolve(h.digest('hex'));
+              }
+              return true;
+            },
+          },
+        } as net.NetConnectOpts);
+        socket.on('connect', () => socket.write(`GET ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: close\r\n\r\n`));
+        socket.on('error', reject);
+      }),
+    'sha256 from memory (no I/O)': async () => {
+      const h = createHash('sha256');
+      for (let o = 0; o < SIZE; o += 64 * 1024) h.update(bytes.subarray(o, o + 64 * 1024));
+      return h.digest('hex');
+    },
+  };
+
+  const cpu: Record<string, number[]> = {};
+  for (let run = 0; run < RUNS; run++) {
+    for (const [name, way] of Object.entries(ways)) {
+      const before = process.cpuUsage();
+      const hex = await way();
+      const used = process.cpuUsage(before);
+      if (hex !== expected) throw new Error(`${name}: hashed to ${hex}, not ${expected}`);
+      (cpu[name] ??= []).push((used.user + used.system) / 1000);
+    }
+  }
+  console.log(`${mib(SIZE)} blob, ${RUNS} runs each, alternating; CPU ms of this process (median, min–max):`);
+  for (const [name, ms] of Object.entries(cpu)) {
+    const s = [...ms].sort((a, b) => a - b);
+    console.log(`  ${name.padEnd(32)} ${s[Math.floor(s.length / 2)]!.toFixed(0).padStart(5)}  (${s[0]!.toFixed(0)}–${s[s.length - 1]!.toFixed(0)})`);
+  }
+} finally {
+  await agent.close();
+  await registry.stop();
+}
+
+function mib(n: number): string {
+  return `${(n / 1024 / 1024).toFixed(0)} MiB`;
+}
