@@ -11,7 +11,6 @@
 //      `auth` or `username`/`password`).
 //   3. `credsStore`, the default helper.
 // Every secret learned is registered with the logger so it can never appear in a log line.
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -221,7 +220,7 @@ export interface HelperOptions {
  * has none. Throws FerryError: USAGE when the program is not on PATH, the side's AUTH code (or
  * INTERNAL) when it fails, times out, or answers nonsense.
  */
-export function runCredentialHelper(helper: string, serverURL: string, opts: HelperOptions = {}): Promise<Credential | undefined> {
+export async function runCredentialHelper(helper: string, serverURL: string, opts: HelperOptions = {}): Promise<Credential | undefined> {
   const program = `docker-credential-${helper}`;
   const origin = opts.origin ? ` (named by ${opts.origin})` : '';
   const timeoutMs = opts.timeoutMs ?? HELPER_TIMEOUT_MS;
@@ -234,6 +233,8 @@ export function runCredentialHelper(helper: string, serverURL: string, opts: Hel
     return new FerryError(failCode, `credential helper ${program}${origin} ${what}`, o);
   };
 
+  // Loaded only when a helper runs: child_process (and dgram with it) cost every start otherwise.
+  const { spawn } = await import('node:child_process');
   return new Promise((resolve, reject) => {
     let settled = false;
     const stdout: Buffer[] = [];
