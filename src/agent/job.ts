@@ -223,7 +223,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     placements: ctx.placements,
     signal,
     onProgress,
-    ...(ctx.journal ? { journal: ctx.journal } : {}),
+    ...(ctx.journal ? { journal: ctx.journal, journalOwner: `job ${jobId}` } : {}),
   });
 }
 

@@ -55,6 +55,8 @@ export interface BlobUploadRequest {
   journal?: UploadJournal | undefined;
   /** What the copy reads from, recorded in the journal (an entry from another source is stale). */
   sourceName?: string | undefined;
+  /** Recorded in the journal: `copy`, or `job <id>` for the agent's uploads. */
+  journalOwner?: string | undefined;
 }
 
 export interface BlobUploadResult {
@@ -122,7 +124,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
     const record = journal
       ? async (l: URL, offset: number) => {
           const now = new Date().toISOString();
-          const entry = { version: JOURNAL_VERSION, ...key, size, location: l.href, offset, source: req.sourceName ?? req.source.description, started_at: startedAt, updated_at: now };
+          const entry = { version: JOURNAL_VERSION, ...key, size, location: l.href, offset, source: req.sourceName ?? req.source.description, owner: req.journalOwner ?? 'copy', started_at: startedAt, updated_at: now };
           // A state directory that cannot be written costs resumability, not the copy.
           await journal.put(entry).catch((e: Error) => logger.warn({ digest, err: e.message }, 'could not write the upload journal; this upload cannot be resumed after a crash'));
         }

@@ -109,7 +109,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
   const record = async (s: UploadState) => {
     if (!journal) return;
     const now = new Date().toISOString();
-    const entry: JournalEntry = { version: JOURNAL_VERSION, ...key, size, location: '', upload_id: s.uploadId, offset: s.offset, source, started_at: startedAt, updated_at: now };
+    const entry: JournalEntry = { version: JOURNAL_VERSION, ...key, size, location: '', upload_id: s.uploadId, offset: s.offset, source, owner: req.journalOwner ?? 'copy', started_at: startedAt, updated_at: now };
     await journal.put(entry).catch((e: Error) => logger.warn({ digest, err: e.message }, 'could not write the upload journal; this upload cannot be resumed after a crash'));
   };
 

@@ -55,6 +55,8 @@ export interface CopyRequest {
   dryRun?: boolean;
   /** Journal of open uploads (in the state directory): chunked uploads survive a crash of this process. */
   journal?: UploadJournal;
+  /** Who the journal records as opening the uploads: `copy` (default) or `job <id>`. */
+  journalOwner?: string;
   /** Shared by copies running side by side (the agent's jobs): each blob goes up once per registry, then is mounted. */
   placements?: BlobPlacements;
 }
@@ -532,6 +534,7 @@ class CopyRun {
         onBytes,
         journal: this.req.journal,
         sourceName: this.req.source.name,
+        journalOwner: this.req.journalOwner,
       };
       const ecr = usesEcrLayerApi(b.size, this.tuning) ? await this.dst.ecrLayerApi() : undefined;
       const result = ecr ? await uploadEcrLayer(upload, ecr) : await uploadBlob(upload);

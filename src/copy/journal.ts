@@ -41,6 +41,8 @@ export interface JournalEntry {
   upload_id?: string;
   /** What the copy read from (the source reference as written, normalized). */
   source: string;
+  /** Who opened the upload: `copy` (ferry copy / sync), or `job <id>` (the agent). Older entries lack it. */
+  owner?: string;
   started_at: string;
   updated_at: string;
 }
@@ -174,6 +176,7 @@ export function decodeEntry(text: string): JournalEntry | string {
     if (!Number.isSafeInteger(e[f]) || (e[f] as number) < 0) return `field ${f} is not a non-negative integer`;
   }
   if ((e.offset as number) > (e.size as number)) return 'offset past the blob size';
+  if (e.owner !== undefined && (typeof e.owner !== 'string' || e.owner.length > 200)) return 'owner is not a short string';
   if (e.upload_id !== undefined) {
     // An ECR layer upload: named by its uploadId, it has no Location.
     if (typeof e.upload_id !== 'string' || !/^[\w.:-]{1,256}$/.test(e.upload_id)) return 'upload_id is not an upload id';

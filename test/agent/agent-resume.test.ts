@@ -71,6 +71,7 @@ describe('ferry agent: stopped mid-upload, restarted, continues from the registr
     const deletes = reg.requests.filter((r) => r.method === 'DELETE' && r.path.startsWith(`/v2/${repo}/blobs/uploads/`));
     assert.deepEqual(deletes, [], 'the stopped agent deleted upload sessions');
     assert.ok(journaled.length >= 1, 'no upload was journaled when the agent stopped');
+    for (const e of journaled) assert.equal(e.owner, `job ${jobId}`, 'the agent journals its uploads under the job');
 
     const second = startAgent(world, state, ['--local-registry', reg.host, '--exit-when-idle']);
     assert.equal(await second.exited, 0, second.logs().slice(-4000));

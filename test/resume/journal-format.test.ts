@@ -17,6 +17,7 @@ const entry: JournalEntry = {
   location: 'http://127.0.0.1:5000/v2/team/app/blobs/uploads/1234?_state=xyz',
   offset: 25_165_824,
   source: '127.0.0.1:5001/team/app:v1',
+  owner: 'job 0042',
   started_at: '2026-11-27T13:20:00.000Z',
   updated_at: '2026-11-27T13:20:04.512Z',
 };
@@ -54,6 +55,9 @@ test('shape checks: version, types, offset past size, non-http location', () => 
   assert.match(bad({ location: 'file:///etc/passwd' }) as string, /http/);
   assert.match(bad({ location: 'not a url' }) as string, /URL/);
   assert.match(bad({ digest: 7 }) as string, /digest/);
+  assert.match(bad({ owner: 7 }) as string, /owner/);
+  assert.match(bad({ owner: 'x'.repeat(201) }) as string, /owner/);
+  assert.equal(typeof bad({ owner: undefined }), 'object', 'entries written before `owner` existed still load');
   assert.match(decodeEntry('[]') as string, /object/);
   assert.match(decodeEntry('{"entry":{}}') as string, /checksum/);
 });

@@ -104,7 +104,10 @@ describe('SIGKILL of ferry copy at random points, restarted with the same --stat
           kills++;
           run.point = point!;
           for (const d of sizes.keys()) if (await dstC.blobExists(repo, d)) run.complete.add(d);
-          for (const doc of journalFiles(state).values()) if (doc?.entry?.digest) run.journaled.add(doc.entry.digest);
+          for (const doc of journalFiles(state).values()) {
+            if (doc?.entry?.digest) run.journaled.add(doc.entry.digest);
+            if (doc?.entry) assert.equal(doc.entry.owner, 'copy', 'a ferry copy upload is journaled as owned by `copy`');
+          }
           continue;
         }
         assert.equal(r.code, 0, `run ${n} failed:\n${r.stderr.slice(-4000)}`);
