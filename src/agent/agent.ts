@@ -100,7 +100,11 @@ export class Agent {
     if (cfg.healthAddr) {
       this.health = await startHealthServer({ addr: cfg.healthAddr, readiness: this.readiness, metrics: this.metrics.registry, logger: this.log });
     }
-    const transport = new HttpTransport({ plainHttp: cfg.plainHttp, userAgent: USER_AGENT });
+    const transport = new HttpTransport({
+      plainHttp: cfg.plainHttp,
+      userAgent: USER_AGENT,
+      ...(cfg.transfer.bodyTimeoutMs !== undefined ? { bodyTimeoutMs: cfg.transfer.bodyTimeoutMs } : {}),
+    });
     const ctx = this.jobContext(client, state, transport);
     const settings = await this.settings(client);
     const heartbeat = this.heartbeatLoop(client, settings.heartbeat_interval_s * 1000);

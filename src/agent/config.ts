@@ -17,6 +17,8 @@ import { parseLocalRegistry, type LocalRegistry } from './plan.ts';
 import { DEFAULT_STATE_DIR } from './state.ts';
 import { checkToken, FileTokenSource, StaticTokenSource, type TokenSource } from './token-source.ts';
 import { isPlainObject } from './validate.ts';
+import { DEFAULT_UPLOAD_TUNING } from '../copy/blob-upload.ts';
+import { transferTuning, type TransferTuning } from '../copy/tuning.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -134,6 +136,8 @@ export interface AgentConfig {
   shutdownGraceS: number;
   exitWhenIdle: boolean;
   configFile: string | undefined;
+  /** FERRY_UPLOAD_CHUNK_BYTES, FERRY_READ_TIMEOUT_SECONDS, FERRY_ECR_*: as for `ferry copy` (src/copy/tuning.ts). */
+  transfer: TransferTuning;
   /** Things worth a warning at start (e.g. a world-readable token file). */
   warnings: string[];
 }
@@ -294,6 +298,13 @@ export async function loadAgentConfig(input: LoadConfigInput = {}): Promise<Agen
 
   const exitWhenIdle = asBoolean(get('exit-when-idle'), problems) ?? false;
 
+  let transfer: TransferTuning = { upload: DEFAULT_UPLOAD_TUNING };
+  try {
+    transfer = transferTuning(env);
+  } catch (e) {
+    problems.push((e as Error).message);
+  }
+
   if (problems.length > 0) {
     throw new UsageError(problems.length === 1 ? `invalid agent configuration: ${problems[0]}` : `invalid agent configuration:\n  ${problems.join('\n  ')}`);
   }
@@ -313,6 +324,7 @@ export async function loadAgentConfig(input: LoadConfigInput = {}): Promise<Agen
     shutdownGraceS,
     exitWhenIdle,
     configFile,
+    transfer,
     warnings,
   };
 }

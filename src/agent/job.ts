@@ -221,6 +221,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     logger: log,
     cache: ctx.cache,
     placements: ctx.placements,
+    tuning: ctx.config.transfer.upload,
     signal,
     onProgress,
     ...(ctx.journal ? { journal: ctx.journal, journalOwner: `job ${jobId}` } : {}),

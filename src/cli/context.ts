@@ -10,6 +10,7 @@ import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { createLogger, type Logger } from '../log/logger.ts';
 import { HttpTransport } from '../transport/http.ts';
 import { RegistryClient } from '../registry/client.ts';
+import { transferTuning } from '../copy/tuning.ts';
 import { USER_AGENT } from '../version.ts';
 import { repeated } from './options.ts';
 
@@ -27,27 +28,13 @@ export function makeLogger(flags: GlobalFlags, interactive: boolean): Logger {
 }
 
 export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): HttpTransport {
-  const bodyTimeoutMs = readTimeoutMs(env);
+  const { bodyTimeoutMs } = transferTuning(env);
   return new HttpTransport({
     plainHttp: repeated(flags['plain-http']),
     caFiles: repeated(flags['ca-file']),
     userAgent: USER_AGENT,
     ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
   });
-}
-
-/**
- * FERRY_READ_TIMEOUT_SECONDS: a response body (a blob download) that sends no byte for this long
- * is treated as stalled; the download resumes with Range from the last byte received. Default 60.
- */
-export function readTimeoutMs(env: NodeJS.ProcessEnv): number | undefined {
-  const raw = env.FERRY_READ_TIMEOUT_SECONDS?.trim();
-  if (!raw) return undefined;
-  const s = Number(raw);
-  if (!/^\d+(\.\d+)?$/.test(raw) || !(s >= 0.1 && s <= 3600)) {
-    throw new UsageError(`FERRY_READ_TIMEOUT_SECONDS must be a number of seconds from 0.1 to 3600, not "${raw}"`);
-  }
-  return Math.round(s * 1000);
 }
 
 /**

@@ -13,8 +13,7 @@ import { openArchiveDestination, openArchiveSource } from '../ends/local.ts';
 import { registryCopyDestination, registryCopySource } from '../copy/endpoints.ts';
 import { ContentCache } from '../copy/content-cache.ts';
 import { UploadJournal } from '../copy/journal.ts';
-import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from '../copy/blob-upload.ts';
-import { ecrLayerTuning } from '../copy/ecr-layer-upload.ts';
+import { transferTuning } from '../copy/tuning.ts';
 import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
@@ -142,7 +141,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       cache: new ContentCache(join(stateDir, 'cache')),
       // Open chunked uploads, so that running the same command again after a crash continues them.
       journal: UploadJournal.inStateDir(stateDir, logger),
-      tuning: { ...uploadTuning(process.env), ...ecrLayerTuning(process.env) },
+      tuning: transferTuning(process.env).upload,
       signal: abort.signal,
       dryRun: args['dry-run'],
       ...(display ? { onProgress: (p) => display.update(p) } : {}),
@@ -172,22 +171,6 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
   }
-}
-
-/**
- * Upload tuning from the environment. FERRY_UPLOAD_CHUNK_BYTES sets the PATCH size of chunked
- * uploads (default 64 MiB), and blobs larger than one chunk are chunked: smaller chunks bound what an interruption costs (at most one chunk
- * re-sent where the registry reports upload status) at the price of more requests.
- */
-export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
-  const raw = env.FERRY_UPLOAD_CHUNK_BYTES?.trim();
-  if (!raw) return DEFAULT_UPLOAD_TUNING;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 1024 * 1024 || n > 1024 * 1024 * 1024) {
-    throw new UsageError(`FERRY_UPLOAD_CHUNK_BYTES must be a whole number of bytes from 1 MiB to 1 GiB, not "${raw}"`);
-  }
-  // A blob larger than one chunk goes up in chunks.
-  return { ...DEFAULT_UPLOAD_TUNING, chunkBytes: n, monolithicMaxBytes: Math.min(DEFAULT_UPLOAD_TUNING.monolithicMaxBytes, n) };
 }
 
 const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/;

@@ -50,6 +50,19 @@ async function configFile(name: string, content: unknown): Promise<string> {
 }
 
 describe('agent configuration', () => {
+  it('transfer tuning from the same variables as ferry copy; bad values named', async () => {
+    const d = await load({ env: BASE_ENV });
+    assert.equal(d.transfer.upload.chunkBytes, 64 * 1024 * 1024);
+    assert.equal(d.transfer.bodyTimeoutMs, undefined);
+    const c = await load({ env: { ...BASE_ENV, FERRY_UPLOAD_CHUNK_BYTES: String(8 * 1024 * 1024), FERRY_READ_TIMEOUT_SECONDS: '2.5', FERRY_ECR_PART_BYTES: String(5 * 1024 * 1024) } });
+    assert.equal(c.transfer.upload.chunkBytes, 8 * 1024 * 1024);
+    assert.equal(c.transfer.upload.monolithicMaxBytes, 8 * 1024 * 1024);
+    assert.equal(c.transfer.upload.ecrPartBytes, 5 * 1024 * 1024);
+    assert.equal(c.transfer.bodyTimeoutMs, 2500);
+    await problem({ env: { ...BASE_ENV, FERRY_UPLOAD_CHUNK_BYTES: 'lots' } }, /FERRY_UPLOAD_CHUNK_BYTES/, /1 MiB to 1 GiB/);
+    await problem({ env: { ...BASE_ENV, FERRY_READ_TIMEOUT_SECONDS: '0' } }, /FERRY_READ_TIMEOUT_SECONDS/);
+  });
+
   it('defaults', async () => {
     const c = await load({ env: BASE_ENV });
     assert.equal(c.controlPlaneUrl, 'https://cp.example.com/');

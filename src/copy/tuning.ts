@@ -1,0 +1,49 @@
+// Transfer tuning from the environment, the same for `ferry copy`, `ferry sync` and the agent
+// (README, "Transfer tuning"). Bad values are usage errors that name the variable.
+import { UsageError } from '../errors.ts';
+import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import { ecrLayerTuning } from './ecr-layer-upload.ts';
+
+export interface TransferTuning {
+  upload: UploadTuning;
+  /** A response body that sends no byte for this long is stalled (undefined: the transport's default, 60 s). */
+  bodyTimeoutMs?: number;
+}
+
+export function transferTuning(env: NodeJS.ProcessEnv): TransferTuning {
+  const bodyTimeoutMs = readTimeoutMs(env);
+  return {
+    upload: { ...uploadTuning(env), ...ecrLayerTuning(env) },
+    ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
+  };
+}
+
+/**
+ * FERRY_UPLOAD_CHUNK_BYTES sets the PATCH size of chunked uploads (default 64 MiB), and blobs
+ * larger than one chunk are chunked: smaller chunks bound what an interruption costs (at most one
+ * chunk re-sent where the registry reports upload status) at the price of more requests.
+ */
+export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
+  const raw = env.FERRY_UPLOAD_CHUNK_BYTES?.trim();
+  if (!raw) return DEFAULT_UPLOAD_TUNING;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < 1024 * 1024 || n > 1024 * 1024 * 1024) {
+    throw new UsageError(`FERRY_UPLOAD_CHUNK_BYTES must be a whole number of bytes from 1 MiB to 1 GiB, not "${raw}"`);
+  }
+  // A blob larger than one chunk goes up in chunks.
+  return { ...DEFAULT_UPLOAD_TUNING, chunkBytes: n, monolithicMaxBytes: Math.min(DEFAULT_UPLOAD_TUNING.monolithicMaxBytes, n) };
+}
+
+/**
+ * FERRY_READ_TIMEOUT_SECONDS: a response body (a blob download) that sends no byte for this long
+ * is treated as stalled; the download resumes with Range from the last byte received. Default 60.
+ */
+export function readTimeoutMs(env: NodeJS.ProcessEnv): number | undefined {
+  const raw = env.FERRY_READ_TIMEOUT_SECONDS?.trim();
+  if (!raw) return undefined;
+  const s = Number(raw);
+  if (!/^\d+(\.\d+)?$/.test(raw) || !(s >= 0.1 && s <= 3600)) {
+    throw new UsageError(`FERRY_READ_TIMEOUT_SECONDS must be a number of seconds from 0.1 to 3600, not "${raw}"`);
+  }
+  return Math.round(s * 1000);
+}
