@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startControlPlane, DEFAULT_RUNNER_TOKEN, type ControlPlane } from '../harness/control-plane.ts';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
+import { clientFor, type OciClient } from '../harness/oci-client.ts';
+import { after, before } from 'node:test';
 
 const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
 
@@ -163,3 +165,26 @@ export async function waitFor<T>(what: string, fn: () => T | undefined | false, 
 }
 
 export { DEFAULT_RUNNER_TOKEN };
+
+export interface SuiteWorld {
+  world: AgentWorld;
+  /** The vendor registry, as its admin. */
+  vendor: OciClient;
+  /** The local registry. */
+  local: OciClient;
+}
+
+/** A world started before the suite's tests and stopped (agents killed) after them. */
+export function worldForSuite(): SuiteWorld {
+  const ctx = {} as SuiteWorld;
+  before(async () => {
+    ctx.world = await startWorld();
+    ctx.vendor = clientFor(ctx.world.vendor, { username: VENDOR_USER.name, password: VENDOR_USER.password });
+    ctx.local = clientFor(ctx.world.local);
+  });
+  after(async () => {
+    killAgents();
+    await ctx.world?.stop();
+  });
+  return ctx;
+}

@@ -1,12 +1,11 @@
 // The agent's jobs share what they put in the local registry: a base layer common to many
 // images goes up once and is mounted into every other repository (src/copy/placements.ts).
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { MEDIA, pushImage } from '../harness/fixtures.ts';
 import { seededBytes } from '../harness/seed.ts';
 import { BlobPlacements } from '../../src/copy/placements.ts';
-import { killAgents, plan, startAgent, startWorld, tempState, VENDOR_USER, type AgentWorld } from './agent-harness.ts';
+import { plan, startAgent, tempState, worldForSuite } from './agent-harness.ts';
 
 const KiB = 1024;
 
@@ -38,19 +37,7 @@ describe('blob placements (unit)', () => {
 });
 
 describe('ferry agent: shared base layers go up once per registry', () => {
-  let world: AgentWorld;
-  let vendorC: OciClient;
-  let localC: OciClient;
-
-  before(async () => {
-    world = await startWorld();
-    vendorC = clientFor(world.vendor, { username: VENDOR_USER.name, password: VENDOR_USER.password });
-    localC = clientFor(world.local);
-  });
-  after(async () => {
-    killAgents();
-    await world?.stop();
-  });
+  const w = worldForSuite();
 
   test('8 images on 2 shared base layers, 4 jobs at once: each base layer uploaded once, mounted 7 times; all byte-exact', async () => {
     const IMAGES = 8;
@@ -60,29 +47,29 @@ describe('ferry agent: shared base layers go up once per registry', () => {
     for (let i = 0; i < IMAGES; i++) {
       const repo = `fleet-shared/app${i}`;
       const baseRefs = [];
-      for (const b of bases) baseRefs.push(await vendorC.pushBlob(repo, b));
+      for (const b of bases) baseRefs.push(await w.vendor.pushBlob(repo, b));
       baseDigests = baseRefs.map((r) => r.digest);
       // The image's own layer and config come from pushImage; the manifest is rebuilt on the bases.
-      const own = await pushImage(vendorC, repo, 'own', { layerSizes: [3 * KiB + i] });
-      const ownManifest = JSON.parse(Buffer.from((await vendorC.getManifest(repo, 'own')).bytes).toString('utf8')) as {
+      const own = await pushImage(w.vendor, repo, 'own', { layerSizes: [3 * KiB + i] });
+      const ownManifest = JSON.parse(Buffer.from((await w.vendor.getManifest(repo, 'own')).bytes).toString('utf8')) as {
         config: object;
         layers: object[];
       };
       const layers = [...baseRefs.map((r) => ({ mediaType: MEDIA.ociLayer, digest: r.digest, size: r.size })), ...ownManifest.layers];
       const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA.ociManifest, config: ownManifest.config, layers }));
-      const digest = await vendorC.pushManifest(repo, 'v1', bytes, MEDIA.ociManifest);
+      const digest = await w.vendor.pushManifest(repo, 'v1', bytes, MEDIA.ociManifest);
       assert.notEqual(digest, own.digest);
       images.push({ repo, digest });
     }
-    const jobIds = images.map((img, i) => world.cp.enqueueJob(plan(world, img.repo, 'v1', `install_1/shared${i}`, { referrers: false })));
-    const logStart = world.local.logs().length;
-    const agent = startAgent(world, tempState(), ['--exit-when-idle', '--max-jobs', '4', '--log-level', 'info']);
+    const jobIds = images.map((img, i) => w.world.cp.enqueueJob(plan(w.world, img.repo, 'v1', `install_1/shared${i}`, { referrers: false })));
+    const logStart = w.world.local.logs().length;
+    const agent = startAgent(w.world, tempState(), ['--exit-when-idle', '--max-jobs', '4', '--log-level', 'info']);
     assert.equal(await agent.exited, 0, agent.logs().slice(-3000));
-    for (const id of jobIds) assert.equal(world.cp.job(id).status, 'finished', `job ${id}`);
-    for (const [i, img] of images.entries()) assert.equal((await localC.verifyImage(`install_1/shared${i}`, 'v1')).digest, img.digest);
+    for (const id of jobIds) assert.equal(w.world.cp.job(id).status, 'finished', `job ${id}`);
+    for (const [i, img] of images.entries()) assert.equal((await w.local.verifyImage(`install_1/shared${i}`, 'v1')).digest, img.digest);
 
     // The local registry's access log: uploads (POST without mount, then PUT) and mounts, per base layer.
-    const log = world.local.logs().slice(logStart);
+    const log = w.world.local.logs().slice(logStart);
     for (const d of baseDigests) {
       const puts = countMatches(log, new RegExp(`"PUT /v2/install_1/shared\\d+/blobs/uploads/[^"]*digest=${escapeRe(encodeURIComponent(d))}`, 'g'));
       const puts2 = countMatches(log, new RegExp(`"PUT /v2/install_1/shared\\d+/blobs/uploads/[^"]*digest=${escapeRe(d)}`, 'g'));
