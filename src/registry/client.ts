@@ -1,7 +1,7 @@
 // The registry client: the OCI distribution API for one registry, seen from one side of a
 // copy. Every request goes through `send`, which adds auth, retries what is safe to retry,
 // and turns failures into FerryErrors blamed on the right side.
-import { FerryError, NetworkError, RegistryError, type ErrorCode, type Side } from '../errors.ts';
+import { AbortedError, FerryError, NetworkError, RegistryError, type ErrorCode, type Side } from '../errors.ts';
 import type { CredentialProvider } from '../auth/credentials.ts';
 import type { Logger } from '../log/logger.ts';
 import { registryEndpoint } from '../reference/reference.ts';
@@ -11,8 +11,12 @@ import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
 import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
 import { RegistryAuth } from './auth.ts';
+
 import { drain, parseRegistryErrors, readBounded } from './body.ts';
 import { cloudRegistryHint, credentialExpired, registryProfile, type RegistryProfile } from './profile.ts';
+
+/** How long a session-opening POST may still take after its copy was cancelled (its session is then deleted). */
+const POST_AFTER_CANCEL_MS = 15_000;
 
 export interface RegistryClientOptions {
   /** Registry name as in references: `docker.io`, `localhost:5000`. */
@@ -267,16 +271,41 @@ export class RegistryClient {
 
   /** Open an upload session. */
   async startUpload(repository: string, signal?: AbortSignal): Promise<{ location: URL; minChunk: number }> {
-    const res = await this.send({
+    if (signal?.aborted) throw new AbortedError();
+    // A cancel does not cut the POST: the registry may open the session all the same, and one whose
+    // Location ferry never saw could not be deleted. The caller stops waiting at once; the session
+    // is deleted when the answer comes (within POST_AFTER_CANCEL_MS, then the request is dropped).
+    const deadline = new AbortController();
+    const opened = this.send({
       method: 'POST',
       path: `/v2/${repository}/blobs/uploads/`,
       scopes: [repositoryScope(repository, ['pull', 'push'])],
       accept: [202],
       what: `upload to ${repository}`,
-      signal,
+      signal: deadline.signal,
+    }).then(async (res) => {
+      await drain(res.body);
+      return { location: this.uploadLocation(res, repository), minChunk: Number(header(res, 'oci-chunk-min-length') ?? '0') || 0 };
     });
-    await drain(res.body);
-    return { location: this.uploadLocation(res, repository), minChunk: Number(header(res, 'oci-chunk-min-length') ?? '0') || 0 };
+    if (!signal) return opened;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        reject(new AbortedError());
+        setTimeout(() => deadline.abort(), POST_AFTER_CANCEL_MS).unref();
+        this.transport.track(opened.then((session) => this.cancelUpload(repository, session.location)));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      opened.then(
+        (session) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(session);
+        },
+        (e: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
   }
 
   /** PATCH one chunk at `start`. Returns the new Location and the acknowledged end (exclusive). */

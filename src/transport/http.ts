@@ -47,6 +47,7 @@ const MAX_REDIRECTS = 5;
 export class HttpTransport {
   private readonly dispatcher: Dispatcher;
   private readonly plainHttp: Set<string>;
+  private readonly background = new Set<Promise<void>>();
   readonly userAgent: string;
 
   constructor(opts: TransportOptions = {}) {
@@ -139,7 +140,21 @@ export class HttpTransport {
     }
   }
 
+  /**
+   * Clean-up that must reach the server even though its caller has moved on (deleting an upload
+   * session opened by a cancelled copy): close() waits for it. It must bound its own time.
+   */
+  track(work: Promise<unknown>): void {
+    const done = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.background.add(done);
+    void done.then(() => this.background.delete(done));
+  }
+
   async close(): Promise<void> {
+    while (this.background.size > 0) await Promise.all(this.background);
     await this.dispatcher.close();
   }
 }

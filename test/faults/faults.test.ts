@@ -405,7 +405,7 @@ describe('fault injection: ferry copy against distribution 2.8 and crane\'s regi
       const deletes = log.filter((q) => q.method === 'DELETE' && UPLOAD_RE.test(q.path)).length;
       const refused = log.filter((q) => q.status === status).length;
       assert.ok(posts >= 1);
-      assert.equal(deletes, posts, 'every upload session ferry opened must be deleted');
+      assert.equal(deletes, posts, `every upload session ferry opened must be deleted; requests: ${log.map((q) => `${q.method} ${q.path.slice(0, 60)} ${q.status}`).join(', ')}`);
       assert.deepEqual(liveUploads(DST.storageDir, repo), [], 'upload sessions left at the registry');
       assert.equal(journalFiles(r.stateDir).size, 0, 'journal entries left for sessions that no longer exist');
       for (const b of img.blobs) assert.equal(await DST.client.blobExists(repo, b.digest), false);
