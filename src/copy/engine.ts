@@ -14,6 +14,7 @@ import { counted, discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type Blob
 import { uploadEcrLayer, usesEcrLayerApi } from './ecr-layer-upload.ts';
 import type { UploadJournal } from './journal.ts';
 import type { BlobPlacements, UploadLead } from './placements.ts';
+import { abortable } from '../util/abortable.ts';
 import { readVerifiedBlob } from './blob-reader.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import { ContentCache } from './content-cache.ts';
@@ -602,23 +603,4 @@ function bufferSource(description: string, bytes: Buffer): ImageSource {
     getReferrers: async () => undefined,
     openBlob: async (_digest, _size, offset) => ({ body: (async function* () { yield bytes.subarray(offset); })() }),
   };
-}
-
-/** Wait for `p`, or stop waiting when the copy is cancelled. */
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(new AbortedError());
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new AbortedError());
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
 }

@@ -11,6 +11,7 @@ import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
 import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
 import { RegistryAuth } from './auth.ts';
+import { abortable } from '../util/abortable.ts';
 
 import { drain, parseRegistryErrors, readBounded } from './body.ts';
 import { cloudRegistryHint, credentialExpired, registryProfile, type RegistryProfile } from './profile.ts';
@@ -288,24 +289,15 @@ export class RegistryClient {
       return { location: this.uploadLocation(res, repository), minChunk: Number(header(res, 'oci-chunk-min-length') ?? '0') || 0 };
     });
     if (!signal) return opened;
-    return new Promise((resolve, reject) => {
-      const onAbort = () => {
-        reject(new AbortedError());
+    try {
+      return await abortable(opened, signal);
+    } catch (e) {
+      if (signal.aborted) {
         setTimeout(() => deadline.abort(), POST_AFTER_CANCEL_MS).unref();
         this.transport.track(opened.then((session) => this.cancelUpload(repository, session.location)));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      opened.then(
-        (session) => {
-          signal.removeEventListener('abort', onAbort);
-          resolve(session);
-        },
-        (e: unknown) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(e);
-        },
-      );
-    });
+      }
+      throw e;
+    }
   }
 
   /** PATCH one chunk at `start`. Returns the new Location and the acknowledged end (exclusive). */
