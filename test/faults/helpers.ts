@@ -1,15 +1,13 @@
 // Shared by the fault suite: the real ferry CLI as a child process whose every output line is
 // kept (for the secrets check at the end of the suite), byte accounting through the fault
 // proxy, and what distribution still holds of upload sessions.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FaultProxy } from '../harness/fault-proxy.ts';
 import type { PushedManifest } from '../harness/fixtures.ts';
-import { logLines } from '../resume/helpers.ts';
-
-const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
+import { logLines, spawnFerry } from '../resume/helpers.ts';
 
 export const MiB = 1024 * 1024;
 export const KiB = 1024;
@@ -51,31 +49,15 @@ export interface FerryChild {
  */
 export function startFerry(label: string, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 120_000): FerryChild {
   const started = Date.now();
-  const child = spawn(process.execPath, [MAIN, ...args], {
-    env: { ...process.env, DOCKER_CONFIG: join(tmpdir(), 'ferry-no-docker-config'), ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d) => (stdout += d));
-  child.stderr!.on('data', (d) => (stderr += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  const done = new Promise<FerryResult>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      capture(label, 'stdout', stdout);
-      capture(label, 'stderr', stderr);
-      let json: unknown;
-      try {
-        json = JSON.parse(stdout);
-      } catch {
-        json = undefined;
-      }
-      resolve({ code: code ?? -1, signal, stdout, stderr, json, logs: logLines(stderr), ms: Date.now() - started });
-    });
-  });
-  return { child, done };
+  const { child, done } = spawnFerry(args, env, timeoutMs);
+  return {
+    child,
+    done: done.then((r) => {
+      capture(label, 'stdout', r.stdout);
+      capture(label, 'stderr', r.stderr);
+      return { ...r, logs: logLines(r.stderr), ms: Date.now() - started };
+    }),
+  };
 }
 
 export function runFerry(label: string, args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs?: number): Promise<FerryResult> {
