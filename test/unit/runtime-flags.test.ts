@@ -1,0 +1,35 @@
+// The V8 flags ferry runs under are chosen once (pkg.config.json execArgv, reasons in
+// docs/performance.md) and must be the same however ferry starts: the single executable takes
+// them from its sea-config, the bundle and `node src/main.ts` from the entry point's shebang.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+
+const root = new URL('../../', import.meta.url).pathname;
+const config = JSON.parse(readFileSync(`${root}pkg.config.json`, 'utf8')) as { execArgv: string[]; targets: Array<{ execArgv?: string[] }> };
+
+function shebangFlags(): string[] {
+  const first = readFileSync(`${root}src/main.ts`, 'utf8').split('\n', 1)[0]!;
+  assert.match(first, /^#!\/usr\/bin\/env -S node( --\S+)*$/);
+  return first.split(' ').filter((a) => a.startsWith('--'));
+}
+
+test("src/main.ts's shebang starts Node with the executable's V8 flags", () => {
+  assert.deepEqual(shebangFlags(), config.execArgv);
+  for (const t of config.targets) assert.equal(t.execArgv, undefined, 'a target with its own flags would need its own shebang');
+});
+
+test('this Node accepts every flag, and they take effect', () => {
+  // Node exits on a flag it does not know; check the run, then one flag's effect.
+  const r = spawnSync(process.execPath, [...config.execArgv, '-e', `
+    const v8 = require('node:v8');
+    const semi = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+    console.log(JSON.stringify({ execArgv: process.execArgv, newSpace: semi.space_size }));`], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, '', 'Node warned about a flag');
+  const out = JSON.parse(r.stdout) as { execArgv: string[]; newSpace: number };
+  assert.deepEqual(out.execArgv.slice(0, config.execArgv.length), config.execArgv);
+  // --max-semi-space-size=1: the young generation (two semi-spaces) stays within a few MiB.
+  assert.ok(out.newSpace <= 3 * 1024 * 1024, `new space ${out.newSpace} bytes`);
+});
