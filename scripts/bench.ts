@@ -5,12 +5,14 @@
 //   npm run bench -- --workload big,many --runs 3  some workloads
 //   npm run bench -- --quick                       tiny workloads, 1 run: a smoke test (writes bench/.work/quick/)
 //   npm run bench -- --tools ferry,oras            some tools
+// Only a whole run (every workload and tool, ferry as shipped, 3 runs or more) replaces the
+// published bench/RESULTS.md; a partial one writes bench/.work/partial/ unless --out says where.
 //   npm run bench -- --ferry-node-args=--cpu-prof,--cpu-prof-dir=/tmp/prof   profile ferry's runs
 //
 // Workloads: big, many, multiarch, huge (= huge-512m + huge-2g), fleet, warm.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { runBench } from '../bench/run.ts';
@@ -49,7 +51,9 @@ if (values.help) {
   --workload a,b           big, many, multiarch, huge, huge-512m, huge-2g, fleet, warm (default: all)
   --tools a,b              ferry, skopeo, crane, oras (default: all)
   --quick                  tiny workloads, a smoke test; output to bench/.work/quick unless --out
-  --out DIR                where RESULTS.md and results.json go (default: bench/)
+  --out DIR                where RESULTS.md and results.json go (default: bench/ for a whole run —
+                           every workload and tool, ferry as shipped, 3 runs or more; else
+                           bench/.work/partial, so a partial run never replaces the published one)
   --ferry binary|bundle|source   run ferry as what ships, the single executable dist/ferry (default;
                            built first for this machine with scripts/package.mjs), as the bundle
                            dist/ferry.mjs (built first with scripts/build.mjs), or from src/main.ts
@@ -143,12 +147,18 @@ if (values.ferry === 'source') {
   process.exit(2);
 }
 
+// A partial run (some workloads or tools, another ferry, a profile, few runs) must not replace the published table.
+const runsWanted = int(values.runs, 'runs') ?? (quick ? 1 : 5);
+const wholeRun =
+  !values.workload && !values.tools && !values['ferry-baseline'] && !values['ferry-node-args'] && (values.ferry ?? 'binary') === 'binary' && runsWanted >= 3;
+const outDir = values.out ? resolve(values.out) : join(root, quick ? 'bench/.work/quick' : wholeRun ? 'bench' : 'bench/.work/partial');
+
 const results = await runBench({
-  runs: int(values.runs, 'runs') ?? (quick ? 1 : 5),
+  runs: runsWanted,
   quick,
   workloads: list(values.workload),
   tools: list(values.tools),
-  outDir: values.out ?? join(root, quick ? 'bench/.work/quick' : 'bench'),
+  outDir,
   workDir: join(root, 'bench/.work'),
   tool: {
     ferryCommand,
@@ -170,7 +180,7 @@ const results = await runBench({
 const failed = results.workloads.flatMap((w) => w.summary.filter((s) => !s.verified).map((s) => `${w.name}/${s.tool}`));
 console.log('');
 for (const t of results.targets) console.log(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'NOT '} ${t.description}: ${t.measured}`);
-console.log(`\nwrote ${values.out ?? (quick ? 'bench/.work/quick' : 'bench')}/RESULTS.md and results.json`);
+console.log(`\nwrote ${outDir}/RESULTS.md and results.json${!values.out && !quick && !wholeRun ? ' (a partial run: bench/RESULTS.md keeps the published one)' : ''}`);
 if (failed.length) {
   console.error(`bench: runs failed or were not byte-exact: ${failed.join(', ')}`);
   process.exit(1);
