@@ -1,6 +1,7 @@
 // Where a blob download's CPU goes in Node, below ferry: one 256 MiB blob from a real
 // distribution registry on loopback, read and hashed (sha256) by
 //   - undici (what ferry uses: llhttp in WebAssembly, a fresh 64 KiB buffer per socket read),
+//     and undici reading without hashing (what the verification costs on top),
 //   - node:http (llhttp in C++, a fresh buffer per read),
 //   - a bare socket reading into one reused 256 KiB buffer (`onread`), HTTP head skipped by hand,
 // and hashing the same bytes from memory alone. CPU is this process's user + sys (the registry
@@ -33,6 +34,12 @@ try {
       const h = createHash('sha256');
       for await (const chunk of res.body) h.update(chunk as Buffer);
       return h.digest('hex');
+    },
+    'undici, no hash (the verification left out)': async () => {
+      const res = await request(url, { dispatcher: agent });
+      let n = 0;
+      for await (const chunk of res.body) n += (chunk as Buffer).byteLength;
+      return n === SIZE ? expected : `${n} bytes`;
     },
     'node:http + sha256': () =>
       new Promise((resolve, reject) => {
