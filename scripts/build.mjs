@@ -66,6 +66,25 @@ const lazyPackages = {
   },
 };
 
+/**
+ * undici's Client requires its HTTP/2 half (client-h2.js, which loads node:http2) when it loads,
+ * though ferry never enables HTTP/2 (allowH2 is off) and so never calls it: ~10 ms of every start.
+ * The bundle's copy of client.js requires it on first call instead. The build fails if undici's
+ * source no longer has the line, rather than silently loading it again.
+ */
+const UNDICI_H2_REQUIRE = "const connectH2 = require('./client-h2.js')";
+const lazyUndiciHttp2 = {
+  name: 'ferry-lazy-undici-http2',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]undici[\\/]lib[\\/]dispatcher[\\/]client\.js$/ }, (args) => {
+      const source = readFileSync(args.path, 'utf8');
+      if (!source.includes(UNDICI_H2_REQUIRE)) throw new Error(`${args.path}: no longer has "${UNDICI_H2_REQUIRE}"; update scripts/build.mjs (lazyUndiciHttp2)`);
+      const lazy = "let connectH2Real\nconst connectH2 = (...a) => (connectH2Real ??= require('./client-h2.js'))(...a)";
+      return { contents: source.replace(UNDICI_H2_REQUIRE, lazy), loader: 'js' };
+    });
+  },
+};
+
 // `string-width` (yargs, cliui and wrap-ansi, two versions of it) is replaced by ferry's own
 // small one: loading the package costs ~30 ms at every start (src/cli/string-width.ts).
 const stringWidthAlias = {
@@ -83,7 +102,7 @@ const common = {
   minifySyntax: true,
   legalComments: 'none',
   logLevel: 'warning',
-  plugins: [lazyPackages, stringWidthAlias],
+  plugins: [lazyPackages, stringWidthAlias, lazyUndiciHttp2],
   define: {
     __FERRY_VERSION__: JSON.stringify(pkg.version),
     __FERRY_COMMIT__: JSON.stringify(commit),

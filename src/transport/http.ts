@@ -3,7 +3,6 @@
 // scheme policy (TLS always, except loopback and hosts the operator named as plain HTTP).
 // Redirects are followed here, by hand, so that credentials never leave their host.
 import { readFileSync } from 'node:fs';
-import tls from 'node:tls';
 import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
@@ -56,6 +55,8 @@ export class HttpTransport {
     const connect: Record<string, unknown> = { timeout: opts.connectTimeoutMs ?? 30_000 };
     const extraCa = loadCaFiles(opts.caFiles ?? []);
     if (extraCa.length > 0) {
+      // Loaded here, not at the top: a copy between plain-HTTP registries never needs node:tls.
+      const tls = process.getBuiltinModule('node:tls');
       // Prefer changing the process default, so every client (cloud SDKs too) trusts the CA.
       if (typeof tls.setDefaultCACertificates === 'function' && typeof tls.getCACertificates === 'function') {
         tls.setDefaultCACertificates([...tls.getCACertificates('default'), ...extraCa]);
