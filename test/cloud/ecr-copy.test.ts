@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AwsStandin, TEST_ACCESS_KEY_ID, TEST_ACCOUNT, TEST_SECRET_ACCESS_KEY, TEST_USER_ARN } from '../harness/aws-standin.ts';
-import { makeTestPki, S3_LAYER_HOST, startConnectProxy, startEcrRegistry, type ConnectProxy, type EcrRegistry, type TestPki } from '../harness/cloud-registry.ts';
+import { awsApiHosts, makeTestPki, S3_LAYER_HOST, startAwsApis, startConnectProxy, startEcrRegistry, type ConnectProxy, type EcrRegistry, type TestPki } from '../harness/cloud-registry.ts';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { pushImage, pushLargeImage, pushMultiArch } from '../harness/fixtures.ts';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
@@ -44,7 +44,8 @@ before(async () => {
     // The no-create role may push but not create repositories.
     allow: (principal, action) => !(principal.includes(':assumed-role/ferry-no-create/') && action === 'ecr:CreateRepository'),
   });
-  pki = makeTestPki([aws.registryHost(), S3_LAYER_HOST]);
+  const apis = awsApiHosts(REGION);
+  pki = makeTestPki([aws.registryHost(), S3_LAYER_HOST, apis.sts, apis.ecr]);
   proxy = await startConnectProxy();
   [ecr, local] = await Promise.all([
     startEcrRegistry({ aws, pki, proxy, password: ECR_PASSWORD, redirectBlobs: true, pullThroughPrefixes: ['docker-hub'] }),
@@ -86,6 +87,40 @@ describe('ECR as the source', () => {
       assert.ok(q.status === 200 || q.status === 206, `S3 answered ${q.status} to ${q.path}`);
     }
     assertNoSecrets(r, [ECR_PASSWORD, Buffer.from(`AWS:${ECR_PASSWORD}`).toString('base64'), TEST_SECRET_ACCESS_KEY], [home.home]);
+  });
+});
+
+describe('behind an HTTPS proxy, without endpoint overrides', () => {
+  test('STS and the ECR API are reached through the proxy too, not only the registry', async () => {
+    // No AWS_ENDPOINT_URL_*: the SDK goes to sts.REGION / api.ecr.REGION.amazonaws.com, which
+    // only the proxy can reach (the stand-ins behind TLS fronts under those names). Before
+    // src/auth/cloud/aws-http.ts the SDK ignored HTTPS_PROXY and this copy failed to resolve them.
+    const apis = await startAwsApis({ aws, pki, proxy });
+    try {
+      aws.addRepository('team/proxied');
+      const img = await pushImage(ecr.client, 'team/proxied', 'v1');
+      const from = proxy.connects.length;
+      const [assumed, tokens] = [aws.issuedSessions.length, aws.count('GetAuthorizationToken')];
+      const r = await runFerryIsolated(
+        ['copy', '--json', '--ca-file', pki.caPath, '--src-aws-role-arn', READER_ROLE, `${ecr.host}/team/proxied:v1`, `${local.host}/proxied:v1`],
+        env({ ...keys, AWS_ENDPOINT_URL_STS: undefined, AWS_ENDPOINT_URL_ECR: undefined }),
+        freshHome(),
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal((await localC.verifyImage('proxied', 'v1')).digest, img.digest);
+      const names = awsApiHosts(REGION);
+      const tunnels = proxy.connects.slice(from).filter((c) => c.routed).map((c) => c.target);
+      assert.ok(tunnels.includes(`${names.sts}:443`), `no tunnel to STS: ${tunnels.join(', ')}`);
+      assert.ok(tunnels.includes(`${names.ecr}:443`), `no tunnel to the ECR API: ${tunnels.join(', ')}`);
+      assert.ok(tunnels.includes(`${ecr.host}:443`));
+      // The calls arrived, signed for those names, and were answered.
+      assert.equal(aws.issuedSessions.length, assumed + 1);
+      assert.equal(aws.count('GetAuthorizationToken'), tokens + 1);
+      assert.ok(apis.requests.length >= 2 && apis.requests.every((q) => q.status === 200), JSON.stringify(apis.requests.map((q) => [q.path, q.status])));
+      assert.deepEqual(proxy.plainRequests, []);
+    } finally {
+      await apis.stop();
+    }
   });
 });
 

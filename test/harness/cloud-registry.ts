@@ -496,6 +496,32 @@ export async function startGarRegistry(opts: GarRegistryOptions): Promise<GarReg
 
 export const GOOGLE_API_HOSTS = ['iamcredentials.googleapis.com', 'sts.googleapis.com'];
 
+/** The AWS API names the SDK reaches without endpoint overrides, in a region. */
+export function awsApiHosts(region: string): { sts: string; ecr: string } {
+  return { sts: `sts.${region}.amazonaws.com`, ecr: `api.ecr.${region}.amazonaws.com` };
+}
+
+/**
+ * STS and the ECR API under their real names, in front of the AWS stand-in, reached only through
+ * the proxy: for runs without AWS_ENDPOINT_URL_* (the PKI must hold awsApiHosts' names). The
+ * front passes the Host the SDK signed, so the stand-in's SigV4 check sees what AWS would.
+ */
+export async function startAwsApis(opts: { aws: AwsStandin; pki: TestPki; proxy: ConnectProxy }): Promise<{ requests: FrontRequest[]; stop(): Promise<void> }> {
+  const names = awsApiHosts(opts.aws.region);
+  const [sts, ecr] = await Promise.all([
+    startFront({ pki: opts.pki, publicHost: names.sts, backend: opts.aws.sts.host, decide: () => ({ forward: true }) }),
+    startFront({ pki: opts.pki, publicHost: names.ecr, backend: opts.aws.ecr.host, decide: () => ({ forward: true }) }),
+  ]);
+  opts.proxy.route(names.sts, sts.port);
+  opts.proxy.route(names.ecr, ecr.port);
+  return {
+    get requests() {
+      return [...sts.requests, ...ecr.requests];
+    },
+    stop: async () => void (await Promise.all([sts.stop(), ecr.stop()])),
+  };
+}
+
 export async function startGoogleApis(opts: { gcp: GcpStandin; pki: TestPki; proxy: ConnectProxy }): Promise<{ requests: FrontRequest[]; stop(): Promise<void> }> {
   const front = await startFront({ pki: opts.pki, publicHost: opts.gcp.http.host, backend: opts.gcp.http.host, decide: () => ({ forward: true }) });
   for (const name of GOOGLE_API_HOSTS) opts.proxy.route(name, front.port);

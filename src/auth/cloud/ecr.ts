@@ -15,6 +15,7 @@ import { FerryError, NetworkError, type Side } from '../../errors.ts';
 import type { Credential, CredentialProvider, CredentialRequest } from '../credentials.ts';
 import { registerSecret, type Logger } from '../../log/logger.ts';
 import { authCode, awsAuthError, classifyAwsError } from './aws-errors.ts';
+import { awsRequestHandler } from './aws-http.ts';
 import { fetchGcpIdentityToken } from './gcp-metadata.ts';
 import { normalizeHost, parseEcrHost, type EcrHost } from './hosts.ts';
 import { refreshMargin } from './expiry.ts';
@@ -100,6 +101,7 @@ export function createEcrClient(opts: EcrClientOptions): ECRClient {
     useDualstackEndpoint: !custom && (host?.dualStack ?? false),
     maxAttempts: opts.maxAttempts ?? 3,
     ...(opts.credentials ? { credentials: opts.credentials } : {}),
+    ...awsRequestHandler(),
   });
 }
 
@@ -186,7 +188,8 @@ export class EcrCredentials implements CredentialProvider {
 
   private baseCredentials(): AwsCredentialsProvider {
     if (!this.base) {
-      const chain = this.opts.baseCredentials ?? (fromNodeProviderChain() as AwsCredentialsProvider);
+      // clientConfig: the chain's own STS clients (web identity, SSO) go through the proxy too.
+      const chain = this.opts.baseCredentials ?? (fromNodeProviderChain({ clientConfig: awsRequestHandler() }) as AwsCredentialsProvider);
       // Whatever the chain hands out is a secret too; keep it out of every log line.
       this.base = async () => {
         const c = await chain();
@@ -216,6 +219,7 @@ export class EcrCredentials implements CredentialProvider {
         maxAttempts: this.opts.maxAttempts ?? 3,
         // AssumeRoleWithWebIdentity is unsigned; only AssumeRole needs the caller's credentials.
         ...(this.opts.webIdentity ? {} : { credentials: this.baseCredentials() }),
+        ...awsRequestHandler(),
       });
       this.stsClients.set(key, c);
     }

@@ -14,6 +14,7 @@
 // `refresh: true` builds fresh clients so nothing cached is reused.
 import { AwsClient, GoogleAuth, Impersonated, type AuthClient } from 'google-auth-library';
 import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
+import { awsRequestHandler } from './aws-http.ts';
 import { FerryError, NetworkError, type Side } from '../../errors.ts';
 import type { Credential, CredentialProvider, CredentialRequest } from '../credentials.ts';
 import { registerSecret, type Logger } from '../../log/logger.ts';
@@ -154,7 +155,7 @@ export class GarCredentials implements CredentialProvider {
   private federatedAwsClient(provider: string): AuthClient {
     const o = this.opts;
     const audience = provider.startsWith('//') ? provider : `//iam.googleapis.com/${provider.replace(/^\/+/, '')}`;
-    const aws = o.awsCredentials ?? (fromNodeProviderChain() as AwsCredentialsProvider);
+    const aws = o.awsCredentials ?? (fromNodeProviderChain({ clientConfig: awsRequestHandler() }) as AwsCredentialsProvider);
     const region = o.awsRegion ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
     const iam = (o.iamCredentialsEndpoint ?? DEFAULT_IAM_CREDENTIALS_ENDPOINT).replace(/\/+$/, '');
     return new AwsClient({
