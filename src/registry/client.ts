@@ -400,7 +400,10 @@ export class RegistryClient {
     let authAttempts = 0;
     let failures = 0;
     for (;;) {
-      const authorization = await this.auth.header(opts.scopes, opts.signal ?? undefined);
+      // Auth errors are blamed like transport errors: a refused token realm on the destination is the destination's fault.
+      const authorization = await this.auth.header(opts.scopes, opts.signal ?? undefined).catch((e: unknown) => {
+        throw this.blame(e);
+      });
       const headers: Record<string, string> = { ...opts.headers };
       // Upload Locations on another host (S3-backed registries) must not get our credentials.
       if (authorization && url.host === this.baseUrl.host) headers.authorization = authorization;
@@ -429,7 +432,9 @@ export class RegistryClient {
       if (res.status === 401 && !opts.accept.includes(401)) {
         await drain(res.body);
         const challenges = parseChallenges(res.headers['www-authenticate']);
-        const canRetry = await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts++);
+        const canRetry = await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts++).catch((e: unknown) => {
+          throw this.blame(e);
+        });
         if (canRetry && replayable) continue;
         const detail = challenges.find((c) => c.params.error)?.params.error;
         if (canRetry) throw this.restartWithRenewedCredentials(opts.what, 401);

@@ -80,11 +80,11 @@ after(async () => {
 
 let runs = 0;
 /** `ferry copy` from `source` into the destination's `repo:v1`, with every log line kept. */
-async function ferryCopy(source: string, repo: string, opts: { https?: boolean; referrers?: boolean } = {}): Promise<FerryRun> {
+async function ferryCopy(source: string, repo: string, opts: { https?: boolean; referrers?: boolean; destination?: string } = {}): Promise<FerryRun> {
   const args = ['copy', '--json', '--log-level', 'debug', '--state-dir', join(temp, `state-${runs++}`), '--src-creds', 'env:HOSTILE_SRC_CREDS', '--dst-creds', 'env:HOSTILE_DST_CREDS'];
   if (opts.referrers) args.push('--referrers');
   if (opts.https) args.push('--ca-file', pki.caPath);
-  args.push(source, `${dst.host}/${repo}:v1`);
+  args.push(source, opts.destination ?? `${dst.host}/${repo}:v1`);
   const env: NodeJS.ProcessEnv = {
     HOSTILE_SRC_CREDS: `${reg.user}:${reg.password}`,
     HOSTILE_DST_CREDS: `${DST_USER.name}:${DST_USER.password}`,
@@ -500,6 +500,19 @@ describe('hostile inputs through ferry copy', () => {
         assertNoMetadataRequest();
       });
     }
+
+    test("the destination's token realm at the metadata address: refused, and blamed on the destination", async (t) => {
+      // The same refusal as the source's, but the destination sent it: DESTINATION_REJECTED, not SOURCE_INVALID.
+      served('dst-realm-source');
+      reg.repo('dst-realm-metadata').realm = `http://${METADATA_V4}/latest/api/token`;
+      const run = await ferryCopy(src('dst-realm-source'), 'unused', { https: true, destination: `${HOSTILE_HTTPS_NAME}/dst-realm-metadata:v1` });
+      assert.equal(run.code, 1, run.stderr.slice(-3000));
+      assert.equal(run.json?.error?.code, 'DESTINATION_REJECTED', run.stdout);
+      assert.match(run.json.error.message, /token realm from hostile-registry\.test points at a link-local\/metadata address \(169\.254\.169\.254\)/);
+      assert.match(run.stderr, /^ferry: DESTINATION_REJECTED: /m);
+      assertNoMetadataRequest();
+      recordFault(t, { suite: 'hostile', fault: `destination's token realm at ${METADATA_V4} (cloud metadata)`, action: 'refused the challenge before any request to the realm', bytesResent: 0, outcome: 'DESTINATION_REJECTED, exit 1; nothing written' });
+    });
 
     const redirects: Array<[string, string, RegExp, string]> = [
       ['redirect-metadata-v4', `http://${METADATA_V4}/latest/meta-data/iam/security-credentials/`, /redirect from hostile-registry\.test points at a link-local\/metadata address \(169\.254\.169\.254\)/, `blob download redirected to ${METADATA_V4}`],
