@@ -5,7 +5,7 @@ import { FerryError } from '../errors.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import type { Platform } from '../reference/platform.ts';
 import { MediaType, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.ts';
-import type { ImageSource } from '../ends/types.ts';
+import type { FetchedManifest, ImageSource } from '../ends/types.ts';
 import { readVerifiedBlob } from './blob-reader.ts';
 import type { ContentCache } from './content-cache.ts';
 import type { ImageOutput } from './types.ts';
@@ -30,6 +30,8 @@ export class SourceGraph {
   private readonly cache: ContentCache;
   private readonly signal: AbortSignal | undefined;
   private nodeCount = 0;
+  /** Source fetches by digest in flight: an index may list one child many times, fetched once. */
+  private readonly fetching = new Map<string, Promise<FetchedManifest | undefined>>();
 
   constructor(source: ImageSource, cache: ContentCache, signal: AbortSignal | undefined) {
     this.source = source;
@@ -45,20 +47,35 @@ export class SourceGraph {
     let mediaType = expected?.mediaType;
     let digest = isDigestTarget ? target : undefined;
     if (!bytes) {
-      const fetched = await this.source.getManifest(target, this.signal);
+      const fetched = await this.fetchOnce(target, isDigestTarget);
       if (!fetched) {
         throw new FerryError('SOURCE_NOT_FOUND', `${this.source.description}:${target} not found (check the repository and tag)`, { side: 'source', status: 404 });
       }
       bytes = fetched.bytes;
       digest = fetched.digest;
       mediaType = mediaType ?? fetched.mediaType;
-      await this.cache.put(fetched.digest, fetched.bytes);
     }
     if (expected && expected.size !== bytes.byteLength) {
       throw new FerryError('SOURCE_INVALID', `manifest ${target} is ${bytes.byteLength} bytes but its descriptor says ${expected.size}`, { side: 'source' });
     }
     const parsed = parseManifest(bytes, mediaType, 'source');
     return { digest: digest ?? digestOf(bytes), mediaType: parsed.mediaType, bytes, parsed, children: [] };
+  }
+
+  /** The source's manifest, stored in the cache; one request per digest however many ask at once. */
+  private fetchOnce(target: string, isDigestTarget: boolean): Promise<FetchedManifest | undefined> {
+    const fetch = async () => {
+      const fetched = await this.source.getManifest(target, this.signal);
+      if (fetched) await this.cache.put(fetched.digest, fetched.bytes);
+      return fetched;
+    };
+    if (!isDigestTarget) return fetch();
+    let p = this.fetching.get(target);
+    if (!p) {
+      p = fetch();
+      this.fetching.set(target, p);
+    }
+    return p;
   }
 
   /** Fetch the children of an index (recursively), bounded in depth and free of cycles. */

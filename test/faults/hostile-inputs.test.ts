@@ -352,6 +352,19 @@ describe('hostile inputs through ferry copy', () => {
       });
     });
 
+    test('an index that lists the same child 40 times: fetched once, copied byte-exact', async (t) => {
+      // Not hostile, but odd: each listing used to be fetched from the source in parallel.
+      const child = makeImage('repeated-child');
+      const index = makeIndex(Array.from({ length: 40 }, () => descriptorOf(child.manifest)));
+      const repo = reg.repo('repeated-child').image(child).manifest('v1', index);
+      const run = await ferryCopy(src('repeated-child'), 'hostile/repeated-child');
+      assert.equal(run.code, 0, run.stderr.slice(-3000));
+      assert.equal((await dstC.verifyImage('hostile/repeated-child', 'v1')).digest, index.digest);
+      const gets = repo.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/manifests/${child.manifest.digest}`));
+      assert.equal(gets.length, 1, `the child was fetched ${gets.length} times`);
+      recordFault(t, { suite: 'hostile', fault: 'index listing the same child 40 times', action: 'fetched the child once', bytesResent: 0, outcome: 'byte-exact, exit 0' });
+    });
+
     test('unknown layer and config media types in a valid manifest are copied byte-exact', async (t) => {
       // Blobs are opaque to a registry: copying them whatever their type is what registries do.
       const { img } = served('unknown-layer-type', { layerMediaType: 'application/vnd.example.weird.layer.v1', configMediaType: 'application/vnd.example.weird.config.v1+json' });
