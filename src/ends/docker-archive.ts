@@ -37,6 +37,7 @@ import {
   IMAGE_NAME,
   INDEX_FILE,
   LayoutReader,
+  LayoutReaderSource,
   OCI_LAYOUT_BYTES,
   OCI_LAYOUT_FILE,
   prepareManifest,
@@ -102,21 +103,16 @@ function parseManifestJson(bytes: Buffer, description: string): SaveEntry[] {
   });
 }
 
-export class DockerArchiveSource implements ImageSource {
-  readonly description: string;
+export class DockerArchiveSource extends LayoutReaderSource {
   /** The root manifest's digest: what to ask for. */
   readonly target: string;
-  private readonly reader: LayoutReader;
-  /** index.json's tags (docker ≥ 25 archives): fallback and cosign tags are found here. */
-  private readonly tags: Map<string, Descriptor>;
   private readonly root: FetchedManifest;
   /** Names that select the root: the reference given, its tag, and the image's RepoTags. */
   private readonly rootNames: Set<string>;
 
+  // index.json's tags (docker >= 25 archives): fallback and cosign tags are found there.
   private constructor(description: string, reader: LayoutReader, tags: Map<string, Descriptor>, root: FetchedManifest, rootNames: Set<string>) {
-    this.description = description;
-    this.reader = reader;
-    this.tags = tags;
+    super(description, reader, tags);
     this.root = root;
     this.target = root.digest;
     this.rootNames = rootNames;
@@ -196,27 +192,12 @@ export class DockerArchiveSource implements ImageSource {
     return new DockerArchiveSource(description, reader, tags, root, rootNames);
   }
 
-  async getManifest(target: string): Promise<FetchedManifest | undefined> {
+  override async getManifest(target: string): Promise<FetchedManifest | undefined> {
     if (target === this.root.digest || this.rootNames.has(target) || (!isDigest(target) && [...this.rootNames].some((n) => canonicalName(n) === canonicalName(target)))) {
       return this.root;
     }
-    if (isDigest(target)) return this.reader.manifest(target);
-    const d = this.tags.get(target);
-    if (!d) return undefined;
-    const m = await this.reader.manifest(d.digest, d);
-    if (!m) throw invalid(this.description, `index.json tag "${target}" points at ${d.digest}, which is not in the archive`);
-    return m;
+    return super.getManifest(target);
   }
-
-  async getReferrers(): Promise<Buffer[] | undefined> {
-    return undefined;
-  }
-
-  openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
-    return this.reader.openBlob(digest, size, offset, signal);
-  }
-
-  async close(): Promise<void> {}
 }
 
 function chooseEntry(entries: SaveEntry[], ref: string | undefined, description: string): SaveEntry {

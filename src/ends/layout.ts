@@ -192,30 +192,23 @@ export class LayoutReader {
 }
 
 /** An OCI layout as an image source (a directory or an archive, through its LayoutFiles). */
-export class LayoutSource implements ImageSource {
+/**
+ * A source read through a LayoutReader (an OCI layout, an OCI archive, a docker archive):
+ * manifests by digest or by index.json tag, blobs from the reader, no referrers API (referrers
+ * in a layout are found through its index). Subclasses say how the files are opened.
+ */
+export abstract class LayoutReaderSource implements ImageSource {
   readonly description: string;
-  /** What to ask for as the root of the copy: the tag given, or the layout's only image. */
-  readonly target: string;
+  /** What to ask for as the root of the copy. */
+  abstract readonly target: string;
   readonly reader: LayoutReader;
-  readonly index: ImageIndex;
-  private readonly tags: Map<string, Descriptor>;
+  /** index.json's tags (`org.opencontainers.image.ref.name`). */
+  protected readonly tags: Map<string, Descriptor>;
 
-  private constructor(reader: LayoutReader, index: ImageIndex, tags: Map<string, Descriptor>, target: string) {
+  protected constructor(description: string, reader: LayoutReader, tags: Map<string, Descriptor>) {
+    this.description = description;
     this.reader = reader;
-    this.description = reader.files.description;
-    this.index = index;
     this.tags = tags;
-    this.target = target;
-  }
-
-  /** Read index.json (required) and oci-layout (checked when present), and resolve `tag`. */
-  static async open(files: LayoutFiles, tag: string | undefined, logger: Logger): Promise<LayoutSource> {
-    const { index, tags } = await readLayoutIndex(files, logger);
-    return new LayoutSource(new LayoutReader(files), index, tags, chooseTarget(index, tags, tag, files.description));
-  }
-
-  tagged(tag: string): Descriptor | undefined {
-    return this.tags.get(tag);
   }
 
   async getManifest(target: string): Promise<FetchedManifest | undefined> {
@@ -223,7 +216,7 @@ export class LayoutSource implements ImageSource {
     const d = this.tags.get(target);
     if (!d) return undefined;
     const m = await this.reader.manifest(d.digest, d);
-    if (!m) throw new FerryError('SOURCE_INVALID', `${this.description}: tag "${target}" points at ${d.digest}, which is not in the layout`, { side: 'source' });
+    if (!m) throw new FerryError('SOURCE_INVALID', `${this.description}: index.json tag "${target}" points at ${d.digest}, which is missing from it`, { side: 'source' });
     return m;
   }
 
@@ -236,6 +229,28 @@ export class LayoutSource implements ImageSource {
   }
 
   async close(): Promise<void> {}
+}
+
+export class LayoutSource extends LayoutReaderSource {
+  /** What to ask for as the root of the copy: the tag given, or the layout's only image. */
+  readonly target: string;
+  readonly index: ImageIndex;
+
+  private constructor(reader: LayoutReader, index: ImageIndex, tags: Map<string, Descriptor>, target: string) {
+    super(reader.files.description, reader, tags);
+    this.index = index;
+    this.target = target;
+  }
+
+  /** Read index.json (required) and oci-layout (checked when present), and resolve `tag`. */
+  static async open(files: LayoutFiles, tag: string | undefined, logger: Logger): Promise<LayoutSource> {
+    const { index, tags } = await readLayoutIndex(files, logger);
+    return new LayoutSource(new LayoutReader(files), index, tags, chooseTarget(index, tags, tag, files.description));
+  }
+
+  tagged(tag: string): Descriptor | undefined {
+    return this.tags.get(tag);
+  }
 }
 
 /** index.json (required) and oci-layout (checked when present) of a layout being read. */
