@@ -1,6 +1,6 @@
 // Runs the real ferry CLI (from the TypeScript sources) as a child process, the way an
 // operator would, and captures what it prints.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,19 +20,26 @@ export function tempStateHome(): string {
   return mkdtempSync(join(tmpdir(), 'ferry-state-'));
 }
 
-export function runFerry(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<FerryRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], {
-      env: { ...process.env, DOCKER_CONFIG: join(tmpdir(), 'ferry-no-docker-config'), ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 180_000);
+/** A running ferry CLI: the child (to signal it at a chosen moment) and how it ended. */
+export interface FerryChild {
+  child: ChildProcess;
+  done: Promise<FerryRun & { signal: NodeJS.Signals | null }>;
+}
+
+/** Start the CLI; SIGKILLed after `timeoutMs`. No docker config of the machine's is read. */
+export function spawnFerry(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 170_000): FerryChild {
+  const child = spawn(process.execPath, [MAIN, ...args], {
+    env: { ...process.env, DOCKER_CONFIG: join(tmpdir(), 'ferry-no-docker-config'), ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const done = new Promise<FerryRun & { signal: NodeJS.Signals | null }>((resolve, reject) => {
     child.on('error', reject);
-    child.on('close', (code) => {
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
       let json: unknown;
       try {
@@ -40,7 +47,13 @@ export function runFerry(args: string[], opts: { env?: NodeJS.ProcessEnv; timeou
       } catch {
         json = undefined;
       }
-      resolve({ code: code ?? -1, stdout, stderr, json });
+      resolve({ code: code ?? -1, signal, stdout, stderr, json });
     });
   });
+  return { child, done };
+}
+
+/** Run the CLI to its end. */
+export function runFerry(args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<FerryRun> {
+  return spawnFerry(args, opts.env, opts.timeoutMs ?? 180_000).done;
 }

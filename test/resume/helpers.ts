@@ -1,43 +1,10 @@
 // Shared by the resume tests: a ferry child process that can be SIGKILLed at a chosen moment,
 // its JSON log lines, and the journal files in a state directory.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { FerryRun } from '../e2e/ferry-cli.ts';
 
-const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
-
-export interface FerryChild {
-  child: ChildProcess;
-  done: Promise<FerryRun & { signal: NodeJS.Signals | null }>;
-}
-
-export function spawnFerry(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 170_000): FerryChild {
-  const child = spawn(process.execPath, [MAIN, ...args], {
-    env: { ...process.env, DOCKER_CONFIG: join(tmpdir(), 'ferry-no-docker-config'), ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d) => (stdout += d));
-  child.stderr!.on('data', (d) => (stderr += d));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  const done = new Promise<FerryRun & { signal: NodeJS.Signals | null }>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      let json: unknown;
-      try {
-        json = JSON.parse(stdout);
-      } catch {
-        json = undefined;
-      }
-      resolve({ code: code ?? -1, signal, stdout, stderr, json });
-    });
-  });
-  return { child, done };
-}
+// The CLI runner lives with the e2e tests; the resume tests use its spawnFerry (to SIGKILL it).
+export { spawnFerry, type FerryChild } from '../e2e/ferry-cli.ts';
 
 /** ferry's pino JSON log lines from stderr. */
 export function logLines(stderr: string): Array<Record<string, any>> {
