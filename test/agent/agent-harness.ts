@@ -19,8 +19,12 @@ export interface AgentWorld {
   tokenFile: string;
   /** Every registry bearer token the control plane handed out. */
   issuedTokens: string[];
+  /** What the control plane was started with: a test can start another from saved state with the same. */
+  cpOptions: ControlPlaneOptions;
   stop(): Promise<void>;
 }
+
+type ControlPlaneOptions = Parameters<typeof startControlPlane>[0];
 
 export const VENDOR_USER = { name: 'vendor-admin', password: 'vendor-admin-pass-123' };
 
@@ -34,7 +38,7 @@ export async function startWorld(opts: { leaseS?: number; tokenTtlS?: number } =
   ]);
   const issuedTokens: string[] = [];
   const ts = vendor.tokenServer!;
-  const cp = await startControlPlane({
+  const cpOptions: ControlPlaneOptions = {
     leaseS: opts.leaseS ?? 30,
     settings: { heartbeat_interval_s: 1, poll_interval_s: 1, lease_s: opts.leaseS ?? 30 },
     // The one-time token buys a pull-only registry token for exactly the job's repository.
@@ -46,7 +50,8 @@ export async function startWorld(opts: { leaseS?: number; tokenTtlS?: number } =
       issuedTokens.push(token);
       return { registry: host, token, expires_at: new Date(Date.now() + (opts.tokenTtlS ?? 300) * 1000).toISOString() };
     },
-  });
+  };
+  const cp = await startControlPlane(cpOptions);
   const dir = mkdtempSync(join(tmpdir(), 'ferry-agent-'));
   const tokenFile = join(dir, 'runner-token');
   writeFileSync(tokenFile, cp.token, { mode: 0o600 });
@@ -56,6 +61,7 @@ export async function startWorld(opts: { leaseS?: number; tokenTtlS?: number } =
     cp,
     tokenFile,
     issuedTokens,
+    cpOptions,
     async stop() {
       await cp.stop();
       await Promise.all([vendor.stop(), local.stop()]);

@@ -15,11 +15,11 @@ import { join } from 'node:path';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { startCraneRegistry, type CraneRegistry } from '../harness/crane-registry.ts';
 import { startFaultProxy, type FaultProxy, type ProxiedRequest } from '../harness/fault-proxy.ts';
-import { startControlPlane, type ControlPlane, type IssueCredentials } from '../harness/control-plane.ts';
+import { startControlPlane, type ControlPlane } from '../harness/control-plane.ts';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { pushImage, pushLargeImage, type PushedManifest } from '../harness/fixtures.ts';
 import { SUITE_SEED } from '../harness/seed.ts';
-import { killAgents, plan, startAgent, waitFor, type AgentWorld } from '../agent/agent-harness.ts';
+import { killAgents, plan, startAgent, startWorld, VENDOR_USER, waitFor, type AgentWorld } from '../agent/agent-harness.ts';
 import { journalFiles } from '../resume/helpers.ts';
 import { recordFault } from './report.ts';
 import { KiB, MiB, capture, captured, human, imageBytes, liveUploads, messages, removeTempDirs, runFerry, startFerry, tempDir, uploadMeter, type FerryResult } from './helpers.ts';
@@ -550,56 +550,26 @@ describe('fault injection: the destination registry restarts mid-upload', () => 
 
 // ---- the control plane restarted while the agent holds a half-done job ---------------------
 
-const VENDOR = { username: 'fault-vendor-admin', password: 'Vendor-admin-pass-5d0c3e' };
-
 describe('fault injection: the control plane restarts while the agent holds a half-done job', () => {
   let world: AgentWorld;
   let proxy: FaultProxy;
   let cp2: ControlPlane | undefined;
-  let cpOptions: Parameters<typeof startControlPlane>[0];
 
   before(async () => {
-    const [vendor, local] = await Promise.all([
-      startDistribution({ auth: 'token', token: { users: { [VENDOR.username]: { password: VENDOR.password, repos: { '*': ['pull', 'push'] } } }, expiresIn: 600 } }),
-      startDistribution(),
-    ]);
-    const issuedTokens: string[] = [];
-    const ts = vendor.tokenServer!;
-    // The one-time token buys a pull-only registry token for exactly the job's repository.
-    const issueCredentials: IssueCredentials = (job, p) => {
-      const ref = String((p.source as { reference: string }).reference);
-      const repo = ref.slice(ref.indexOf('/') + 1).split(/[:@]/)[0]!;
-      const token = ts.issue(`job-${job.id}`, ts.service, [{ type: 'repository', name: repo, actions: ['pull'] }]);
-      issuedTokens.push(token);
-      return { registry: ref.slice(0, ref.indexOf('/')), token, expires_at: new Date(Date.now() + 300_000).toISOString() };
-    };
-    cpOptions = { leaseS: 30, settings: { heartbeat_interval_s: 1, poll_interval_s: 1, lease_s: 30 }, issueCredentials };
-    const cp = await startControlPlane(cpOptions);
-    const dir = tempDir('fault-agent');
-    const tokenFile = join(dir, 'runner-token');
-    writeFileSync(tokenFile, cp.token, { mode: 0o600 });
-    proxy = await startFaultProxy(vendor.host);
-    world = {
-      vendor,
-      local,
-      cp,
-      tokenFile,
-      issuedTokens,
-      async stop() {
-        await (cp2 ?? cp).stop();
-        await cp.stop();
-        await Promise.all([vendor.stop(), local.stop()]);
-      },
-    };
+    // The agent world of test/agent (token-auth vendor registry, local registry, control plane),
+    // with the fault proxy in front of the vendor registry.
+    world = await startWorld();
+    proxy = await startFaultProxy(world.vendor.host);
   });
   after(async () => {
     killAgents();
     await proxy?.stop();
+    await cp2?.stop();
     await world?.stop();
   });
 
   test('stop the control plane mid-copy, start a new one on the same port with the saved state: one execution, one result', async (t: TestContext) => {
-    const vendorC = clientFor(world.vendor, VENDOR);
+    const vendorC = clientFor(world.vendor, { username: VENDOR_USER.name, password: VENDOR_USER.password });
     const localC = clientFor(world.local);
     const img = await pushLargeImage(vendorC, 'org_f/app', 'v1', { layerCount: 2, layerSize: 4 * MiB });
     // Layer downloads stand still for 6 s: the job is half done while the control plane goes away.
@@ -618,7 +588,7 @@ describe('fault injection: the control plane restarts while the agent holds a ha
       const requestsBefore = cp1.requests.length;
       await cp1.stop();
       await new Promise((r) => setTimeout(r, 2000));
-      cp2 = await startControlPlane({ ...cpOptions, port: cp1.port, state: JSON.parse(readFileSync(stateFile, 'utf8')) });
+      cp2 = await startControlPlane({ ...world.cpOptions, port: cp1.port, state: JSON.parse(readFileSync(stateFile, 'utf8')) });
       assert.equal(cp2.url, cp1.url);
       const code = await agent.exited;
       stall.remove();
@@ -635,7 +605,7 @@ describe('fault injection: the control plane restarts while the agent holds a ha
       assert.equal(got.digest, img.digest);
       assert.deepEqual(liveUploads(world.local.storageDir, 'install_f/app'), []);
       // Secrets of this world, for the final check.
-      for (const s of [cp1.token, VENDOR.password, ...world.issuedTokens]) secrets.add(s);
+      for (const s of [cp1.token, VENDOR_USER.password, ...world.issuedTokens]) secrets.add(s);
       for (const j of cp2.jobs()) if (j.oneTimeToken) secrets.add(j.oneTimeToken);
       const cpFailures = agent.logs().split('\n').filter((l) => /control plane|heartbeat/i.test(l) && /fail|retry|backing off|unreachable|refused/i.test(l)).length;
       recordFault(t, {
