@@ -12,6 +12,12 @@ import { join } from 'node:path';
 import { startDistribution, type DistributionRegistry } from './harness/distribution.ts';
 import { clientFor } from './harness/oci-client.ts';
 import { pushMultiArch } from './harness/fixtures.ts';
+import { AwsStandin, TEST_ACCESS_KEY_ID, TEST_ACCOUNT, TEST_SECRET_ACCESS_KEY } from './harness/aws-standin.ts';
+import { awsApiHosts, makeTestPki, S3_LAYER_HOST, startAwsApis, startConnectProxy, startEcrRegistry } from './harness/cloud-registry.ts';
+import { freshHome, isolatedEnv, proxyEnv } from './cloud/cloud-e2e.ts';
+
+const ECR_PASSWORD = 'eyJwYXlsb2FkIjoiZmVycnktcGFja2FnZS1lY3IifQ';
+const READER_ROLE = `arn:aws:iam::${TEST_ACCOUNT}:role/ferry-reader`;
 
 const root = new URL('../', import.meta.url).pathname;
 const config = JSON.parse(readFileSync(join(root, 'pkg.config.json'), 'utf8')) as {
@@ -181,6 +187,36 @@ describe('npm run package: single executables', () => {
       assert.equal(JSON.parse(inspect.stdout).platforms.length, 3);
     } finally {
       rmSync(state, { recursive: true, force: true });
+    }
+  });
+
+  test('dist/ferry copy from Amazon ECR: the cloud SDKs load inside the binary; STS and the ECR API through the proxy', async () => {
+    // The AWS SDK is bundled but loaded on first use (src/auth/cloud/provider.ts): only a copy from a
+    // cloud registry runs that part of the bundle. The stand-ins sit behind TLS fronts under the
+    // real names, reachable only through the CONNECT proxy (no AWS_ENDPOINT_URL_*).
+    const aws = await AwsStandin.start({ region: 'us-west-2', ecrPassword: ECR_PASSWORD, roles: [{ arn: READER_ROLE }] });
+    const apiNames = awsApiHosts('us-west-2');
+    const pki = makeTestPki([aws.registryHost(), S3_LAYER_HOST, apiNames.sts, apiNames.ecr]);
+    const proxy = await startConnectProxy();
+    const ecr = await startEcrRegistry({ aws, pki, proxy, password: ECR_PASSWORD });
+    const apis = await startAwsApis({ aws, pki, proxy });
+    try {
+      aws.addRepository('team/app');
+      const img = await pushMultiArch(ecr.client, 'team/app', 'v1');
+      const home = freshHome();
+      const env = isolatedEnv(
+        { AWS_EC2_METADATA_SERVICE_ENDPOINT: aws.env().AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_REGION: 'us-west-2', AWS_ACCESS_KEY_ID: TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: TEST_SECRET_ACCESS_KEY, ...proxyEnv(proxy.url) },
+        home,
+      );
+      const r = await run([x64, 'copy', '--json', '--ca-file', pki.caPath, '--src-aws-role-arn', READER_ROLE, `${ecr.host}/team/app:v1`, `${reg.host}/pkg/from-ecr:v1`], env as NodeJS.ProcessEnv);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal((await clientFor(reg).verifyImage('pkg/from-ecr', 'v1')).digest, img.digest);
+      assert.equal(aws.count('GetAuthorizationToken'), 1);
+      const tunnels = proxy.connects.filter((c) => c.routed).map((c) => c.target);
+      for (const name of [apiNames.sts, apiNames.ecr, ecr.host]) assert.ok(tunnels.includes(`${name}:443`), `no tunnel to ${name}: ${tunnels.join(', ')}`);
+      assert.ok(!r.stderr.includes(ECR_PASSWORD) && !r.stderr.includes(TEST_SECRET_ACCESS_KEY), 'a secret reached the log');
+    } finally {
+      await Promise.all([apis.stop(), ecr.stop(), proxy.stop(), aws.close()]);
     }
   });
 
