@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
+import { proxyConfigured } from './proxy-env.ts';
 
 export interface TransportOptions {
   /** Hosts (host or host:port) that speak plain HTTP. Loopback hosts always may. */
@@ -72,7 +73,7 @@ export class HttpTransport {
       bodyTimeout: opts.bodyTimeoutMs ?? 60_000,
       connect,
     };
-    const proxied = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].some((k) => process.env[k]);
+    const proxied = proxyConfigured();
     this.dispatcher = proxied
       ? new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect })
       : new Agent(poolOptions);

@@ -6,8 +6,7 @@
 // requests are the SDK's own and stay direct, as they must (link-local addresses).
 import http from 'node:http';
 import https from 'node:https';
-
-const PROXY_VARS = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'];
+import { proxyConfigured } from '../../transport/proxy-env.ts';
 
 export interface AwsRequestHandlerConfig {
   /** The SDK builds its Node HTTP handler from these options. */
@@ -20,7 +19,7 @@ export interface AwsRequestHandlerConfig {
  * client destroys its agents, which must not cut another client's requests.
  */
 export function awsRequestHandler(env: NodeJS.ProcessEnv = process.env): AwsRequestHandlerConfig {
-  if (!PROXY_VARS.some((k) => env[k])) return {};
+  if (!proxyConfigured(env)) return {};
   const proxyEnv = { ...env };
   return {
     requestHandler: {
