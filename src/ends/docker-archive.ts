@@ -30,7 +30,7 @@ import type { Logger } from '../log/logger.ts';
 import { isDigest, parseDigest, type Digest } from '../reference/digest.ts';
 import { formatReference, parseReference } from '../reference/reference.ts';
 import { MAX_MANIFEST_BYTES, MediaType, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.ts';
-import type { BlobStream, FetchedManifest, ImageDestination, ImageSource, ManifestHead } from './types.ts';
+import type { FetchedManifest, ImageDestination, ManifestHead } from './types.ts';
 import {
   blobName,
   digestFromBlobName,
