@@ -144,7 +144,10 @@ describe('Artifact Registry', () => {
   test('3-second access tokens from the metadata server: renewed before they expire, through a copy that outlasts them', async () => {
     const img = await pushImage(gar.client, 'ferry-test-project/images/long', 'v1', { layerSizes: LAYERS });
     gcp.options.accessTokenLifetimeSeconds = 3;
-    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 600 : 0);
+    // 1 s per blob GET, one at a time: the fifth GET leaves at least 4 s after the first token,
+    // past its 3 s lifetime whatever ferry's own overhead (600 ms left ~2.4 s, which a faster
+    // start-up brought under the 2.7 s renewal point: a CI run saw one token).
+    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 1000 : 0);
     const tokens = gcp.count('metadata:token');
     const start = gar.requests.length;
     const home = freshHome();
