@@ -83,6 +83,8 @@ try {
         socket.on('connect', () => socket.write(`GET ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: close\r\n\r\n`));
         socket.on('error', reject);
       }),
+    'socket, data events + sha256': () => rawSocket(url, SIZE, undefined),
+    'socket, fresh 256 KiB per read + sha256': () => rawSocket(url, SIZE, () => Buffer.allocUnsafe(256 * 1024)),
     'sha256 from memory (no I/O)': async () => {
       const h = createHash('sha256');
       for (let o = 0; o < SIZE; o += 64 * 1024) h.update(bytes.subarray(o, o + 64 * 1024));
@@ -91,23 +93,61 @@ try {
   };
 
   const cpu: Record<string, number[]> = {};
+  const faults: Record<string, number[]> = {};
   for (let run = 0; run < RUNS; run++) {
     for (const [name, way] of Object.entries(ways)) {
       const before = process.cpuUsage();
+      const faultsBefore = process.resourceUsage().minorPageFault;
       const hex = await way();
       const used = process.cpuUsage(before);
+      (faults[name] ??= []).push(process.resourceUsage().minorPageFault - faultsBefore);
       if (hex !== expected) throw new Error(`${name}: hashed to ${hex}, not ${expected}`);
       (cpu[name] ??= []).push((used.user + used.system) / 1000);
     }
   }
-  console.log(`${mib(SIZE)} blob, ${RUNS} runs each, alternating; CPU ms of this process (median, min–max):`);
+  console.log(`${mib(SIZE)} blob, ${RUNS} runs each, alternating; CPU ms of this process (median, min–max), minor page faults (median):`);
   for (const [name, ms] of Object.entries(cpu)) {
     const s = [...ms].sort((a, b) => a - b);
-    console.log(`  ${name.padEnd(32)} ${s[Math.floor(s.length / 2)]!.toFixed(0).padStart(5)}  (${s[0]!.toFixed(0)}–${s[s.length - 1]!.toFixed(0)})`);
+    console.log(`  ${name.padEnd(32)} ${s[Math.floor(s.length / 2)]!.toFixed(0).padStart(5)}  (${s[0]!.toFixed(0)}–${s[s.length - 1]!.toFixed(0)})  ${median(faults[name]!)} faults`);
   }
 } finally {
   await agent.close();
   await registry.stop();
+}
+
+/** A bare socket, HTTP head skipped by hand; `buffer` makes it read into fresh buffers of that size (onread), else Node's 'data' events. */
+function rawSocket(url: URL, size: number, buffer: (() => Buffer) | undefined): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    let inHead = true;
+    let got = 0;
+    const take = (data: Buffer): void => {
+      if (inHead) {
+        const end = data.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        data = data.subarray(end + 4);
+        inHead = false;
+      }
+      h.update(data);
+      got += data.byteLength;
+      if (got >= size) {
+        socket.destroy();
+        resolve(h.digest('hex'));
+      }
+    };
+    const socket = net.connect({
+      host: url.hostname,
+      port: Number(url.port),
+      ...(buffer ? { onread: { buffer, callback: (n: number, buf: Buffer) => (take(buf.subarray(0, n)), true) } } : {}),
+    } as net.NetConnectOpts);
+    if (!buffer) socket.on('data', take);
+    socket.on('connect', () => socket.write(`GET ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nConnection: close\r\n\r\n`));
+    socket.on('error', reject);
+  });
+}
+
+function median(xs: number[]): number {
+  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 }
 
 function mib(n: number): string {

@@ -117,7 +117,8 @@ export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<B
   }
 }
 
-function checkDigest(hasher: BlobHasher, expectedHex: string, digest: Digest, repository: string): void {
+/** Throws DIGEST_MISMATCH unless the hasher's bytes hash to the digest. */
+export function checkDigest(hasher: BlobHasher, expectedHex: string, digest: Digest, repository: string): void {
   const actual = hasher.hex();
   if (actual !== expectedHex) {
     throw new DigestMismatchError(`blob ${digest} in ${repository} hashes to ${digest.split(':')[0]}:${actual}; refusing to copy it`, { side: 'source' });

@@ -13,6 +13,7 @@ import type { RegistryClient } from '../registry/client.ts';
 import type { ImageSource } from '../ends/types.ts';
 import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../transport/retry.ts';
 import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from './blob-reader.ts';
+import { DEFAULT_PIPE_MIN_BYTES, PipedBlobRead } from './blob-pipe.ts';
 import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
 
 export interface UploadTuning {
@@ -26,6 +27,8 @@ export interface UploadTuning {
   ecrLayerApiMinBytes?: number;
   /** ECR's layer-upload API: part size (whole MiB, 5–10 MiB). */
   ecrPartBytes?: number;
+  /** Registry-to-registry blobs from this size on move over ferry's own connections (src/copy/blob-pipe.ts). */
+  pipeMinBytes?: number;
 }
 
 // Chunks exist for resuming: after a failed chunk only that chunk is sent again. Each one also
@@ -39,6 +42,7 @@ export const DEFAULT_UPLOAD_TUNING: UploadTuning = {
   monolithicMaxBytes: 64 * 1024 * 1024,
   chunkBytes: 64 * 1024 * 1024,
   attempts: 4,
+  pipeMinBytes: DEFAULT_PIPE_MIN_BYTES,
 };
 export interface BlobUploadRequest {
   source: ImageSource;
@@ -109,6 +113,9 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
     }
   }
   const startedAt = new Date().toISOString();
+  // After a failed attempt the blob goes the regular way: the pipe is for speed, and an error on
+  // its connection can hide the registry's answer (a write cut by the registry's close).
+  const pipeOk = { allowed: true };
   for (let attempt = 1; ; attempt++) {
     let location: URL;
     let chunkBytes = req.tuning.chunkBytes;
@@ -133,13 +140,23 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       if (chunked) {
         // Journaled before the first byte goes out, so a crash at any point leaves a session the next run can continue or delete.
         await record?.(location, checkpoint?.offset ?? 0);
-        await uploadChunked(counting, location, chunkBytes, result, checkpoint, async (l, offset) => {
+        await uploadChunked(counting, location, chunkBytes, result, checkpoint, pipeOk, async (l, offset) => {
           location = l;
           if (offset !== undefined) await record?.(l, offset);
         });
       } else {
-        const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal, onResume: downloadResumed(logger, digest, size) }), onBytes);
-        await dst.commitUpload(repo, location, digest, body, size, req.signal);
+        const pipe = pipeOk.allowed ? await startPipe(counting, new BlobHasher(digest)) : undefined;
+        if (pipe) {
+          try {
+            await dst.pipeUpload(repo, location, 0, size, digest, pipe, req.signal);
+          } finally {
+            pipe.close();
+          }
+          logger.debug({ digest, size }, 'blob piped registry to registry');
+        } else {
+          const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal, onResume: downloadResumed(logger, digest, size) }), onBytes);
+          await dst.commitUpload(repo, location, digest, body, size, req.signal);
+        }
       }
       if (journal && chunked) await journal.remove(key);
       settle();
@@ -163,6 +180,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
           cause: e,
         });
       }
+      pipeOk.allowed = false;
       settle();
       // Suspended (the agent stopping, the job left open): the journaled session stays for the next process.
       if (journal && chunked && req.signal?.aborted && req.signal.reason === SUSPEND) throw err;
@@ -258,6 +276,7 @@ async function uploadChunked(
   chunkBytes: number,
   result: BlobUploadResult,
   from: HashCheckpoint | undefined,
+  pipeOk: { allowed: boolean },
   setLocation: (l: URL, acknowledged?: number) => Promise<void>,
 ): Promise<void> {
   const { destination: dst, destinationRepository: repo, digest, size, logger } = req;
@@ -266,17 +285,8 @@ async function uploadChunked(
   let resumesHere = 0;
   for (;;) {
     const hasher = new BlobHasher(digest, checkpoint);
-    const reader = readVerifiedBlob({
-      source: req.source,
-      digest,
-      size,
-      from: checkpoint,
-      hasher,
-      alignTo: chunkBytes,
-      signal: req.signal,
-      onResume: downloadResumed(logger, digest, size),
-    });
-    const cursor = new ChunkCursor(reader);
+    let pipe: PipedBlobRead | undefined;
+    let cursor: ChunkCursor | undefined;
     let offset = checkpoint?.offset ?? 0;
     try {
       if (offset === size) {
@@ -285,21 +295,45 @@ async function uploadChunked(
         await dst.commitUpload(repo, location, digest, Buffer.alloc(0), 0, req.signal);
         return;
       }
+      pipe = pipeOk.allowed ? await startPipe(req, hasher) : undefined;
+      if (!pipe) {
+        const reader = readVerifiedBlob({
+          source: req.source,
+          digest,
+          size,
+          from: checkpoint,
+          hasher,
+          alignTo: chunkBytes,
+          signal: req.signal,
+          onResume: downloadResumed(logger, digest, size),
+        });
+        cursor = new ChunkCursor(reader);
+      }
       while (offset < size) {
         const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
-        const body = counted(cursor.take(length), req.onBytes);
-        if (offset + length === size) {
+        const last = offset + length === size;
+        if (pipe) {
+          const r = await dst.pipeUpload(repo, location, offset, length, last ? digest : undefined, pipe, req.signal);
+          if (last) {
+            logger.debug({ digest, size }, 'blob piped registry to registry');
+            return;
+          }
+          if (r.acknowledged !== undefined && r.acknowledged !== offset + length) throw misacknowledged(r.acknowledged, offset + length, digest);
+          location = r.location;
+          offset += length;
+          checkpoint = hasher.checkpoint();
+          resumesHere = 0;
+          await setLocation(location, offset);
+          continue;
+        }
+        const body = counted(cursor!.take(length), req.onBytes);
+        if (last) {
           // The last bytes ride on the commit PUT: one request fewer.
           await dst.commitUpload(repo, location, digest, body, length, req.signal);
           return;
         }
         const r = await dst.patchChunk(repo, location, offset, length, body, req.signal);
-        if (r.acknowledged !== undefined && r.acknowledged !== offset + length) {
-          throw new FerryError('REGISTRY_UNAVAILABLE', `registry acknowledged ${r.acknowledged} bytes of ${digest}, expected ${offset + length}`, {
-            side: 'destination',
-            retryable: true,
-          });
-        }
+        if (r.acknowledged !== undefined && r.acknowledged !== offset + length) throw misacknowledged(r.acknowledged, offset + length, digest);
         location = r.location;
         offset += length;
         checkpoint = hasher.checkpoint();
@@ -308,7 +342,9 @@ async function uploadChunked(
       }
       return;
     } catch (e) {
-      await cursor.close().catch(() => undefined);
+      pipe?.close();
+      pipeOk.allowed = false;
+      await cursor?.close().catch(() => undefined);
       const err = e as FerryError;
       // 416: the registry holds another offset than the chunk started at (part of an earlier cut
       // chunk, or an empty upload and a 1-byte one both written `0-0`): ask it, as after a cut.
@@ -340,6 +376,18 @@ async function uploadChunked(
       throw giveUp();
     }
   }
+}
+
+/** The pipe for this blob (src/copy/blob-pipe.ts), from the hasher's offset; undefined: the regular path. */
+function startPipe(req: BlobUploadRequest, hasher: BlobHasher): Promise<PipedBlobRead | undefined> {
+  return PipedBlobRead.start(
+    { source: req.source, destination: req.destination, digest: req.digest, size: req.size, pipeMinBytes: req.tuning.pipeMinBytes, signal: req.signal, onBytes: req.onBytes, onResume: downloadResumed(req.logger, req.digest, req.size) },
+    hasher,
+  );
+}
+
+function misacknowledged(acknowledged: number, expected: number, digest: Digest): FerryError {
+  return new FerryError('REGISTRY_UNAVAILABLE', `registry acknowledged ${acknowledged} bytes of ${digest}, expected ${expected}`, { side: 'destination', retryable: true });
 }
 
 /** The registry's Retry-After on a failed streamed request (capped like the client's), else 0. */

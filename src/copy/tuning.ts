@@ -13,7 +13,7 @@ export interface TransferTuning {
 export function transferTuning(env: NodeJS.ProcessEnv): TransferTuning {
   const bodyTimeoutMs = readTimeoutMs(env);
   return {
-    upload: { ...uploadTuning(env), ...ecrLayerTuning(env) },
+    upload: { ...uploadTuning(env), ...ecrLayerTuning(env), ...pipeTuning(env) },
     ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
   };
 }
@@ -32,6 +32,20 @@ export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
   }
   // A blob larger than one chunk goes up in chunks.
   return { ...DEFAULT_UPLOAD_TUNING, chunkBytes: n, monolithicMaxBytes: Math.min(DEFAULT_UPLOAD_TUNING.monolithicMaxBytes, n) };
+}
+
+/**
+ * FERRY_PIPE_MIN_BYTES: registry-to-registry blobs from this size on move over ferry's own
+ * connections, hashed in one reused buffer (src/copy/blob-pipe.ts; default 4 MiB). `off` sends
+ * every blob the regular way (undici).
+ */
+export function pipeTuning(env: NodeJS.ProcessEnv): Pick<UploadTuning, 'pipeMinBytes'> {
+  const raw = env.FERRY_PIPE_MIN_BYTES?.trim();
+  if (!raw) return {};
+  if (raw === 'off') return { pipeMinBytes: Number.POSITIVE_INFINITY };
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n)) throw new UsageError(`FERRY_PIPE_MIN_BYTES must be a whole number of bytes, or off, not "${raw}"`);
+  return { pipeMinBytes: n };
 }
 
 /**

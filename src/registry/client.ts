@@ -8,6 +8,7 @@ import { registryEndpoint } from '../reference/reference.ts';
 import { digestOf, isDigest, type Digest } from '../reference/digest.ts';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES } from '../oci/manifest.ts';
 import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
+import { RawBodyReader, type RawUpload } from '../transport/raw-http.ts';
 import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
 import { RegistryAuth } from './auth.ts';
@@ -247,6 +248,44 @@ export class RegistryClient {
     return res;
   }
 
+  /**
+   * The blob from `offset` on ferry's own connection (src/transport/raw-http.ts), to be piped
+   * into another registry's upload. Undefined when that connection cannot be used or the answer
+   * is not plainly the bytes asked for (a proxy, a refusal, an ignored Range, no
+   * Content-Length): the caller then reads with openBlob, which handles every answer.
+   */
+  async openBlobRaw(repository: string, digest: Digest, offset: number, size: number, signal?: AbortSignal): Promise<RawBodyReader | undefined> {
+    if (!this.transport.rawConnections() || offset >= size) return undefined;
+    const scopes = [repositoryScope(repository, ['pull'])];
+    const authorization = await this.auth.header(scopes, signal).catch((e: unknown) => {
+      throw this.blame(e);
+    });
+    const url = new URL(`/v2/${repository}/blobs/${digest}`, this.baseUrl);
+    const headers: Record<string, string> = {};
+    if (authorization) headers.authorization = authorization;
+    if (offset > 0) headers.range = `bytes=${offset}-${size - 1}`;
+    this.onRequest?.('GET', url.pathname);
+    let r: Awaited<ReturnType<HttpTransport['openRawBody']>>;
+    try {
+      r = await this.transport.openRawBody({ url, headers }, signal);
+    } catch (e) {
+      if (signal?.aborted) throw this.blame(e);
+      this.logger.debug({ digest, err: (e as Error).message }, 'direct read of the blob failed; reading it the regular way');
+      return undefined;
+    }
+    if (!(r instanceof RawBodyReader)) {
+      this.logger.debug({ digest, answer: typeof r.declined === 'string' ? r.declined : r.declined.status }, 'blob not read directly; reading it the regular way');
+      return undefined;
+    }
+    if (r.head.status !== (offset > 0 ? 206 : 200) || r.remaining !== size - offset) {
+      r.close();
+      this.logger.debug({ digest, status: r.head.status, length: r.remaining }, 'blob answer not as asked; reading it the regular way');
+      return undefined;
+    }
+    this.auth.noteAnonymousOk();
+    return r;
+  }
+
   // ---- uploads ---------------------------------------------------------------------------
 
   /**
@@ -362,6 +401,63 @@ export class RegistryClient {
     await drain(res.body);
   }
 
+  /** Is ferry's own connection (pipeUpload) available towards this registry? */
+  canPipe(): boolean {
+    return this.transport.rawConnections() !== undefined;
+  }
+
+  /**
+   * The next `length` bytes of an upload on ferry's own connection, written by `bytes` (the
+   * pipe from the source, src/copy/blob-pipe.ts): a PATCH at `start`, or with `commit` the PUT
+   * that ends the upload. Answers are judged as `send` judges them.
+   */
+  async pipeUpload(
+    repository: string,
+    location: URL,
+    start: number,
+    length: number,
+    commit: Digest | undefined,
+    bytes: { pipeInto(sink: RawUpload, length: number, signal?: AbortSignal): Promise<void> },
+    signal?: AbortSignal,
+  ): Promise<{ location: URL; acknowledged: number | undefined }> {
+    const scopes = [repositoryScope(repository, ['pull', 'push'])];
+    const authorization = await this.auth.header(scopes, signal).catch((e: unknown) => {
+      throw this.blame(e);
+    });
+    const url = new URL(location);
+    if (commit) url.searchParams.set('digest', commit);
+    const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+    if (!commit) headers['content-range'] = `${start}-${start + length - 1}`;
+    if (authorization && url.host === this.baseUrl.host) headers.authorization = authorization;
+    const method = commit ? 'PUT' : 'PATCH';
+    const what = commit ? `commit of ${commit} to ${repository}` : `chunk ${start}-${start + length - 1} of an upload to ${repository}`;
+    this.onRequest?.(method, url.pathname);
+    let upload: RawUpload | undefined;
+    try {
+      upload = await this.transport.openRawUpload(method, { url, headers }, length, signal);
+    } catch (e) {
+      throw this.blame(e);
+    }
+    if (!upload) throw new FerryError('INTERNAL', 'ferry\'s own connections are off (a proxy is configured); pipeUpload must not be called');
+    let answer: Awaited<ReturnType<RawUpload['response']>>;
+    try {
+      try {
+        await bytes.pipeInto(upload, length, signal);
+      } catch (e) {
+        // A registry that answered before taking the whole body: its answer says why.
+        if (!upload.hasAnswer || signal?.aborted) throw e;
+      }
+      answer = await upload.response();
+    } catch (e) {
+      upload.close();
+      throw this.blame(e);
+    }
+    const verdict = await this.judge(answer.status, answer.headers, async () => undefined, async () => answer.body, { accept: commit ? [201, 204] : [201, 202, 204], scopes, what, signal }, authorization, { count: 0 }, false, url, 0);
+    if (verdict !== 'accept') throw new FerryError('INTERNAL', `unexpected verdict on ${what}`);
+    const res = { status: answer.status, headers: answer.headers, url } as unknown as HttpResponse;
+    return { location: this.uploadLocation(res, repository, location), acknowledged: rangeEnd(answer.headers.range) };
+  }
+
   /** Cancel an upload session. Failures are ignored: the registry will expire it anyway. */
   async cancelUpload(repository: string, location: URL): Promise<void> {
     try {
@@ -397,7 +493,7 @@ export class RegistryClient {
   async send(opts: SendOptions): Promise<HttpResponse> {
     const url = typeof opts.path === 'string' ? new URL(opts.path, this.baseUrl) : opts.path;
     const replayable = opts.body === undefined || opts.body instanceof Uint8Array;
-    let authAttempts = 0;
+    const authAttempts = { count: 0 };
     let failures = 0;
     for (;;) {
       // Auth errors are blamed like transport errors: a refused token realm on the destination is the destination's fault.
@@ -429,58 +525,78 @@ export class RegistryClient {
         throw err;
       }
 
-      if (res.status === 401 && !opts.accept.includes(401)) {
-        await drain(res.body);
-        const challenges = parseChallenges(res.headers['www-authenticate']);
-        const canRetry = await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts++).catch((e: unknown) => {
-          throw this.blame(e);
-        });
-        if (canRetry && replayable) continue;
-        const detail = challenges.find((c) => c.params.error)?.params.error;
-        if (canRetry) throw this.restartWithRenewedCredentials(opts.what, 401);
-        throw this.auth.authError(
-          `${this.registry} refused ${opts.what} (HTTP 401${detail ? `, ${detail}` : ''})`,
-          true,
-        );
-      }
-      if (opts.accept.includes(res.status)) {
-        if (res.status < 300) this.auth.noteAnonymousOk();
-        return res;
-      }
-
-      const text = (await readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side).catch(() => Buffer.alloc(0))).toString('utf8');
-      const parsed = parseRegistryErrors(text);
-      if (credentialExpired(this.profile, res.status, parsed)) {
-        // ECR: an expired authorization token is a 403 without a challenge. Renew it and go again.
-        const canRetry = await this.auth.onCredentialRejected(authorization, authAttempts++);
-        if (canRetry && replayable) {
-          this.logger.info({ what: opts.what }, 'registry said the credentials expired; renewed them');
-          continue;
-        }
-        if (canRetry) throw this.restartWithRenewedCredentials(opts.what, res.status);
-        throw this.auth.authError(`${this.registry} refused ${opts.what}, also with renewed credentials: ${parsed.message}`, false, false, res.status);
-      }
-      if (isRetryableStatus(res.status)) {
-        const retryAfter = parseRetryAfter(res.headers['retry-after']);
-        const tooLong = retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs;
-        if (replayable && !tooLong && ++failures < this.retry.attempts) {
-          const delay = Math.max(retryAfter ?? 0, backoffDelay(this.retry, failures));
-          this.logger.info({ what: opts.what, status: res.status, delay_ms: delay }, 'registry busy or failing; retrying');
-          await sleep(delay, opts.signal ?? undefined);
-          continue;
-        }
-        const unavailable = new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${res.status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
-          side: this.side,
-          status: res.status,
-          registryCodes: parsed.codes,
-          retryable: true,
-        });
-        // A streamed body is retried by the caller (the blob uploader): it must wait as long too.
-        if (retryAfter !== undefined && !tooLong) Object.assign(unavailable, { retryAfterMs: retryAfter });
-        throw unavailable;
-      }
-      throw this.statusError(res.status, parsed, opts.what, url);
+      const verdict = await this.judge(res.status, res.headers, () => drain(res.body), () => readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side), opts, authorization, authAttempts, replayable, url, failures);
+      if (verdict === 'accept') return res;
+      if (verdict === 'again-auth') continue;
+      failures++;
+      await sleep(verdict.delay, opts.signal ?? undefined);
     }
+  }
+
+  /**
+   * What an answer means: accepted, worth sending again (after renewed credentials, or after a
+   * pause when the registry is busy), or a FerryError blamed on this side. `replayable`: the
+   * request can be sent again from here (no streamed body).
+   */
+  private async judge(
+    status: number,
+    headers: Record<string, string | string[] | undefined>,
+    discard: () => Promise<unknown>,
+    readText: () => Promise<Buffer>,
+    opts: Pick<SendOptions, 'accept' | 'scopes' | 'what' | 'signal'>,
+    authorization: string | undefined,
+    authAttempts: { count: number },
+    replayable: boolean,
+    url: URL,
+    failures: number,
+  ): Promise<'accept' | 'again-auth' | { delay: number }> {
+    if (status === 401 && !opts.accept.includes(401)) {
+      await discard();
+      const challenges = parseChallenges(headers['www-authenticate']);
+      const canRetry = await this.auth.onUnauthorized(challenges, opts.scopes, authorization, authAttempts.count++).catch((e: unknown) => {
+        throw this.blame(e);
+      });
+      if (canRetry && replayable) return 'again-auth';
+      const detail = challenges.find((c) => c.params.error)?.params.error;
+      if (canRetry) throw this.restartWithRenewedCredentials(opts.what, 401);
+      throw this.auth.authError(`${this.registry} refused ${opts.what} (HTTP 401${detail ? `, ${detail}` : ''})`, true);
+    }
+    if (opts.accept.includes(status)) {
+      if (status < 300) this.auth.noteAnonymousOk();
+      return 'accept';
+    }
+
+    const text = (await readText().catch(() => Buffer.alloc(0))).toString('utf8');
+    const parsed = parseRegistryErrors(text);
+    if (credentialExpired(this.profile, status, parsed)) {
+      // ECR: an expired authorization token is a 403 without a challenge. Renew it and go again.
+      const canRetry = await this.auth.onCredentialRejected(authorization, authAttempts.count++);
+      if (canRetry && replayable) {
+        this.logger.info({ what: opts.what }, 'registry said the credentials expired; renewed them');
+        return 'again-auth';
+      }
+      if (canRetry) throw this.restartWithRenewedCredentials(opts.what, status);
+      throw this.auth.authError(`${this.registry} refused ${opts.what}, also with renewed credentials: ${parsed.message}`, false, false, status);
+    }
+    if (isRetryableStatus(status)) {
+      const retryAfter = parseRetryAfter(headers['retry-after']);
+      const tooLong = retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs;
+      if (replayable && !tooLong && failures + 1 < this.retry.attempts) {
+        const delay = Math.max(retryAfter ?? 0, backoffDelay(this.retry, failures + 1));
+        this.logger.info({ what: opts.what, status, delay_ms: delay }, 'registry busy or failing; retrying');
+        return { delay };
+      }
+      const unavailable = new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
+        side: this.side,
+        status,
+        registryCodes: parsed.codes,
+        retryable: true,
+      });
+      // A streamed body is retried by the caller (the blob uploader): it must wait as long too.
+      if (retryAfter !== undefined && !tooLong) Object.assign(unavailable, { retryAfterMs: retryAfter });
+      throw unavailable;
+    }
+    throw this.statusError(status, parsed, opts.what, url);
   }
 
   /**

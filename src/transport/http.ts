@@ -7,6 +7,7 @@ import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
+import { RawBodyReader, RawUpload, type PreparedRequest, type RawConnectOptions, type ResponseHead } from './raw-http.ts';
 
 export interface TransportOptions {
   /** Hosts (host or host:port) that speak plain HTTP. Loopback hosts always may. */
@@ -48,6 +49,7 @@ export class HttpTransport {
   private readonly dispatcher: Dispatcher;
   private readonly plainHttp: Set<string>;
   private readonly background = new Set<Promise<void>>();
+  private readonly raw: RawConnectOptions | undefined;
   readonly userAgent: string;
 
   constructor(opts: TransportOptions = {}) {
@@ -74,6 +76,17 @@ export class HttpTransport {
       connect,
     };
     const proxied = proxyConfigured();
+    // ferry's own connections for blob bytes (src/transport/raw-http.ts) speak to registries
+    // directly only: behind a proxy everything goes through undici.
+    this.raw = proxied
+      ? undefined
+      : {
+          ca: connect.ca ? extraCa : undefined,
+          connectTimeoutMs: opts.connectTimeoutMs ?? 30_000,
+          headersTimeoutMs: poolOptions.headersTimeout,
+          idleTimeoutMs: poolOptions.bodyTimeout,
+          userAgent: this.userAgent,
+        };
     this.dispatcher = proxied
       ? new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect })
       : new Agent(poolOptions);
@@ -84,6 +97,40 @@ export class HttpTransport {
     const h = host.toLowerCase();
     if (this.plainHttp.has(h) || this.plainHttp.has(hostOf(h))) return 'http';
     return isLoopbackHost(hostOf(h)) ? 'http' : 'https';
+  }
+
+  /** How to open ferry's own connections for moving blob bytes; undefined when they must not be used (a proxy is configured). */
+  rawConnections(): RawConnectOptions | undefined {
+    return this.raw;
+  }
+
+  /**
+   * A GET on ferry's own connection (src/transport/raw-http.ts), redirects followed as
+   * `request` follows them. The reader for a 2xx answer with a Content-Length; otherwise the
+   * last answer's head, or why the connection could not be used.
+   */
+  async openRawBody(req: PreparedRequest, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
+    if (!this.raw) return { declined: 'a proxy is configured' };
+    let { url, headers } = req;
+    for (let hop = 0; ; hop++) {
+      if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
+        throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
+      }
+      const r = await RawBodyReader.open({ url, headers }, this.raw, signal);
+      if (r instanceof RawBodyReader || typeof r.declined === 'string') return r;
+      const { status } = r.declined;
+      if (status < 300 || status >= 400 || status === 304 || hop >= MAX_REDIRECTS) return r;
+      ({ url, headers } = this.redirect(url, status, r.declined.headers.location, headers));
+    }
+  }
+
+  /** A PUT or PATCH on ferry's own connection, its body written by the caller; undefined behind a proxy. */
+  async openRawUpload(method: 'PUT' | 'PATCH', req: PreparedRequest, contentLength: number, signal?: AbortSignal): Promise<RawUpload | undefined> {
+    if (!this.raw) return undefined;
+    if (req.url.protocol === 'http:' && !this.allowsPlainHttp(req.url.host)) {
+      throw new FerryError('INTERNAL', `refusing plain HTTP to ${req.url.host}: only loopback and hosts named with --plain-http may use it`);
+    }
+    return RawUpload.open(method, req, contentLength, this.raw, signal);
   }
 
   /** May this host be spoken to in plain HTTP? */
@@ -123,23 +170,33 @@ export class HttpTransport {
       }
       const location = res.headers.location;
       await res.body.dump().catch(() => undefined);
-      // What a server redirects to is its doing: refusals here are the serving side's fault
-      // (SOURCE_INVALID; the registry client re-blames them on the destination when it is one).
-      if (typeof location !== 'string') {
-        throw new FerryError('SOURCE_INVALID', `redirect ${res.statusCode} from ${url.host} without a Location`);
-      }
       if (hop >= MAX_REDIRECTS) throw new FerryError('SOURCE_INVALID', `more than ${MAX_REDIRECTS} redirects from ${req.url.host} (a redirect loop?); refusing`);
-      const next = new URL(location, url);
-      checkRedirectTarget(url, next);
-      if (next.protocol === 'http:' && !this.allowsPlainHttp(next.host)) {
-        throw new FerryError('SOURCE_INVALID', `redirect from ${url.host} to plain-HTTP host ${next.host}; refusing: only loopback and hosts named with --plain-http may use plain HTTP`);
-      }
-      if (next.host !== url.host || next.protocol !== url.protocol) {
-        // Never send the registry's credentials to another host (S3, a CDN, an attacker).
-        headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));
-      }
-      url = next;
+      const next = this.redirect(url, res.statusCode, location, headers);
+      headers = next.headers;
+      url = next.url;
     }
+  }
+
+  /**
+   * Where a redirect may lead, and with which headers: the scheme and address policy, and no
+   * credentials to another host. What a server redirects to is its doing: refusals are the
+   * serving side's fault (SOURCE_INVALID; the registry client re-blames them on the destination
+   * when it is one).
+   */
+  redirect(from: URL, status: number, location: string | string[] | undefined, headers: Record<string, string>): { url: URL; headers: Record<string, string> } {
+    if (typeof location !== 'string') {
+      throw new FerryError('SOURCE_INVALID', `redirect ${status} from ${from.host} without a Location`);
+    }
+    const next = new URL(location, from);
+    checkRedirectTarget(from, next);
+    if (next.protocol === 'http:' && !this.allowsPlainHttp(next.host)) {
+      throw new FerryError('SOURCE_INVALID', `redirect from ${from.host} to plain-HTTP host ${next.host}; refusing: only loopback and hosts named with --plain-http may use plain HTTP`);
+    }
+    if (next.host !== from.host || next.protocol !== from.protocol) {
+      // Never send the registry's credentials to another host (S3, a CDN, an attacker).
+      return { url: next, headers: Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization')) };
+    }
+    return { url: next, headers };
   }
 
   /**
