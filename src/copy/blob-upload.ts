@@ -311,28 +311,16 @@ async function uploadChunked(
       }
       while (offset < size) {
         const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
-        const last = offset + length === size;
-        if (pipe) {
-          const r = await dst.pipeUpload(repo, location, offset, length, last ? digest : undefined, pipe, req.signal);
-          if (last) {
-            logger.debug({ digest, size }, 'blob piped registry to registry');
-            return;
-          }
-          if (r.acknowledged !== undefined && r.acknowledged !== offset + length) throw misacknowledged(r.acknowledged, offset + length, digest);
-          location = r.location;
-          offset += length;
-          checkpoint = hasher.checkpoint();
-          resumesHere = 0;
-          await setLocation(location, offset);
-          continue;
-        }
-        const body = counted(cursor!.take(length), req.onBytes);
-        if (last) {
+        if (offset + length === size) {
           // The last bytes ride on the commit PUT: one request fewer.
-          await dst.commitUpload(repo, location, digest, body, length, req.signal);
+          if (pipe) await dst.pipeUpload(repo, location, offset, length, digest, pipe, req.signal);
+          else await dst.commitUpload(repo, location, digest, counted(cursor!.take(length), req.onBytes), length, req.signal);
+          if (pipe) logger.debug({ digest, size }, 'blob piped registry to registry');
           return;
         }
-        const r = await dst.patchChunk(repo, location, offset, length, body, req.signal);
+        const r = pipe
+          ? await dst.pipeUpload(repo, location, offset, length, undefined, pipe, req.signal)
+          : await dst.patchChunk(repo, location, offset, length, counted(cursor!.take(length), req.onBytes), req.signal);
         if (r.acknowledged !== undefined && r.acknowledged !== offset + length) throw misacknowledged(r.acknowledged, offset + length, digest);
         location = r.location;
         offset += length;

@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { startCraneRegistry, type CraneRegistry } from '../harness/crane-registry.ts';
-import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.ts';
+import type { FaultProxy } from '../harness/fault-proxy.ts';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import {
   pushArtifactFor,
@@ -18,6 +18,7 @@ import {
   type PushedManifest,
 } from '../harness/fixtures.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
+import { startProxiedRegistries, type ProxiedRegistries } from './proxied-registries.ts';
 import { DEFAULT_UPLOAD_TUNING } from '../../src/copy/blob-upload.ts';
 
 const MiB = 1024 * 1024;
@@ -183,17 +184,13 @@ describe('ferry copy through a fault-injecting proxy', () => {
   let srcC: OciClient;
   let dstC: OciClient;
   const env = { XDG_STATE_HOME: tempStateHome() };
+  let pair: ProxiedRegistries;
 
   before(async () => {
-    [src, dst] = await Promise.all([startDistribution(), startDistribution()]);
-    [srcProxy, dstProxy] = await Promise.all([startFaultProxy(src.host), startFaultProxy(dst.host)]);
-    srcC = clientFor(src);
-    dstC = clientFor(dst);
+    pair = await startProxiedRegistries();
+    ({ src, dst, srcProxy, dstProxy, srcC, dstC } = pair);
   });
-  after(async () => {
-    await Promise.all([srcProxy?.stop(), dstProxy?.stop()]);
-    await Promise.all([src?.stop(), dst?.stop()]);
-  });
+  after(() => pair?.stop());
 
   async function copyVia(repo: string, extra: string[] = []) {
     return runFerry(['copy', '--json', ...extra, `${srcProxy.host}/${repo}:v1`, `${dstProxy.host}/${repo}:v1`], { env });

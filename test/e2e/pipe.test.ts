@@ -6,11 +6,9 @@
 // continued with Range inside the same upload, and nothing committed from a corrupt source.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
-import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.ts';
-import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { pushLargeImage } from '../harness/fixtures.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
+import { startProxiedRegistries, type ProxiedRegistries } from './proxied-registries.ts';
 
 const MiB = 1024 * 1024;
 const PIPED = 'blob piped registry to registry';
@@ -25,73 +23,62 @@ function logLines(stderr: string, msg: string): Record<string, unknown>[] {
 }
 
 describe('the registry-to-registry pipe', () => {
-  let src: DistributionRegistry;
-  let dst: DistributionRegistry;
-  let srcProxy: FaultProxy;
-  let dstProxy: FaultProxy;
-  let srcC: OciClient;
-  let dstC: OciClient;
   const env = { XDG_STATE_HOME: tempStateHome() };
+  let regs: ProxiedRegistries;
 
   before(async () => {
-    [src, dst] = await Promise.all([startDistribution(), startDistribution()]);
-    [srcProxy, dstProxy] = await Promise.all([startFaultProxy(src.host), startFaultProxy(dst.host)]);
-    srcC = clientFor(src);
-    dstC = clientFor(dst);
+    regs = await startProxiedRegistries();
     // Two 6 MiB layers (above the 4 MiB default) and a small config (below it).
-    await pushLargeImage(srcC, 'pipe/app', 'v1', { layerCount: 2, layerSize: 6 * MiB });
+    await pushLargeImage(regs.srcC, 'pipe/app', 'v1', { layerCount: 2, layerSize: 6 * MiB });
   });
-  after(async () => {
-    await Promise.all([srcProxy?.stop(), dstProxy?.stop()]);
-    await Promise.all([src?.stop(), dst?.stop()]);
-  });
+  after(() => regs?.stop());
 
   async function assertCopied(repo: string): Promise<void> {
-    const want = await srcC.verifyImage('pipe/app', 'v1');
-    const got = await dstC.verifyImage(repo, 'v1');
+    const want = await regs.srcC.verifyImage('pipe/app', 'v1');
+    const got = await regs.dstC.verifyImage(repo, 'v1');
     assert.equal(got.digest, want.digest);
     assert.deepEqual(got.blobs.map((b) => b.digest).sort(), want.blobs.map((b) => b.digest).sort());
   }
 
   test('large layers go through the pipe, small ones the regular way; FERRY_PIPE_MIN_BYTES=off turns it off', async () => {
-    const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${src.host}/pipe/app:v1`, `${dst.host}/pipe/one:v1`], { env });
+    const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/app:v1`, `${regs.dst.host}/pipe/one:v1`], { env });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(logLines(r.stderr, PIPED).length, 2, 'both 6 MiB layers piped, the config not');
     assert.equal(r.json.transfer.bytes_transferred, r.json.transfer.bytes_total);
     await assertCopied('pipe/one');
 
-    const off = await runFerry(['copy', '--json', '--log-level', 'debug', `${src.host}/pipe/app:v1`, `${dst.host}/pipe/off:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: 'off' } });
+    const off = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/app:v1`, `${regs.dst.host}/pipe/off:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: 'off' } });
     assert.equal(off.code, 0, off.stderr);
     assert.equal(logLines(off.stderr, PIPED).length, 0);
     await assertCopied('pipe/off');
   });
 
   test('chunked uploads: every PATCH and the final PUT are piped from one download', async () => {
-    srcProxy.resetLog();
-    dstProxy.resetLog();
-    const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${srcProxy.host}/pipe/app:v1`, `${dstProxy.host}/pipe/chunked:v1`], {
+    regs.srcProxy.resetLog();
+    regs.dstProxy.resetLog();
+    const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dstProxy.host}/pipe/chunked:v1`], {
       env: { ...env, FERRY_UPLOAD_CHUNK_BYTES: String(2 * MiB) },
     });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(logLines(r.stderr, PIPED).length, 2);
     // 6 MiB in 2 MiB chunks: 2 PATCHes and the PUT per layer; one GET per layer.
-    assert.equal(dstProxy.count({ method: 'PATCH' }), 4);
+    assert.equal(regs.dstProxy.count({ method: 'PATCH' }), 4);
     for (const line of logLines(r.stderr, PIPED)) {
-      assert.equal(srcProxy.count({ method: 'GET', path: new RegExp(`/blobs/${line.digest as string}$`) }), 1, 'each layer read once for all its chunks');
+      assert.equal(regs.srcProxy.count({ method: 'GET', path: new RegExp(`/blobs/${line.digest as string}$`) }), 1, 'each layer read once for all its chunks');
     }
     await assertCopied('pipe/chunked');
   });
 
   test('a download cut mid-body continues with Range inside the same upload', async () => {
-    srcProxy.resetLog();
-    const rule = srcProxy.addRule({ method: 'GET', path: /\/blobs\/sha256:/, action: 'reset-after-bytes', bytes: 3 * MiB + 123, times: 2 });
+    regs.srcProxy.resetLog();
+    const rule = regs.srcProxy.addRule({ method: 'GET', path: /\/blobs\/sha256:/, action: 'reset-after-bytes', bytes: 3 * MiB + 123, times: 2 });
     try {
-      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${srcProxy.host}/pipe/app:v1`, `${dst.host}/pipe/cut:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: String(1 * MiB) } });
+      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dst.host}/pipe/cut:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: String(1 * MiB) } });
       assert.equal(r.code, 0, r.stderr);
       assert.equal(rule.hits(), 2);
       assert.equal(logLines(r.stderr, PIPED).length, 2);
       assert.equal(logLines(r.stderr, 'download interrupted; resuming with Range from the last byte received').length, 2);
-      const ranged = srcProxy.requests.filter((q) => q.range !== undefined);
+      const ranged = regs.srcProxy.requests.filter((q) => q.range !== undefined);
       assert.equal(ranged.length, 2, 'each cut layer read on from where it broke');
       for (const q of ranged) assert.match(q.range!, /^bytes=3145851-6291455$/);
       // Nothing started over: each layer went up in one session (one POST per blob).
@@ -103,27 +90,27 @@ describe('the registry-to-registry pipe', () => {
   });
 
   test('a corrupt source byte: DIGEST_MISMATCH, and the destination never gets the blob', async () => {
-    const rule = srcProxy.addRule({ method: 'GET', path: /\/blobs\/sha256:/, action: 'corrupt-byte', offset: 5 * MiB });
+    const rule = regs.srcProxy.addRule({ method: 'GET', path: /\/blobs\/sha256:/, action: 'corrupt-byte', offset: 5 * MiB });
     try {
-      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${srcProxy.host}/pipe/app:v1`, `${dst.host}/pipe/corrupt:v1`], { env });
+      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dst.host}/pipe/corrupt:v1`], { env });
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /DIGEST_MISMATCH/);
       assert.equal(logLines(r.stderr, PIPED).length, 0);
-      const manifest = JSON.parse((await srcC.getManifest('pipe/app', 'v1')).bytes.toString('utf8')) as { layers: { digest: string }[] };
+      const manifest = JSON.parse((await regs.srcC.getManifest('pipe/app', 'v1')).bytes.toString('utf8')) as { layers: { digest: string }[] };
       for (const layer of manifest.layers) {
-        assert.equal(await dstC.blobExists('pipe/corrupt', layer.digest), false, `${layer.digest} must not be in the destination`);
+        assert.equal(await regs.dstC.blobExists('pipe/corrupt', layer.digest), false, `${layer.digest} must not be in the destination`);
       }
-      assert.equal(await dstC.headManifest('pipe/corrupt', 'v1'), undefined);
+      assert.equal(await regs.dstC.headManifest('pipe/corrupt', 'v1'), undefined);
     } finally {
       rule.remove();
     }
   });
 
   test('a PATCH cut mid-body: the blob starts over the regular way (distribution drops a cut session; a retry never takes the pipe)', async () => {
-    dstProxy.resetLog();
-    const rule = dstProxy.addRule({ method: 'PATCH', path: /\/blobs\/uploads\//, action: 'reset-after-bytes', on: 'request', bytes: 1 * MiB, times: 1 });
+    regs.dstProxy.resetLog();
+    const rule = regs.dstProxy.addRule({ method: 'PATCH', path: /\/blobs\/uploads\//, action: 'reset-after-bytes', on: 'request', bytes: 1 * MiB, times: 1 });
     try {
-      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${src.host}/pipe/app:v1`, `${dstProxy.host}/pipe/patchcut:v1`], {
+      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/app:v1`, `${regs.dstProxy.host}/pipe/patchcut:v1`], {
         env: { ...env, FERRY_UPLOAD_CHUNK_BYTES: String(2 * MiB) },
       });
       assert.equal(r.code, 0, r.stderr);
