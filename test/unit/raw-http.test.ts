@@ -70,7 +70,10 @@ describe('raw HTTP/1.1 for blob bytes', () => {
 
   before(async () => {
     pki = makeTestPki(['localhost']);
-    https = createHttpsServer({ cert: pki.cert, key: pki.key }, sourceHandler(seen, () => httpOrigin));
+    const serveBlob = sourceHandler(seen, () => httpOrigin);
+    const takeUpload = sinkHandler(received);
+    // Over TLS the same server is source (GET) and destination (PUT).
+    https = createHttpsServer({ cert: pki.cert, key: pki.key }, (req, res) => (req.method === 'PUT' ? takeUpload(req, res) : serveBlob(req, res)));
     http = createHttpServer(sourceHandler(seen, () => httpsOrigin));
     sink = createHttpServer(sinkHandler(received));
     httpsOrigin = `https://localhost:${await listen(https)}`;
@@ -117,6 +120,16 @@ describe('raw HTTP/1.1 for blob bytes', () => {
     }
     assert.equal(sha(Buffer.concat([received.get('/tls0')!, received.get('/slow')!])), sha(BLOB));
   });
+
+  for (const [name, from] of [['plain HTTP (the reused buffer)', () => httpOrigin], ['TLS', () => httpsOrigin]] as const) {
+    test(`${name} into a destination over TLS that reads slowly: every byte arrives unchanged`, async () => {
+      received.delete('/slow');
+      const r = await pipe(`${from()}/blob`, `${httpsOrigin}/slow`);
+      assert.equal(r.answer.status, 201);
+      assert.equal(r.inspectedHex, sha(BLOB));
+      assert.equal(sha(received.get('/slow')!), sha(BLOB));
+    });
+  }
 
   test('a body taken in parts (chunked uploads): the bytes past one part wait for the next', async () => {
     const reader = await transport.openRawBody({ url: new URL(`${httpOrigin}/blob`), headers: {} });
