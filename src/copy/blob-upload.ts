@@ -13,7 +13,7 @@ import type { RegistryClient } from '../registry/client.ts';
 import type { ImageSource } from '../ends/types.ts';
 import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../transport/retry.ts';
 import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from './blob-reader.ts';
-import { DEFAULT_PIPE_MIN_BYTES, PipedBlobRead } from './blob-pipe.ts';
+import { PipedBlobRead } from './blob-pipe.ts';
 import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
 
 export interface UploadTuning {
@@ -27,7 +27,7 @@ export interface UploadTuning {
   ecrLayerApiMinBytes?: number;
   /** ECR's layer-upload API: part size (whole MiB, 5–10 MiB). */
   ecrPartBytes?: number;
-  /** Registry-to-registry blobs from this size on move over ferry's own connections (src/copy/blob-pipe.ts). */
+  /** Registry-to-registry blobs from this size on move over ferry's own connections (default: src/copy/blob-pipe.ts, by scheme). */
   pipeMinBytes?: number;
 }
 
@@ -42,7 +42,6 @@ export const DEFAULT_UPLOAD_TUNING: UploadTuning = {
   monolithicMaxBytes: 64 * 1024 * 1024,
   chunkBytes: 64 * 1024 * 1024,
   attempts: 4,
-  pipeMinBytes: DEFAULT_PIPE_MIN_BYTES,
 };
 export interface BlobUploadRequest {
   source: ImageSource;

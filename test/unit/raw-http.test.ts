@@ -199,3 +199,19 @@ describe('raw HTTP/1.1 for blob bytes', () => {
     await assert.rejects(transport.openRawBody({ url: new URL(`${httpOrigin}/blob`), headers: { authorization: 'Bearer x\r\nx-evil: 1' } }), /malformed header/);
   });
 });
+
+describe('which blobs take the pipe', () => {
+  test('4 MiB between plain-HTTP registries, 32 MiB when either end speaks TLS; FERRY_PIPE_MIN_BYTES decides when set', async () => {
+    const { pipeMinBytes } = await import('../../src/copy/blob-pipe.ts');
+    const { pipeTuning } = await import('../../src/copy/tuning.ts');
+    const plain = new URL('http://127.0.0.1:5000');
+    const tls = new URL('https://registry.example');
+    assert.equal(pipeMinBytes(plain, plain, undefined), 4 * MiB);
+    assert.equal(pipeMinBytes(tls, plain, undefined), 32 * MiB);
+    assert.equal(pipeMinBytes(plain, tls, undefined), 32 * MiB);
+    assert.equal(pipeMinBytes(tls, tls, pipeTuning({ FERRY_PIPE_MIN_BYTES: '0' }).pipeMinBytes), 0);
+    assert.equal(pipeMinBytes(plain, plain, pipeTuning({ FERRY_PIPE_MIN_BYTES: 'off' }).pipeMinBytes), Number.POSITIVE_INFINITY);
+    assert.equal(pipeTuning({}).pipeMinBytes, undefined);
+    assert.throws(() => pipeTuning({ FERRY_PIPE_MIN_BYTES: '4M' }), /FERRY_PIPE_MIN_BYTES must be a whole number of bytes, or off/);
+  });
+});
