@@ -72,11 +72,13 @@ test('npm run bench -- --quick: every tool, every run verified, JSON and Markdow
       assert.equal(runs[0]!.requests.destination.upload, 0);
     }
     assert.ok(results.startup?.length && results.startup.every((s) => s.wall_median_ms > 0));
+    assert.ok(results.startup_reference && results.startup_reference.wall_median_ms > 0 && /^node -e 0/.test(results.startup_reference.command), 'the bare runtime measured beside ferry');
     assert.ok(results.targets.some((t) => t.id === 'warm-requests'));
     for (const k of ['node', 'ferry', 'skopeo', 'crane', 'oras', 'registry']) assert.ok(results.versions[k], `version of ${k}`);
 
     const md = readFileSync(join(out, 'RESULTS.md'), 'utf8');
     assert.match(md, /quick mode/);
+    assert.match(md, /`node -e 0 \(the Node v\d+/);
     for (const tool of TOOLS) assert.match(md, new RegExp(`\\| ${tool} \\|`));
     assert.match(md, /## Targets/);
   } finally {
