@@ -48,9 +48,12 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
 /** The request line and headers, checked: nothing from a registry may smuggle a line break into them. */
 function requestHead(method: string, req: PreparedRequest, userAgent: string, contentLength: number | undefined): string {
   let head = `${method} ${req.url.pathname}${req.url.search} HTTP/1.1\r\nhost: ${req.url.host}\r\nuser-agent: ${userAgent}\r\n`;
-  // An upload's connection ends with its answer. A download's is closed by ferry once the body is
-  // in: a server closing it first could lose the end of the body over TLS while reading is paused.
-  if (contentLength !== undefined) head += `content-length: ${contentLength}\r\nconnection: close\r\n`;
+  // No `connection: close`: ferry closes each connection itself once it has what it came for.
+  // A server told to close may do so right after an early answer (a refusal before the whole
+  // upload body is in), and the bytes still arriving then reset the connection, often before
+  // ferry has read that answer; a download's server closing first could lose the end of the
+  // body over TLS while reading is paused.
+  if (contentLength !== undefined) head += `content-length: ${contentLength}\r\n`;
   for (const [name, value] of Object.entries(req.headers)) {
     if (!/^[a-z0-9!#$%&'*+.^_`|~-]+$/.test(name) || /[\r\n\0]/.test(value)) throw new NetworkError(`refusing to send a malformed header ${JSON.stringify(name)}`, { retryable: false });
     if (name === 'host' || name === 'content-length' || name === 'connection' || name === 'user-agent') continue;
@@ -82,6 +85,32 @@ export function contentLengthOf(head: ResponseHead): number | undefined {
   const v = head.headers['content-length'];
   if (v === undefined || !/^\d{1,16}$/.test(v)) return undefined;
   return Number(v);
+}
+
+/** An answer's whole body once it has all arrived (Content-Length, chunked, or none by status), else undefined. */
+function completeBody(head: ResponseHead, body: Buffer): Buffer | undefined {
+  if (head.status === 204 || head.status === 304 || head.status < 200) return Buffer.alloc(0);
+  if ((head.headers['transfer-encoding'] ?? '').toLowerCase().includes('chunked')) return dechunk(body);
+  const length = contentLengthOf(head);
+  if (length !== undefined && body.byteLength >= length) return body.subarray(0, Math.min(length, MAX_ERROR_BODY_BYTES));
+  return undefined;
+}
+
+/** A chunked body decoded, once its last chunk has arrived; undefined until then (or if malformed). */
+export function dechunk(bytes: Buffer): Buffer | undefined {
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (;;) {
+    const eol = bytes.indexOf('\r\n', at);
+    if (eol < 0) return undefined;
+    const size = Number.parseInt(bytes.subarray(at, eol).toString('latin1').split(';')[0]!.trim(), 16);
+    if (!Number.isSafeInteger(size) || size < 0) return undefined;
+    // The last chunk, then optional trailers and the blank line that ends them.
+    if (size === 0) return bytes.indexOf('\r\n\r\n', eol) >= 0 ? Buffer.concat(parts) : undefined;
+    if (bytes.byteLength < eol + 2 + size + 2) return undefined;
+    parts.push(bytes.subarray(eol + 2, eol + 2 + size));
+    at = eol + 2 + size + 2;
+  }
 }
 
 function connectSocket(url: URL, opts: RawConnectOptions, onread?: { buffer: Buffer; callback: (n: number, buf: Buffer) => boolean }): net.Socket {
@@ -418,16 +447,21 @@ export class RawUpload {
 
   /** The registry's answer: head and (bounded) body. */
   async response(): Promise<ResponseHead & { body: Buffer }> {
-    const deadline = setTimeout(() => this.fail(new NetworkError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, { side: 'destination' })), this.opts.headersTimeoutMs);
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      this.fail(new NetworkError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, { side: 'destination' }));
+      this.wake();
+    }, this.opts.headersTimeoutMs);
     try {
       for (;;) {
         if (this.answered) {
           const { head, bodyStart } = this.answered;
-          const length = contentLengthOf(head);
-          const have = this.received.byteLength - bodyStart;
-          if (length !== undefined && have >= length) return { ...head, body: this.received.subarray(bodyStart, bodyStart + Math.min(length, MAX_ERROR_BODY_BYTES)) };
-          if (length === undefined && this.closed) return { ...head, body: this.received.subarray(bodyStart) };
-          if (length !== undefined && this.closed) return { ...head, body: this.received.subarray(bodyStart) };
+          const body = this.received.subarray(bodyStart);
+          const complete = completeBody(head, body);
+          if (complete) return { ...head, body: complete };
+          // Cut short, or never finished: what arrived is the answer (its status is what counts).
+          if (this.closed || timedOut) return { ...head, body };
         } else if (this.failure) throw this.failure;
         await new Promise<void>((r) => this.waiters.push(r));
       }

@@ -200,6 +200,45 @@ describe('raw HTTP/1.1 for blob bytes', () => {
   });
 });
 
+describe('answers to an upload', () => {
+  test('a chunked body, a 204 without a length, and no close from the server: each answer is complete when its body is', async () => {
+    const { dechunk } = await import('../../src/transport/raw-http.ts');
+    assert.equal(dechunk(Buffer.from('5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n'))?.toString(), 'hello world');
+    assert.equal(dechunk(Buffer.from('5\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n'))?.toString(), 'hello');
+    assert.equal(dechunk(Buffer.from('5\r\nhello\r\n')), undefined, 'not finished yet');
+    assert.equal(dechunk(Buffer.from('zz\r\n')), undefined);
+
+    // A server that keeps every connection open and answers in these shapes.
+    const answers: Record<string, string> = {
+      '/chunked': 'HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n:1}\r\n0\r\n\r\n',
+      '/nocontent': 'HTTP/1.1 204 No Content\r\nlocation: /next\r\n\r\n',
+    };
+    const server = createNetServer((socket) => {
+      let head = '';
+      socket.on('data', (d: Buffer) => {
+        head += d.toString('latin1');
+        const m = /^PUT (\S+)/.exec(head);
+        if (m && head.includes('\r\n\r\nxyz')) socket.write(answers[m[1]!]!);
+      });
+      socket.on('error', () => undefined);
+    });
+    const port = await new Promise<number>((r) => server.listen(0, '127.0.0.1', () => r((server.address() as AddressInfo).port)));
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      for (const [path, status, body] of [['/chunked', 400, '{"a":1}'], ['/nocontent', 204, '']] as const) {
+        const upload = (await transport.openRawUpload('PUT', { url: new URL(`http://127.0.0.1:${port}${path}`), headers: {} }, 3)) as RawUpload;
+        upload.write(Buffer.from('xyz'), () => undefined);
+        const answer = await upload.response();
+        assert.equal(answer.status, status);
+        assert.equal(answer.body.toString(), body);
+      }
+    } finally {
+      await transport.close();
+      server.close();
+    }
+  });
+});
+
 describe('which blobs take the pipe', () => {
   test('4 MiB between plain-HTTP registries, 32 MiB when either end speaks TLS; FERRY_PIPE_MIN_BYTES decides when set', async () => {
     const { pipeMinBytes } = await import('../../src/copy/blob-pipe.ts');
