@@ -257,9 +257,7 @@ export class RegistryClient {
   async openBlobRaw(repository: string, digest: Digest, offset: number, size: number, signal?: AbortSignal): Promise<RawBodyReader | undefined> {
     if (!this.transport.rawConnections() || offset >= size) return undefined;
     const scopes = [repositoryScope(repository, ['pull'])];
-    const authorization = await this.auth.header(scopes, signal).catch((e: unknown) => {
-      throw this.blame(e);
-    });
+    const authorization = await this.authorization(scopes, signal);
     const url = new URL(`/v2/${repository}/blobs/${digest}`, this.baseUrl);
     const headers: Record<string, string> = {};
     if (authorization) headers.authorization = authorization;
@@ -421,9 +419,7 @@ export class RegistryClient {
     signal?: AbortSignal,
   ): Promise<{ location: URL; acknowledged: number | undefined }> {
     const scopes = [repositoryScope(repository, ['pull', 'push'])];
-    const authorization = await this.auth.header(scopes, signal).catch((e: unknown) => {
-      throw this.blame(e);
-    });
+    const authorization = await this.authorization(scopes, signal);
     const url = new URL(location);
     if (commit) url.searchParams.set('digest', commit);
     const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
@@ -496,10 +492,7 @@ export class RegistryClient {
     const authAttempts = { count: 0 };
     let failures = 0;
     for (;;) {
-      // Auth errors are blamed like transport errors: a refused token realm on the destination is the destination's fault.
-      const authorization = await this.auth.header(opts.scopes, opts.signal ?? undefined).catch((e: unknown) => {
-        throw this.blame(e);
-      });
+      const authorization = await this.authorization(opts.scopes, opts.signal ?? undefined);
       const headers: Record<string, string> = { ...opts.headers };
       // Upload Locations on another host (S3-backed registries) must not get our credentials.
       if (authorization && url.host === this.baseUrl.host) headers.authorization = authorization;
@@ -531,6 +524,13 @@ export class RegistryClient {
       failures++;
       await sleep(verdict.delay, opts.signal ?? undefined);
     }
+  }
+
+  /** The Authorization header for these scopes. Auth errors are blamed like transport errors: a refused token realm on the destination is the destination's fault. */
+  private authorization(scopes: string[], signal: AbortSignal | undefined): Promise<string | undefined> {
+    return this.auth.header(scopes, signal).catch((e: unknown) => {
+      throw this.blame(e);
+    });
   }
 
   /**

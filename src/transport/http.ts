@@ -113,9 +113,7 @@ export class HttpTransport {
     if (!this.raw) return { declined: 'a proxy is configured' };
     let { url, headers } = req;
     for (let hop = 0; ; hop++) {
-      if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
-        throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
-      }
+      this.checkScheme(url);
       const r = await RawBodyReader.open({ url, headers }, this.raw, signal);
       if (r instanceof RawBodyReader || typeof r.declined === 'string') return r;
       const { status } = r.declined;
@@ -127,10 +125,15 @@ export class HttpTransport {
   /** A PUT or PATCH on ferry's own connection, its body written by the caller; undefined behind a proxy. */
   async openRawUpload(method: 'PUT' | 'PATCH', req: PreparedRequest, contentLength: number, signal?: AbortSignal): Promise<RawUpload | undefined> {
     if (!this.raw) return undefined;
-    if (req.url.protocol === 'http:' && !this.allowsPlainHttp(req.url.host)) {
-      throw new FerryError('INTERNAL', `refusing plain HTTP to ${req.url.host}: only loopback and hosts named with --plain-http may use it`);
-    }
+    this.checkScheme(req.url);
     return RawUpload.open(method, req, contentLength, this.raw, signal);
+  }
+
+  /** Plain HTTP only to loopback and the hosts named with --plain-http. */
+  private checkScheme(url: URL): void {
+    if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
+      throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
+    }
   }
 
   /** May this host be spoken to in plain HTTP? */
@@ -143,9 +146,7 @@ export class HttpTransport {
     let headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
     const follow = req.followRedirects ?? (req.method === 'GET' || req.method === 'HEAD');
     for (let hop = 0; ; hop++) {
-      if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
-        throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
-      }
+      this.checkScheme(url);
       let res: Dispatcher.ResponseData;
       try {
         res = await this.dispatcher.request({

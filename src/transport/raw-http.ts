@@ -128,6 +128,11 @@ function connectSocket(url: URL, opts: RawConnectOptions, onread?: { buffer: Buf
   return net.connect(base as net.NetConnectOpts);
 }
 
+/** The event after which a request can be written: the TLS handshake's end, or the TCP connect. */
+function readyEvent(url: URL): 'secureConnect' | 'connect' {
+  return url.protocol === 'https:' ? 'secureConnect' : 'connect';
+}
+
 function connectError(e: unknown, url: URL, side: Side): NetworkError {
   const err = e as Error & { code?: string };
   return new NetworkError(`${url.host}: ${err.code ?? err.message}`, { side, cause: e });
@@ -219,25 +224,19 @@ export class RawBodyReader {
       signal?.addEventListener('abort', onAbort, { once: true });
       socket.on('error', (e) => fail(connectError(e, req.url, 'source')));
       socket.on('timeout', () => fail(new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms`, { side: 'source' })));
-      socket.on('end', () => {
+      const ended = () => {
         if (reader) reader.onEnd();
         else fail(new NetworkError(`${req.url.host} closed the connection before a response`, { side: 'source' }));
-      });
-      socket.on('close', () => {
-        if (reader) reader.onEnd();
-        else fail(new NetworkError(`${req.url.host} closed the connection before a response`, { side: 'source' }));
-      });
-      let headSent = false;
-      const sendHead = () => {
-        if (headSent) return;
-        headSent = true;
+      };
+      socket.on('end', ended);
+      socket.on('close', ended);
+      socket.once(readyEvent(req.url), () => {
         try {
           socket.write(requestHead('GET', req, opts.userAgent, undefined));
         } catch (e) {
           fail(e as Error);
         }
-      };
-      socket.once(req.url.protocol === 'https:' ? 'secureConnect' : 'connect', sendHead);
+      });
       if (signal?.aborted) onAbort();
     });
   }
@@ -399,7 +398,7 @@ export class RawUpload {
         reject(connectError(e, req.url, 'destination'));
       };
       socket.once('error', early);
-      socket.once(req.url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+      socket.once(readyEvent(req.url), () => {
         clearTimeout(timer);
         socket.off('error', early);
         socket.setTimeout(opts.idleTimeoutMs);
