@@ -6,7 +6,7 @@
 // Blobs below `pipeMinBytes`, sources that are not registries, proxies and answers that are not
 // plainly the bytes (redirect loops, refusals, chunked encoding) take the regular path.
 import { FerryError, NetworkError } from '../errors.ts';
-import type { Digest } from '../reference/digest.ts';
+import { parseDigest, type Digest } from '../reference/digest.ts';
 import type { RawBodyReader, RawUpload } from '../transport/raw-http.ts';
 import { RegistrySource } from '../ends/registry.ts';
 import type { ImageSource } from '../ends/types.ts';
@@ -57,7 +57,7 @@ export class PipedBlobRead {
     this.hasher = hasher;
     this.reader = first;
     this.open = open;
-    this.expectedHex = req.digest.slice(req.digest.indexOf(':') + 1);
+    this.expectedHex = parseDigest(req.digest).hex;
   }
 
   /** A pipe from the hasher's offset, or undefined when this blob takes the regular path. */
