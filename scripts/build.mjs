@@ -1,7 +1,8 @@
 // Bundles ferry into one file, dist/ferry.mjs, runnable with Node 22.12 or later.
-//   --cjs          also writes dist/ferry.cjs, the CommonJS bundle the single executable needs
-//                  (`npm run package`, scripts/package.mjs), and dist/ferry-sea.cjs, the
-//                  executable's small main script that runs it (src/sea/main.ts).
+//   --cjs          also writes the CommonJS bundles the single executable needs (`npm run
+//                  package`, scripts/package.mjs): dist/ferry.cjs, ferry without the cloud SDKs;
+//                  dist/ferry-cloud.cjs, the cloud SDKs, which ferry.cjs requires on first use;
+//                  and dist/ferry-sea.cjs, the executable's small main script (src/sea/main.ts).
 //   --out-dir DIR  write into DIR instead of dist/ (the packaging test builds into a temp dir).
 //
 // Start-up: `ferry version` and `--help` should not pay for the HTTP stack and the logger. The
@@ -9,7 +10,8 @@
 // undici (about half of a cold start) and pino, are bundled behind a lazy stand-in: the
 // sources' named imports become getters that load the real package on first use. The cloud
 // SDKs are already loaded on demand (`import()` in src/auth/cloud/provider.ts), which esbuild
-// keeps lazy inside the bundle. docs/packaging.md has the measurements.
+// keeps lazy inside the bundle; the CommonJS build goes further and moves them into a bundle of
+// their own. docs/packaging.md has the measurements.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, chmodSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -94,6 +96,32 @@ const stringWidthAlias = {
   },
 };
 
+/**
+ * The cloud SDKs: 1.9 MB of the 3.2 MB CommonJS bundle, run only when a copy meets an ECR or
+ * Artifact Registry host. In the CommonJS build every import of one of them becomes a property
+ * of the cloud bundle (CLOUD_BUNDLE in src/sea/bundle.ts), required only when ferry's code first
+ * reads it: the `import()`s in src/auth/cloud/ stay lazy, and a start that never meets a cloud
+ * registry neither reads nor compiles that code. The build fails if src/ imports a package from
+ * these families that is not listed (it would be bundled twice, with two copies of its classes).
+ */
+const CLOUD_PACKAGES = ['@aws-sdk/client-ecr', '@aws-sdk/client-sts', '@aws-sdk/credential-providers', 'google-auth-library'];
+const CLOUD_FAMILY = /^(@aws-sdk\/|@smithy\/|google-auth-library|gaxios|gcp-metadata)/;
+const CLOUD_REQUIRE_ID = './ferry-cloud.cjs';
+const cloudSplit = {
+  name: 'ferry-cloud-split',
+  setup(b) {
+    b.onResolve({ filter: CLOUD_FAMILY }, (args) => {
+      if (!args.importer.startsWith(join(root, 'src'))) return undefined;
+      if (!CLOUD_PACKAGES.includes(args.path)) throw new Error(`${args.importer} imports ${args.path}: add it to CLOUD_PACKAGES in scripts/build.mjs`);
+      return { path: args.path, namespace: 'ferry-cloud' };
+    });
+    b.onLoad({ filter: /.*/, namespace: 'ferry-cloud' }, (args) => ({
+      contents: `module.exports = require(${JSON.stringify(CLOUD_REQUIRE_ID)})[${JSON.stringify(args.path)}];\n`,
+      loader: 'js',
+    }));
+  },
+};
+
 const common = {
   entryPoints: [join(root, 'src/main.ts')],
   bundle: true,
@@ -118,9 +146,19 @@ await build({
 });
 chmodSync(join(outDir, 'ferry.mjs'), 0o755);
 
+/** A CommonJS bundle is ASCII only (src/sea/bundle.ts says why). */
+function toAscii(file) {
+  // esbuild escapes non-ASCII characters in code (charset 'ascii'); what is left is in comments,
+  // where an escape is inert (and in a string, template or regular expression \uXXXX would stand
+  // for the same character).
+  writeFileSync(file, readFileSync(file, 'utf8').replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+}
+
 if (argv.includes('--cjs')) {
   await build({
     ...common,
+    plugins: [...common.plugins, cloudSplit],
+    external: [CLOUD_REQUIRE_ID],
     format: 'cjs',
     outfile: join(outDir, 'ferry.cjs'),
     charset: 'ascii',
@@ -133,11 +171,24 @@ if (argv.includes('--cjs')) {
     // the single executable compiles this bundle with no dynamic-import loader.
     supported: { 'top-level-await': false, 'dynamic-import': false },
   });
-  // ASCII only (src/sea/bundle.ts says why). esbuild escapes non-ASCII characters in code
-  // (charset 'ascii'); what is left is in comments, where an escape is inert (and in a string,
-  // template or regular expression \uXXXX would stand for the same character).
-  const cjs = join(outDir, 'ferry.cjs');
-  writeFileSync(cjs, readFileSync(cjs, 'utf8').replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+  toAscii(join(outDir, 'ferry.cjs'));
+  // The cloud bundle: one getter per package, so each loads when ferry first reads it.
+  await build({
+    ...common,
+    entryPoints: undefined,
+    stdin: {
+      contents: CLOUD_PACKAGES.map((p) => `Object.defineProperty(exports, ${JSON.stringify(p)}, { enumerable: true, get: () => require(${JSON.stringify(p)}) });`).join('\n'),
+      resolveDir: root,
+      sourcefile: 'ferry-cloud-entry.js',
+      loader: 'js',
+    },
+    plugins: [],
+    format: 'cjs',
+    outfile: join(outDir, 'ferry-cloud.cjs'),
+    charset: 'ascii',
+    supported: { 'top-level-await': false, 'dynamic-import': false },
+  });
+  toAscii(join(outDir, 'ferry-cloud.cjs'));
   // The single executable's main script: answers `version`, else runs ferry.cjs from its assets.
   await build({
     ...common,
@@ -148,4 +199,4 @@ if (argv.includes('--cjs')) {
     supported: { 'top-level-await': false },
   });
 }
-console.log(`built ${outDir}/ferry.mjs${argv.includes('--cjs') ? ', ferry.cjs and ferry-sea.cjs' : ''} (ferry ${pkg.version}, commit ${commit})`);
+console.log(`built ${outDir}/ferry.mjs${argv.includes('--cjs') ? ', ferry.cjs, ferry-cloud.cjs and ferry-sea.cjs' : ''} (ferry ${pkg.version}, commit ${commit})`);

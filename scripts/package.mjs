@@ -2,14 +2,15 @@
 // (dist/ferry for linux-x64, dist/ferry-linux-arm64), each a copy of the project's pinned
 // Node 24 with ferry injected (Node's single-executable applications, SEA):
 //
-//   1. scripts/build.mjs --cjs: dist/ferry.cjs, the CommonJS bundle of ferry (ASCII), and
-//      dist/ferry-sea.cjs, the SEA's small main script (src/sea/main.ts). Node 24's SEA runs its
-//      main script as CommonJS. ferry.cjs is wrapped as a CommonJS function (src/sea/bundle.ts);
-//   2. the target's Node writes the V8 code cache of it (scripts/sea-code-cache.ts). A
+//   1. scripts/build.mjs --cjs: dist/ferry.cjs and dist/ferry-cloud.cjs, the CommonJS bundles of
+//      ferry and of the cloud SDKs it loads on first use (ASCII), and dist/ferry-sea.cjs, the
+//      SEA's small main script (src/sea/main.ts). Node 24's SEA runs its main script as CommonJS.
+//      Each bundle is wrapped as a CommonJS function (src/sea/bundle.ts);
+//   2. the target's Node writes the V8 code cache of each (scripts/sea-code-cache.ts). A
 //      code cache only loads on the architecture that made it, so a foreign target's Node runs
 //      under qemu-user (pkg.config.json "emulators");
 //   3. the target's Node writes the SEA blob (`--experimental-sea-config`): the main script, and
-//      ferry.cjs and its code cache as assets;
+//      the bundles and their code caches as assets;
 //   4. postject injects the blob into a copy of that Node, flipping the sentinel fuse;
 //   5. the result runs `version --json` and `--help` (under qemu for a foreign target) as a check.
 //
@@ -25,7 +26,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, delimiter, join, resolve } from 'node:path';
-import { BUNDLE_ASSET, CODE_CACHE_ASSET, wrapBundle } from '../src/sea/bundle.ts';
+import { SEA_BUNDLES, wrapBundle } from '../src/sea/bundle.ts';
 
 const root = new URL('..', import.meta.url).pathname;
 const require = createRequire(join(root, 'package.json'));
@@ -103,13 +104,17 @@ function nodeFor(target) {
   return binary;
 }
 
+/** Where a bundle, wrapped for the executable, waits to go into the blob. */
+function wrappedPath(bundle) {
+  return join(outDir, `${bundle.asset}.sea.js`);
+}
+
 async function main() {
   mkdirSync(outDir, { recursive: true });
   run(hostNode, [join(root, 'scripts/build.mjs'), '--cjs', '--out-dir', outDir], { stdio: 'inherit' });
   const main = join(outDir, basename(config.main));
-  // The bundle as the executable carries it: wrapped as a CommonJS function, ASCII (src/sea/bundle.ts).
-  const bundle = join(outDir, `${basename(config.bundle)}.sea.js`);
-  writeFileSync(bundle, wrapBundle(readFileSync(join(outDir, basename(config.bundle)), 'utf8')), 'latin1');
+  // The bundles as the executable carries them: wrapped as CommonJS functions, ASCII (src/sea/bundle.ts).
+  for (const b of SEA_BUNDLES) writeFileSync(wrappedPath(b), wrapBundle(readFileSync(join(outDir, b.asset), 'utf8')), 'latin1');
   const { inject } = require('postject');
 
   for (const target of targets) {
@@ -125,7 +130,7 @@ async function main() {
           `and ${emulator} with its runtime libraries is missing. Install them: sudo bash scripts/install-system-deps.sh (or build only this machine's target: --target ${config.targets.find((t) => t.arch === hostArch)?.name ?? hostArch})`,
       );
     }
-    const cacheFile = `${output}.codecache`;
+    const cacheFile = (b) => `${output}.${b.asset}.codecache`;
     const seaConfig = `${output}.sea-config.json`;
     const blob = `${output}.blob`;
     const injected = `${output}.inject`;
@@ -139,14 +144,14 @@ async function main() {
       execArgv: target.execArgv ?? config.execArgv ?? [],
       // NODE_OPTIONS may still add flags (operators' debugging), but cannot drop these.
       execArgvExtension: 'env',
-      assets: { [BUNDLE_ASSET]: bundle, ...(codeCache ? { [CODE_CACHE_ASSET]: cacheFile } : {}) },
+      assets: Object.fromEntries(SEA_BUNDLES.flatMap((b) => [[b.asset, wrappedPath(b)], ...(codeCache ? [[b.codeCache, cacheFile(b)]] : [])])),
     };
     writeFileSync(seaConfig, JSON.stringify(sea, null, 2));
     try {
       // The target's own Node makes the code cache and the blob: same version, same architecture.
       const [cmd, ...pre] = [...runner, node];
       // Under the executable's own V8 flags: V8 rejects a code cache made under other flags.
-      if (codeCache) run(cmd, [...pre, ...sea.execArgv, join(root, 'scripts/sea-code-cache.ts'), bundle, cacheFile]);
+      if (codeCache) for (const b of SEA_BUNDLES) run(cmd, [...pre, ...sea.execArgv, join(root, 'scripts/sea-code-cache.ts'), b.asset, wrappedPath(b), cacheFile(b)]);
       run(cmd, [...pre, '--experimental-sea-config', seaConfig], { cwd: outDir });
       // postject rewrites the whole file in one write, which leaves it in the page cache as large
       // folios; every process then maps those whole (fault-around), and `dist/ferry version` ran in
@@ -171,7 +176,7 @@ async function main() {
       copyFileSync(injected, output);
       chmodSync(output, 0o755);
     } finally {
-      for (const f of [seaConfig, blob, cacheFile, injected]) rmSync(f, { force: true });
+      for (const f of [seaConfig, blob, ...SEA_BUNDLES.map(cacheFile), injected]) rmSync(f, { force: true });
     }
     // The check: the binary starts and answers; the whole command line loads from the bundle
     // (yargs in CommonJS, every command's definitions) with its code cache accepted — a rejected
@@ -192,5 +197,5 @@ async function main() {
 try {
   await main();
 } finally {
-  rmSync(join(outDir, `${basename(config.bundle)}.sea.js`), { force: true });
+  for (const b of SEA_BUNDLES) rmSync(wrappedPath(b), { force: true });
 }

@@ -13,7 +13,8 @@ import { startDistribution, type DistributionRegistry } from './harness/distribu
 import { clientFor } from './harness/oci-client.ts';
 import { pushMultiArch } from './harness/fixtures.ts';
 import { AwsStandin, TEST_ACCESS_KEY_ID, TEST_ACCOUNT, TEST_SECRET_ACCESS_KEY } from './harness/aws-standin.ts';
-import { awsApiHosts, makeTestPki, S3_LAYER_HOST, startAwsApis, startConnectProxy, startEcrRegistry } from './harness/cloud-registry.ts';
+import { awsApiHosts, makeTestPki, S3_LAYER_HOST, startAwsApis, startConnectProxy, startEcrRegistry, startGarRegistry } from './harness/cloud-registry.ts';
+import { GcpStandin } from './harness/gcp-standin.ts';
 import { freshHome, isolatedEnv, proxyEnv } from './cloud/cloud-e2e.ts';
 
 const ECR_PASSWORD = 'eyJwYXlsb2FkIjoiZmVycnktcGFja2FnZS1lY3IifQ';
@@ -190,10 +191,50 @@ describe('npm run package: single executables', () => {
     }
   });
 
+  test('the cloud SDKs are a bundle of their own, and ferry.cjs only requires it', () => {
+    // esbuild names each bundled module's path in a comment: the SDKs' modules must all be in
+    // ferry-cloud.cjs, none in ferry.cjs (scripts/build.mjs, cloudSplit), which reaches them only
+    // through the cloud bundle's require id (src/sea/bundle.ts, CLOUD_BUNDLE).
+    const main = readFileSync(join(out, 'ferry.cjs'), 'latin1');
+    const cloud = readFileSync(join(out, 'ferry-cloud.cjs'), 'latin1');
+    const sdkModule = /^\/\/ node_modules\/(@aws-sdk|@smithy|google-auth-library|gaxios|gcp-metadata)\//m;
+    assert.doesNotMatch(main, sdkModule);
+    for (const pkgName of ['@aws-sdk/client-ecr', '@aws-sdk/client-sts', '@aws-sdk/credential-providers', 'google-auth-library']) {
+      assert.match(cloud, new RegExp(`^// node_modules/${pkgName}/`, 'm'), `${pkgName} is in ferry-cloud.cjs`);
+    }
+    assert.match(main, /require\("\.\/ferry-cloud\.cjs"\)/);
+    assert.ok(main.length < cloud.length, `ferry.cjs (${main.length} bytes) is the smaller part, ferry-cloud.cjs ${cloud.length}`);
+  });
+
+  test('dist/ferry copy from Artifact Registry: google-auth-library loads from the cloud bundle inside the binary', async () => {
+    // The metadata server's token (ADC), the registry behind TLS under its real name, reached
+    // through the CONNECT proxy only.
+    const token = 'ya29.ferry-package-test-vm-token-0123456789';
+    const gcp = await GcpStandin.start({ projectId: 'ferry-test-project', accessToken: (via) => (via === 'metadata' ? token : undefined) });
+    const pki = makeTestPki(['us-west1-docker.pkg.dev']);
+    const proxy = await startConnectProxy();
+    const gar = await startGarRegistry({ gcp, pki, proxy, location: 'us-west1', password: token, repositories: ['ferry-test-project/images'] });
+    try {
+      const img = await pushMultiArch(gar.client, 'ferry-test-project/images/app', 'v1');
+      const home = freshHome();
+      const env = isolatedEnv({ GCE_METADATA_HOST: gcp.metadataHost, ...proxyEnv(proxy.url) }, home);
+      const r = await run([x64, 'copy', '--json', '--ca-file', pki.caPath, `${gar.host}/ferry-test-project/images/app:v1`, `${reg.host}/pkg/from-gar:v1`], env as NodeJS.ProcessEnv);
+      assert.equal(r.code, 0, r.stderr);
+      assert.doesNotMatch(r.stderr, /code cache/, 'the cloud bundle\'s code cache was accepted');
+      assert.equal((await clientFor(reg).verifyImage('pkg/from-gar', 'v1')).digest, img.digest);
+      assert.ok(gcp.count('metadata:token') >= 1, 'the token came from the metadata server');
+      assert.ok(proxy.connects.some((c) => c.target === `${gar.host}:443` && c.routed), 'the registry was reached through the proxy');
+      assert.ok(!r.stderr.includes(token) && !r.stdout.includes(token), 'the token reached the output');
+    } finally {
+      await Promise.all([gar.stop(), proxy.stop()]);
+      await gcp.close();
+    }
+  });
+
   test('dist/ferry copy from Amazon ECR: the cloud SDKs load inside the binary; STS and the ECR API through the proxy', async () => {
-    // The AWS SDK is bundled but loaded on first use (src/auth/cloud/provider.ts): only a copy from a
-    // cloud registry runs that part of the bundle. The stand-ins sit behind TLS fronts under the
-    // real names, reachable only through the CONNECT proxy (no AWS_ENDPOINT_URL_*).
+    // The AWS SDK is a second bundle, loaded on first use (src/sea/main.ts): only a copy from a
+    // cloud registry runs it. The stand-ins sit behind TLS fronts under the real names,
+    // reachable only through the CONNECT proxy (no AWS_ENDPOINT_URL_*).
     const aws = await AwsStandin.start({ region: 'us-west-2', ecrPassword: ECR_PASSWORD, roles: [{ arn: READER_ROLE }] });
     const apiNames = awsApiHosts('us-west-2');
     const pki = makeTestPki([aws.registryHost(), S3_LAYER_HOST, apiNames.sts, apiNames.ecr]);
@@ -210,6 +251,7 @@ describe('npm run package: single executables', () => {
       );
       const r = await run([x64, 'copy', '--json', '--ca-file', pki.caPath, '--src-aws-role-arn', READER_ROLE, `${ecr.host}/team/app:v1`, `${reg.host}/pkg/from-ecr:v1`], env as NodeJS.ProcessEnv);
       assert.equal(r.code, 0, r.stderr);
+      assert.doesNotMatch(r.stderr, /code cache/, 'the cloud bundle\'s code cache was accepted');
       assert.equal((await clientFor(reg).verifyImage('pkg/from-ecr', 'v1')).digest, img.digest);
       assert.equal(aws.count('GetAuthorizationToken'), 1);
       const tunnels = proxy.connects.filter((c) => c.routed).map((c) => c.target);
