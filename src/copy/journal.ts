@@ -10,7 +10,7 @@
 // docs/resume.md (the prefix is re-read from the source to rebuild it).
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Logger } from '../log/logger.ts';
 import { AbortedError } from '../errors.ts';
 import { TEMP_MARK, atomicWriteFile } from '../util/atomic-file.ts';
@@ -57,6 +57,14 @@ export class UploadJournal {
   readonly dir: string;
   private readonly logger: Logger;
   private ready: Promise<void> | undefined;
+  /**
+   * The journal's file names, listed once on the first get() and kept up to date with this
+   * instance's own writes, so that a blob with no entry (nearly every blob) costs no failed open.
+   * Entries another live process writes later are not seen: continuing another process's open
+   * upload would be wrong anyway. Undefined inside: the directory could not be listed, so every
+   * get() looks for its file.
+   */
+  private names: Promise<Set<string> | undefined> | undefined;
 
   /** `dir` is the journal directory itself (`<state-dir>/journal`); it is created on first write. */
   constructor(dir: string, logger: Logger) {
@@ -76,10 +84,13 @@ export class UploadJournal {
   /** The entry for this blob, or undefined (none, or unreadable: then a warning is logged and the file removed). */
   async get(key: JournalKey): Promise<JournalEntry | undefined> {
     const path = this.fileFor(key);
+    const names = await this.listNames();
+    if (names && !names.has(basename(path))) return undefined;
     const entry = await this.readFile(path);
     if (!entry) return undefined;
     if (entry.registry !== key.registry || entry.repository !== key.repository || entry.digest !== key.digest) {
       this.logger.warn({ file: path }, 'journal entry does not match its file name; ignoring it');
+      names?.delete(basename(path));
       await unlink(path).catch(() => undefined);
       return undefined;
     }
@@ -114,15 +125,27 @@ export class UploadJournal {
       this.ready = undefined;
       throw e;
     }
-    await atomicWriteFile(this.fileFor(entry), encodeEntry(entry));
+    const path = this.fileFor(entry);
+    await atomicWriteFile(path, encodeEntry(entry));
+    (await this.names)?.add(basename(path));
   }
 
   async remove(key: JournalKey): Promise<void> {
+    const path = this.fileFor(key);
+    (await this.names)?.delete(basename(path));
     try {
-      await unlink(this.fileFor(key));
+      await unlink(path);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.logger.warn({ digest: key.digest, err: (e as Error).message }, 'could not remove a journal entry');
     }
+  }
+
+  private listNames(): Promise<Set<string> | undefined> {
+    this.names ??= readdir(this.dir).then(
+      (names) => new Set(names.filter((n) => n.endsWith('.json') && !n.includes(TEMP_MARK))),
+      (e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? new Set<string>() : undefined),
+    );
+    return this.names;
   }
 
   private async readFile(path: string): Promise<JournalEntry | undefined> {
@@ -144,6 +167,7 @@ export class UploadJournal {
   private async corrupt(path: string, problem: string): Promise<undefined> {
     // The session it named (if any) is left to the registry's expiry: we cannot trust its Location.
     this.logger.warn({ file: path, problem }, 'journal file is torn or corrupt; ignoring it (the blob upload starts over)');
+    (await this.names)?.delete(basename(path));
     await unlink(path).catch(() => undefined);
     return undefined;
   }

@@ -2,7 +2,7 @@
 // detected (never thrown, never trusted). No registries needed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempStateHome } from '../e2e/ferry-cli.ts';
 import { createRng, seedFor } from '../harness/seed.ts';
@@ -64,7 +64,8 @@ test('shape checks: version, types, offset past size, non-http location', () => 
 
 test('the store: put, get, list, remove; corrupt files warned about and removed; temp files skipped', async () => {
   const { logger, warnings } = collectingLogger();
-  const journal = UploadJournal.inStateDir(tempStateHome(), logger);
+  const state = tempStateHome();
+  const journal = UploadJournal.inStateDir(state, logger);
   assert.equal(await journal.get(entry), undefined, 'no directory yet: nothing, no warning');
   await journal.put(entry);
   assert.deepEqual(await journal.get(entry), entry);
@@ -81,9 +82,34 @@ test('the store: put, get, list, remove; corrupt files warned about and removed;
   const misplaced = { ...entry, digest: `sha256:${'cd'.repeat(32)}` };
   mkdirSync(journal.dir, { recursive: true });
   writeFileSync(journal.fileFor(misplaced), encodeEntry(entry));
-  assert.equal(await journal.get(misplaced), undefined);
+  // Read by a new process (this one listed the directory before the file was there).
+  const next = UploadJournal.inStateDir(state, logger);
+  assert.equal(await next.get(misplaced), undefined);
+  assert.equal(warnings.length, 2);
+  assert.equal(warnings[1]!.file, journal.fileFor(misplaced), 'warned about the misplaced file');
+  assert.equal(existsSync(journal.fileFor(misplaced)), false, 'the misplaced file is removed');
   await journal.remove(entry);
   await journal.remove(entry); // twice: no error
   assert.equal(await journal.get(entry), undefined);
   assert.deepEqual(readdirSync(journal.dir).filter((n) => !n.includes('.tmp-')).length, 1, 'only team/other is left');
+});
+
+test('the directory is listed once: a blob without an entry costs no open; own writes are seen, a later process\'s are not', async () => {
+  const { logger } = collectingLogger();
+  const state = tempStateHome();
+  const journal = UploadJournal.inStateDir(state, logger);
+  assert.equal(await journal.get(entry), undefined, 'listed: no directory, no entries');
+  // Another process opens an upload after this one listed the journal: not this one's to continue.
+  await UploadJournal.inStateDir(state, logger).put(entry);
+  assert.equal(await journal.get(entry), undefined);
+  // This process's own entries are seen, and forgotten when removed.
+  const own = { ...entry, repository: 'team/own' };
+  await journal.put(own);
+  assert.deepEqual(await journal.get(own), own);
+  await journal.remove(own);
+  assert.equal(await journal.get(own), undefined);
+  // A process started after both writes sees what is on disk.
+  const later = UploadJournal.inStateDir(state, logger);
+  assert.deepEqual(await later.get(entry), entry);
+  assert.equal(await later.get(own), undefined);
 });
