@@ -69,6 +69,17 @@ export interface Target {
   note?: string;
 }
 
+export interface StartupEntry {
+  command: string;
+  runs: number;
+  /** Wall time as the harness sees it: spawn of GNU time and the command, to the close of both. */
+  wall_median_ms: number;
+  wall_min_ms: number;
+  /** The median, round by round, of the wall time less /bin/true's measured in the same round: the command's own start-up. */
+  net_median_ms?: number;
+  rss_median_mib: number;
+}
+
 export interface BenchResults {
   schema: 1;
   started_at: string;
@@ -79,9 +90,11 @@ export interface BenchResults {
   versions: Record<string, string>;
   invocations: Record<string, string>;
   workloads: WorkloadResult[];
-  startup?: Array<{ command: string; runs: number; wall_median_ms: number; wall_min_ms: number; rss_median_mib: number }>;
+  startup?: StartupEntry[];
   /** The bare runtime's start, measured interleaved with ferry's: the floor under the start-up target. */
-  startup_reference?: { command: string; runs: number; wall_median_ms: number; wall_min_ms: number; rss_median_mib: number } | undefined;
+  startup_reference?: StartupEntry | undefined;
+  /** /bin/true measured the same way, interleaved: what the measuring itself takes (spawn, GNU time, wait). */
+  startup_harness?: StartupEntry | undefined;
   targets: Target[];
 }
 
@@ -233,14 +246,20 @@ export function evaluateTargets(r: BenchResults): Target[] {
   }
   if (r.startup?.length) {
     // The single executable is "the binary" when there is one; else the ferry that was run.
+    // Judged on the command's own start-up, net of the harness, when /bin/true was measured beside it.
     const s = r.startup[r.startup.length - 1]!;
+    const own = (x: StartupEntry) => x.net_median_ms ?? x.wall_median_ms;
+    const describe = (x: StartupEntry) => (x.net_median_ms === undefined ? `${f0(x.wall_median_ms)} ms median` : `${f0(x.net_median_ms)} ms median net of the harness (${f0(x.wall_median_ms)} ms as measured)`);
     targets.push({
       id: 'startup',
       description: 'start-up: `ferry version` under 100 ms',
       target: '< 100 ms',
-      measured: r.startup.map((x) => `${f0(x.wall_median_ms)} ms median (${x.command})`).join('; '),
-      met: s.wall_median_ms < 100,
-      note: `judged on: ${s.command}${r.startup_reference ? `; the runtime alone, ${r.startup_reference.command}, measured interleaved: ${f0(r.startup_reference.wall_median_ms)} ms median` : ''}`,
+      measured: r.startup.map((x) => `${describe(x)} (${x.command})`).join('; '),
+      met: own(s) < 100,
+      note:
+        `judged on: ${s.command}` +
+        (r.startup_harness ? `; the harness alone, ${r.startup_harness.command}: ${f0(r.startup_harness.wall_median_ms)} ms median` : '') +
+        (r.startup_reference ? `; the runtime alone, ${r.startup_reference.command}, interleaved: ${describe(r.startup_reference)}` : ''),
     });
   }
   return targets;
@@ -335,10 +354,18 @@ export function toMarkdown(r: BenchResults): string {
   if (r.startup?.length) {
     L.push('### start-up');
     L.push('');
-    for (const s of [...r.startup, ...(r.startup_reference ? [r.startup_reference] : [])]) {
-      L.push(`- \`${s.command}\`: median ${f0(s.wall_median_ms)} ms, min ${f0(s.wall_min_ms)} ms over ${s.runs} runs, peak RSS ${f1(s.rss_median_mib)} MiB.`);
+    for (const s of [...r.startup, ...(r.startup_reference ? [r.startup_reference] : []), ...(r.startup_harness ? [r.startup_harness] : [])]) {
+      const net = s.net_median_ms !== undefined && s !== r.startup_harness ? `, ${f0(s.net_median_ms)} ms net of the harness` : '';
+      L.push(`- \`${s.command}\`: median ${f0(s.wall_median_ms)} ms as measured${net}, min ${f0(s.wall_min_ms)} ms over ${s.runs} runs, peak RSS ${f1(s.rss_median_mib)} MiB.`);
     }
-    if (r.startup_reference) L.push('', 'The commands ran interleaved (one of each, then again). `ferry version` is answered by the single executable before any of ferry\'s code loads: the difference to the bare runtime is what ferry adds.');
+    if (r.startup_reference) {
+      L.push(
+        '',
+        'The commands ran interleaved (one of each, then again), each under GNU time, spawned by this harness (a Node process). `/bin/true` measured the same way is what the measuring itself costs; ' +
+          'each command\'s figure net of it (median of the round-by-round differences) is its own start-up, and is what the target is judged on. ' +
+          '`ferry version` is answered by the single executable before any of ferry\'s code loads: the difference to the bare runtime is what ferry adds.',
+      );
+    }
     L.push('');
   }
   L.push('## Targets (issue 7)');

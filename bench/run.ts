@@ -101,7 +101,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResults> {
       // The runtime ferry embeds, doing nothing, measured interleaved with it: the floor the
       // target sits on (the single executable answers `version` before any of ferry's code loads).
       const reference = { label: `node -e 0 (the Node ${process.version} ferry runs on, doing nothing)`, argv: [process.execPath, '-e', '0'] };
-      const all = [...candidates, reference];
+      // What measuring costs by itself: this harness spawning GNU time, which runs a program that
+      // does nothing, and the wait for both to exit. Subtracted round by round, it leaves each
+      // command's own start-up (as hyperfine subtracts its shell's spawn time).
+      const harness = { label: '/bin/true (the harness: spawn, GNU time, exit, close)', argv: ['/bin/true'] };
+      const all = [...candidates, reference, harness];
       const ms = all.map(() => [] as number[]);
       const rss = all.map(() => [] as number[]);
       for (let i = 0; i < o.startupRuns; i++) {
@@ -111,10 +115,20 @@ export async function runBench(o: BenchOptions): Promise<BenchResults> {
           rss[k]!.push(m.rss_mib);
         }
       }
-      const entries = all.map((c, k) => ({ command: c.label, runs: o.startupRuns, wall_median_ms: median(ms[k]!), wall_min_ms: min(ms[k]!), rss_median_mib: median(rss[k]!) }));
+      const overhead = ms[all.length - 1]!;
+      const entries = all.map((c, k) => ({
+        command: c.label,
+        runs: o.startupRuns,
+        wall_median_ms: median(ms[k]!),
+        wall_min_ms: min(ms[k]!),
+        net_median_ms: median(ms[k]!.map((v, i) => v - overhead[i]!)),
+        rss_median_mib: median(rss[k]!),
+      }));
       results.startup = entries.slice(0, candidates.length);
       results.startup_reference = entries[candidates.length];
-      for (const entry of entries) o.log(`start-up: ${entry.command}: median ${entry.wall_median_ms.toFixed(0)} ms`);
+      results.startup_harness = entries[candidates.length + 1];
+      for (const entry of entries.slice(0, -1)) o.log(`start-up: ${entry.command}: median ${entry.wall_median_ms.toFixed(0)} ms as measured, ${entry.net_median_ms.toFixed(0)} ms net of the harness`);
+      o.log(`start-up: the harness alone (/bin/true): median ${median(overhead).toFixed(0)} ms`);
     }
   } finally {
     await Promise.all([src.stop(), dst.stop()]);

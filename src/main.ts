@@ -3,11 +3,11 @@
 // (pkg.config.json execArgv; why: docs/performance.md). No top-level await: the single executable runs this bundled as CommonJS.
 // `ferry version` is answered here, before the command line (yargs and every command) loads, so
 // that it starts as fast as Node itself; everything else goes through src/cli/main.ts.
-import { isVersionOnly, versionText } from './version.ts';
+import { isVersionOnly, printVersion } from './version.ts';
 
 const args = process.argv.slice(2);
 if (isVersionOnly(args)) {
-  process.stdout.write(versionText(args.includes('--json')));
+  printVersion(args.includes('--json'));
 } else {
   void import('./cli/main.ts')
     .then(({ main }) => main())

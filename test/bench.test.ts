@@ -73,6 +73,13 @@ test('npm run bench -- --quick: every tool, every run verified, JSON and Markdow
     }
     assert.ok(results.startup?.length && results.startup.every((s) => s.wall_median_ms > 0));
     assert.ok(results.startup_reference && results.startup_reference.wall_median_ms > 0 && /^node -e 0/.test(results.startup_reference.command), 'the bare runtime measured beside ferry');
+    // The harness's own spawn-and-wait, measured beside them, and each command's start-up net of it.
+    assert.ok(results.startup_harness && /^\/bin\/true/.test(results.startup_harness.command) && results.startup_harness.wall_median_ms > 0, 'the harness measured beside ferry');
+    for (const s of [...results.startup, results.startup_reference]) {
+      assert.ok(s.net_median_ms !== undefined && s.net_median_ms < s.wall_median_ms, `${s.command}: net of the harness (${s.net_median_ms}) below as measured (${s.wall_median_ms})`);
+    }
+    const startupTarget = results.targets.find((t) => t.id === 'startup');
+    assert.ok(startupTarget && /net of the harness/.test(startupTarget.measured), startupTarget?.measured);
     assert.ok(results.targets.some((t) => t.id === 'warm-requests'));
     for (const k of ['node', 'ferry', 'skopeo', 'crane', 'oras', 'registry']) assert.ok(results.versions[k], `version of ${k}`);
 

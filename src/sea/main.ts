@@ -12,7 +12,7 @@
 // are handed on to the bundles as they are.
 import { getRawAsset } from 'node:sea';
 import { CLOUD_BUNDLE, MAIN_BUNDLE, compileBundle, type SeaBundle } from './bundle.ts';
-import { isVersionOnly, versionText } from '../version.ts';
+import { isVersionOnly, printVersion } from '../version.ts';
 
 type CommonJsModule = { exports: unknown };
 
@@ -36,7 +36,7 @@ function runBundle(bundle: SeaBundle, bundleRequire: NodeJS.Require, bundleModul
 
 const args = process.argv.slice(2);
 if (isVersionOnly(args)) {
-  process.stdout.write(versionText(args.includes('--json')));
+  printVersion(args.includes('--json'));
 } else {
   // The main bundle's require: built-in modules, as the SEA gives them, plus the cloud bundle.
   let cloud: CommonJsModule | undefined;
