@@ -346,20 +346,8 @@ export class RegistryClient {
     body: Body,
     signal?: AbortSignal,
   ): Promise<{ location: URL; acknowledged: number | undefined }> {
-    const res = await this.send({
-      method: 'PATCH',
-      path: location,
-      scopes: [repositoryScope(repository, ['pull', 'push'])],
-      headers: {
-        'content-type': 'application/octet-stream',
-        'content-range': `${start}-${start + length - 1}`,
-        'content-length': String(length),
-      },
-      body,
-      accept: [201, 202, 204],
-      what: `chunk ${start}-${start + length - 1} of an upload to ${repository}`,
-      signal,
-    });
+    const { url, headers, ...request } = uploadStep(repository, location, start, length, undefined);
+    const res = await this.send({ ...request, path: url, headers: { ...headers, 'content-length': String(length) }, body, signal });
     await drain(res.body);
     return { location: this.uploadLocation(res, repository, location), acknowledged: rangeEnd(header(res, 'range')) };
   }
@@ -383,17 +371,12 @@ export class RegistryClient {
 
   /** Commit an upload: PUT with `?digest=`, optionally carrying the last bytes. */
   async commitUpload(repository: string, location: URL, digest: Digest, body: Body, length: number, signal?: AbortSignal): Promise<void> {
-    const url = new URL(location);
-    url.searchParams.set('digest', digest);
-    const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'content-length': String(length) };
+    const { url, headers, ...request } = uploadStep(repository, location, 0, length, digest);
     const res = await this.send({
-      method: 'PUT',
+      ...request,
       path: url,
-      scopes: [repositoryScope(repository, ['pull', 'push'])],
-      headers,
+      headers: { ...headers, 'content-length': String(length) },
       body: length > 0 ? body : Buffer.alloc(0),
-      accept: [201, 204],
-      what: `commit of ${digest} to ${repository}`,
       signal,
     });
     await drain(res.body);
@@ -418,15 +401,9 @@ export class RegistryClient {
     bytes: { pipeInto(sink: RawUpload, length: number, signal?: AbortSignal): Promise<void> },
     signal?: AbortSignal,
   ): Promise<{ location: URL; acknowledged: number | undefined }> {
-    const scopes = [repositoryScope(repository, ['pull', 'push'])];
+    const { method, url, headers, scopes, accept, what } = uploadStep(repository, location, start, length, commit);
     const authorization = await this.authorization(scopes, signal);
-    const url = new URL(location);
-    if (commit) url.searchParams.set('digest', commit);
-    const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
-    if (!commit) headers['content-range'] = `${start}-${start + length - 1}`;
     if (authorization && url.host === this.baseUrl.host) headers.authorization = authorization;
-    const method = commit ? 'PUT' : 'PATCH';
-    const what = commit ? `commit of ${commit} to ${repository}` : `chunk ${start}-${start + length - 1} of an upload to ${repository}`;
     this.onRequest?.(method, url.pathname);
     let upload: RawUpload | undefined;
     try {
@@ -448,7 +425,7 @@ export class RegistryClient {
       upload.close();
       throw this.blame(e);
     }
-    const verdict = await this.judge(answer.status, answer.headers, async () => undefined, async () => answer.body, { accept: commit ? [201, 204] : [201, 202, 204], scopes, what, signal }, authorization, { count: 0 }, false, url, 0);
+    const verdict = await this.judge(answer.status, answer.headers, async () => undefined, async () => answer.body, { accept, scopes, what, signal }, authorization, { count: 0 }, false, url, 0);
     if (verdict !== 'accept') throw new FerryError('INTERNAL', `unexpected verdict on ${what}`);
     const res = { status: answer.status, headers: answer.headers, url } as unknown as HttpResponse;
     return { location: this.uploadLocation(res, repository, location), acknowledged: rangeEnd(answer.headers.range) };
@@ -660,6 +637,26 @@ export class RegistryClient {
 }
 
 /** The repository a registry API URL names: `/v2/<name>/blobs/…` → `<name>`. */
+/**
+ * The request that moves bytes into an upload session: a PATCH of the chunk at `start`, or with
+ * `commit` the PUT (`?digest=`) that ends the session. Shared by the undici path (patchChunk,
+ * commitUpload) and ferry's own connection (pipeUpload), so both send and accept the same.
+ */
+function uploadStep(repository: string, location: URL, start: number, length: number, commit: Digest | undefined) {
+  const url = new URL(location);
+  if (commit) url.searchParams.set('digest', commit);
+  const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+  if (!commit) headers['content-range'] = `${start}-${start + length - 1}`;
+  return {
+    method: commit ? ('PUT' as const) : ('PATCH' as const),
+    url,
+    headers,
+    scopes: [repositoryScope(repository, ['pull', 'push'])],
+    accept: commit ? [201, 204] : [201, 202, 204],
+    what: commit ? `commit of ${commit} to ${repository}` : `chunk ${start}-${start + length - 1} of an upload to ${repository}`,
+  };
+}
+
 function repositoryOf(url: URL): string | undefined {
   const m = /^\/v2\/(.+?)\/(?:manifests|blobs|tags|referrers)\//.exec(url.pathname);
   return m?.[1];
