@@ -130,7 +130,7 @@ async function main() {
           `and ${emulator} with its runtime libraries is missing. Install them: sudo bash scripts/install-system-deps.sh (or build only this machine's target: --target ${config.targets.find((t) => t.arch === hostArch)?.name ?? hostArch})`,
       );
     }
-    const cacheFile = (b) => `${output}.${b.asset}.codecache`;
+    const cacheFileFor = (b) => `${output}.${b.asset}.codecache`;
     const seaConfig = `${output}.sea-config.json`;
     const blob = `${output}.blob`;
     const injected = `${output}.inject`;
@@ -144,14 +144,14 @@ async function main() {
       execArgv: target.execArgv ?? config.execArgv ?? [],
       // NODE_OPTIONS may still add flags (operators' debugging), but cannot drop these.
       execArgvExtension: 'env',
-      assets: Object.fromEntries(SEA_BUNDLES.flatMap((b) => [[b.asset, wrappedPath(b)], ...(codeCache ? [[b.codeCache, cacheFile(b)]] : [])])),
+      assets: Object.fromEntries(SEA_BUNDLES.flatMap((b) => [[b.asset, wrappedPath(b)], ...(codeCache ? [[b.codeCache, cacheFileFor(b)]] : [])])),
     };
     writeFileSync(seaConfig, JSON.stringify(sea, null, 2));
     try {
       // The target's own Node makes the code cache and the blob: same version, same architecture.
       const [cmd, ...pre] = [...runner, node];
       // Under the executable's own V8 flags: V8 rejects a code cache made under other flags.
-      if (codeCache) for (const b of SEA_BUNDLES) run(cmd, [...pre, ...sea.execArgv, join(root, 'scripts/sea-code-cache.ts'), b.asset, wrappedPath(b), cacheFile(b)]);
+      if (codeCache) for (const b of SEA_BUNDLES) run(cmd, [...pre, ...sea.execArgv, join(root, 'scripts/sea-code-cache.ts'), b.asset, wrappedPath(b), cacheFileFor(b)]);
       run(cmd, [...pre, '--experimental-sea-config', seaConfig], { cwd: outDir });
       // postject rewrites the whole file in one write, which leaves it in the page cache as large
       // folios; every process then maps those whole (fault-around), and `dist/ferry version` ran in
@@ -176,7 +176,7 @@ async function main() {
       copyFileSync(injected, output);
       chmodSync(output, 0o755);
     } finally {
-      for (const f of [seaConfig, blob, ...SEA_BUNDLES.map(cacheFile), injected]) rmSync(f, { force: true });
+      for (const f of [seaConfig, blob, ...SEA_BUNDLES.map(cacheFileFor), injected]) rmSync(f, { force: true });
     }
     // The check: the binary starts and answers; the whole command line loads from the bundle
     // (yargs in CommonJS, every command's definitions) with its code cache accepted — a rejected

@@ -312,9 +312,12 @@ async function uploadChunked(
         const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
         if (offset + length === size) {
           // The last bytes ride on the commit PUT: one request fewer.
-          if (pipe) await dst.pipeUpload(repo, location, offset, length, digest, pipe, req.signal);
-          else await dst.commitUpload(repo, location, digest, counted(cursor!.take(length), req.onBytes), length, req.signal);
-          if (pipe) logger.debug({ digest, size }, 'blob piped registry to registry');
+          if (pipe) {
+            await dst.pipeUpload(repo, location, offset, length, digest, pipe, req.signal);
+            logger.debug({ digest, size }, 'blob piped registry to registry');
+          } else {
+            await dst.commitUpload(repo, location, digest, counted(cursor!.take(length), req.onBytes), length, req.signal);
+          }
           return;
         }
         const r = pipe

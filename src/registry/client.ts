@@ -427,8 +427,7 @@ export class RegistryClient {
     }
     const verdict = await this.judge(answer.status, answer.headers, async () => undefined, async () => answer.body, { accept, scopes, what, signal }, authorization, { count: 0 }, false, url, 0);
     if (verdict !== 'accept') throw new FerryError('INTERNAL', `unexpected verdict on ${what}`);
-    const res = { status: answer.status, headers: answer.headers, url } as unknown as HttpResponse;
-    return { location: this.uploadLocation(res, repository, location), acknowledged: rangeEnd(answer.headers.range) };
+    return { location: this.uploadLocation({ headers: answer.headers, url }, repository, location), acknowledged: rangeEnd(answer.headers.range) };
   }
 
   /** Cancel an upload session. Failures are ignored: the registry will expire it anyway. */
@@ -447,7 +446,7 @@ export class RegistryClient {
     }
   }
 
-  private uploadLocation(res: HttpResponse, repository: string, previous?: URL): URL {
+  private uploadLocation(res: Pick<HttpResponse, 'headers' | 'url'>, repository: string, previous?: URL): URL {
     const location = header(res, 'location');
     if (!location) {
       if (previous) return previous;
@@ -636,7 +635,6 @@ export class RegistryClient {
   }
 }
 
-/** The repository a registry API URL names: `/v2/<name>/blobs/…` → `<name>`. */
 /**
  * The request that moves bytes into an upload session: a PATCH of the chunk at `start`, or with
  * `commit` the PUT (`?digest=`) that ends the session. Shared by the undici path (patchChunk,
@@ -657,12 +655,13 @@ function uploadStep(repository: string, location: URL, start: number, length: nu
   };
 }
 
+/** The repository a registry API URL names: `/v2/<name>/blobs/…` → `<name>`. */
 function repositoryOf(url: URL): string | undefined {
   const m = /^\/v2\/(.+?)\/(?:manifests|blobs|tags|referrers)\//.exec(url.pathname);
   return m?.[1];
 }
 
-function header(res: HttpResponse, name: string): string | undefined {
+function header(res: Pick<HttpResponse, 'headers'>, name: string): string | undefined {
   const v = res.headers[name];
   return Array.isArray(v) ? v[0] : v;
 }
