@@ -40,10 +40,55 @@ export interface RawConnectOptions {
   userAgent: string;
 }
 
-/** The size of the one buffer a source read goes through: 4× fewer reads than Node's 64 KiB. */
+/** The size a source's read buffer starts at, and keeps while other pipes read too: 4× fewer reads than Node's 64 KiB. */
 export const PIPE_BUFFER_BYTES = 256 * 1024;
+/** The most the read buffer of a pipe that reads alone grows to. */
+export const PIPE_BUFFER_MAX_BYTES = 4 * 1024 * 1024;
 const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
+let readBuffersOpen = 0;
+
+/**
+ * The buffer a pipe's source reads land in, used again for every read. It starts at 256 KiB.
+ * While this is the only pipe reading, it doubles (up to 4 MiB) each time a read fills it whole,
+ * that is while the source is ahead of ferry: every read is a wake-up of the process, and for a
+ * lone transfer those cost more than the bytes (a 512 MiB layer: 1.08 CPU-s with 256 KiB reads,
+ * 0.83 with 4 MiB ones). When several pipes read at once, one wake-up already serves several
+ * sockets; growing their buffers saved nothing measurable on `big` (8 × 64 MiB) and held
+ * 10 MiB more, so a grown buffer goes back to 256 KiB as soon as another pipe opens
+ * (docs/performance.md, sixth round).
+ */
+export class ReadBuffer {
+  private buffer: Buffer | undefined;
+
+  /** The buffer for the next read, after one that brought `lastRead` bytes (0 before the first). */
+  next(lastRead: number): Buffer {
+    if (!this.buffer) {
+      readBuffersOpen += 1;
+      this.buffer = Buffer.allocUnsafe(PIPE_BUFFER_BYTES);
+      return this.buffer;
+    }
+    // A buffer replaced here may still be under a pending write; it is left to the garbage collector.
+    const size = this.buffer.byteLength;
+    if (readBuffersOpen > 1) {
+      if (size > PIPE_BUFFER_BYTES) this.buffer = Buffer.allocUnsafe(PIPE_BUFFER_BYTES);
+    } else if (lastRead === size && size < PIPE_BUFFER_MAX_BYTES) {
+      this.buffer = Buffer.allocUnsafe(size * 2);
+    }
+    return this.buffer;
+  }
+
+  /** The connection is closed: this buffer no longer counts as reading. */
+  release(): void {
+    if (this.buffer) readBuffersOpen -= 1;
+    this.buffer = undefined;
+  }
+
+  /** How many pipes have a read buffer now (for tests). */
+  static open(): number {
+    return readBuffersOpen;
+  }
+}
 
 /** The request line and headers, checked: nothing from a registry may smuggle a line break into them. */
 function requestHead(method: string, req: PreparedRequest, userAgent: string, contentLength: number | undefined): string {
@@ -113,7 +158,7 @@ export function dechunk(bytes: Buffer): Buffer | undefined {
   }
 }
 
-function connectSocket(url: URL, opts: RawConnectOptions, onread?: { buffer: Buffer; callback: (n: number, buf: Buffer) => boolean }): net.Socket {
+function connectSocket(url: URL, opts: RawConnectOptions, onread?: { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean }): net.Socket {
   const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const base = { host, port, noDelay: true, ...(onread ? { onread } : {}) };
@@ -218,7 +263,19 @@ export class RawBodyReader {
       // bytes still inside it does not hand them over when resumed (they wait for the next
       // record from the network), so over TLS each read is a fresh buffer, from 'data' events.
       const tlsSocket = req.url.protocol === 'https:';
-      const socket = tlsSocket ? connectSocket(req.url, opts) : connectSocket(req.url, opts, { buffer: Buffer.allocUnsafe(PIPE_BUFFER_BYTES), callback: (n, buf) => onBytes(buf.subarray(0, n)) });
+      const readBuffer = new ReadBuffer();
+      let lastRead = 0;
+      // Node asks `buffer` for the buffer before the first read and again after every callback.
+      const socket = tlsSocket
+        ? connectSocket(req.url, opts)
+        : connectSocket(req.url, opts, {
+            buffer: () => readBuffer.next(lastRead),
+            callback: (n, buf) => {
+              lastRead = n;
+              return onBytes(buf.subarray(0, n));
+            },
+          });
+      socket.once('close', () => readBuffer.release());
       if (tlsSocket) socket.on('data', (d: Buffer) => onBytes(d));
       const headTimer = setTimeout(() => fail(new NetworkError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, { side: 'source' })), opts.headersTimeoutMs + opts.connectTimeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });

@@ -10,13 +10,18 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { HttpTransport } from '../../src/transport/http.ts';
-import { RawBodyReader, type RawUpload } from '../../src/transport/raw-http.ts';
+import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, ReadBuffer, type RawUpload } from '../../src/transport/raw-http.ts';
 import { makeTestPki, type TestPki } from '../harness/cloud-registry.ts';
 import { seededBytes } from '../harness/seed.ts';
 
 const MiB = 1024 * 1024;
 const BLOB = seededBytes('raw-http/blob', 8 * MiB + 4321);
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+async function until(condition: () => boolean, what = 'condition'): Promise<void> {
+  for (let i = 0; i < 200 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(condition(), `timed out waiting for: ${what}`);
+}
 
 function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
@@ -44,7 +49,7 @@ function sinkHandler(received: Map<string, Buffer>) {
     req.on('data', (d: Buffer) => {
       parts.push(d);
       n += d.byteLength;
-      if (req.url === '/slow' && n % (512 * 1024) < d.byteLength) {
+      if (req.url?.startsWith('/slow') && n % (512 * 1024) < d.byteLength) {
         req.pause();
         setTimeout(() => req.resume(), 15);
       }
@@ -94,11 +99,13 @@ describe('raw HTTP/1.1 for blob bytes', () => {
     const upload = (await transport.openRawUpload('PUT', { url: new URL(to), headers: { 'content-type': 'application/octet-stream' } }, reader.remaining)) as RawUpload;
     const hash = createHash('sha256');
     let inspected = 0;
+    let largestPiece = 0;
     await reader.pipeInto(upload, reader.remaining, (piece) => {
       hash.update(piece);
       inspected += piece.byteLength;
+      largestPiece = Math.max(largestPiece, piece.byteLength);
     });
-    return { answer: await upload.response(), inspectedHex: hash.digest('hex'), inspected };
+    return { answer: await upload.response(), inspectedHex: hash.digest('hex'), inspected, largestPiece };
   }
 
   test('into a destination that reads slowly: every byte arrives unchanged', async () => {
@@ -107,6 +114,22 @@ describe('raw HTTP/1.1 for blob bytes', () => {
     assert.equal(r.inspected, BLOB.byteLength);
     assert.equal(r.inspectedHex, sha(BLOB));
     assert.equal(sha(received.get('/slow')!), sha(BLOB), 'the destination got other bytes than were read: the buffer was reused under a pending write');
+  });
+
+  test('a pipe that reads alone gets reads larger than 256 KiB; two at once stay at 256 KiB; bytes unchanged either way', async () => {
+    await until(() => ReadBuffer.open() === 0);
+    const alone = await pipe(`${httpOrigin}/blob`, `${sinkOrigin}/slow`);
+    assert.equal(sha(received.get('/slow')!), sha(BLOB));
+    assert.ok(alone.largestPiece > PIPE_BUFFER_BYTES, `a lone pipe behind a slow destination never read more than ${alone.largestPiece} bytes at once: its buffer did not grow`);
+    await until(() => ReadBuffer.open() === 0);
+    const [a, b] = await Promise.all([pipe(`${httpOrigin}/blob`, `${sinkOrigin}/slow`), pipe(`${httpOrigin}/blob`, `${sinkOrigin}/slow2`)]);
+    for (const [r, path] of [[a, '/slow'], [b, '/slow2']] as const) {
+      assert.equal(r.inspectedHex, sha(BLOB));
+      assert.equal(sha(received.get(path)!), sha(BLOB), `${path}: other bytes than were read`);
+    }
+    // The first may have grown before the second opened; it goes back at its next read, so pieces past that are at most 256 KiB.
+    assert.ok(Math.min(a.largestPiece, b.largestPiece) <= PIPE_BUFFER_BYTES, `two pipes at once read ${a.largestPiece} and ${b.largestPiece} bytes at most`);
+    await until(() => ReadBuffer.open() === 0, 'every closed pipe gives its read buffer back');
   });
 
   test('over TLS (the CA from --ca-file), into a slow destination, in parts', async () => {
@@ -236,6 +259,36 @@ describe('answers to an upload', () => {
       await transport.close();
       server.close();
     }
+  });
+});
+
+describe('the read buffer of a pipe', () => {
+  test('alone, it doubles after each read that fills it, up to 4 MiB; beside another it goes back to 256 KiB', () => {
+    const before = ReadBuffer.open();
+    const a = new ReadBuffer();
+    let buf = a.next(0);
+    assert.equal(buf.byteLength, PIPE_BUFFER_BYTES);
+    assert.equal(ReadBuffer.open(), before + 1);
+    assert.equal(a.next(100).byteLength, PIPE_BUFFER_BYTES, 'a read that did not fill the buffer is no reason to grow');
+    if (before === 0) {
+      const sizes: number[] = [];
+      for (let i = 0; i < 6; i++) {
+        buf = a.next(buf.byteLength);
+        sizes.push(buf.byteLength);
+      }
+      assert.deepEqual(sizes, [512, 1024, 2048, 4096, 4096, 4096].map((k) => k * 1024));
+      assert.equal(PIPE_BUFFER_MAX_BYTES, 4 * 1024 * 1024);
+    }
+    const b = new ReadBuffer();
+    assert.equal(b.next(0).byteLength, PIPE_BUFFER_BYTES);
+    assert.equal(a.next(buf.byteLength).byteLength, PIPE_BUFFER_BYTES, 'beside another pipe a grown buffer goes back');
+    assert.equal(b.next(PIPE_BUFFER_BYTES).byteLength, PIPE_BUFFER_BYTES, 'beside another pipe a full read does not grow it');
+    b.release();
+    b.release();
+    assert.equal(ReadBuffer.open(), before + 1, 'a second release counts nothing');
+    assert.equal(a.next(PIPE_BUFFER_BYTES).byteLength, 2 * PIPE_BUFFER_BYTES, 'alone again, it grows again');
+    a.release();
+    assert.equal(ReadBuffer.open(), before);
   });
 });
 
