@@ -3,7 +3,7 @@
 //   - undici (what ferry uses: llhttp in WebAssembly, a fresh 64 KiB buffer per socket read),
 //     and undici reading without hashing (what the verification costs on top),
 //   - node:http (llhttp in C++, a fresh buffer per read),
-//   - a bare socket reading into one reused 256 KiB buffer (`onread`), HTTP head skipped by hand,
+//   - a bare socket reading into one reused 256 KiB, 1 MiB or 4 MiB buffer (`onread`), HTTP head skipped by hand,
 // and hashing the same bytes from memory alone. CPU is this process's user + sys (the registry
 // is another process). Used for docs/performance.md ("the data path's floor").
 //   node bench/datapath.ts [--mib N] [--runs N]
@@ -29,6 +29,8 @@ try {
   const expected = ref.digest.slice('sha256:'.length);
 
   const reusedBuffer = Buffer.allocUnsafe(256 * 1024);
+  const reused1MiB = Buffer.allocUnsafe(1024 * 1024);
+  const reused4MiB = Buffer.allocUnsafe(4 * 1024 * 1024);
   const ways: Record<string, () => Promise<string>> = {
     'undici + sha256': async () => {
       const res = await request(url, { dispatcher: agent });
@@ -55,6 +57,9 @@ try {
       }),
     // onread calls the buffer function for every read: returning the same buffer each time reuses it.
     'socket, reused buffer + sha256': () => rawSocket(url, SIZE, () => reusedBuffer),
+    // The pipe's buffer when it reads alone (src/transport/raw-http.ts ReadBuffer grows it to 4 MiB): fewer, larger reads.
+    'socket, reused 1 MiB + sha256': () => rawSocket(url, SIZE, () => reused1MiB),
+    'socket, reused 4 MiB + sha256': () => rawSocket(url, SIZE, () => reused4MiB),
     'socket, data events + sha256': () => rawSocket(url, SIZE, undefined),
     'socket, fresh 256 KiB per read + sha256': () => rawSocket(url, SIZE, () => Buffer.allocUnsafe(256 * 1024)),
     'sha256 from memory (no I/O)': async () => {
@@ -80,7 +85,7 @@ try {
   console.log(`${mib(SIZE)} blob, ${RUNS} runs each, alternating; CPU ms of this process (median, min–max), minor page faults (median):`);
   for (const [name, ms] of Object.entries(cpu)) {
     const s = [...ms].sort((a, b) => a - b);
-    console.log(`  ${name.padEnd(32)} ${s[Math.floor(s.length / 2)]!.toFixed(0).padStart(5)}  (${s[0]!.toFixed(0)}–${s[s.length - 1]!.toFixed(0)})  ${median(faults[name]!)} faults`);
+    console.log(`  ${name.padEnd(40)} ${s[Math.floor(s.length / 2)]!.toFixed(0).padStart(5)}  (${s[0]!.toFixed(0)}–${s[s.length - 1]!.toFixed(0)})  ${median(faults[name]!)} faults`);
   }
 } finally {
   await agent.close();
