@@ -61,6 +61,27 @@ export interface SendOptions {
   followRedirects?: boolean;
 }
 
+/** An answer for `RegistryClient.judge`: its status and headers, and how to drop or read its body. */
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  discard: () => Promise<unknown>;
+  readText: () => Promise<Buffer>;
+}
+
+/** The attempt an answer is to: what was asked, with which credentials, how often already. */
+interface Attempt {
+  opts: Pick<SendOptions, 'accept' | 'scopes' | 'what' | 'signal'>;
+  authorization: string | undefined;
+  /** Credential renewals so far for this request (shared by its attempts). */
+  authAttempts: { count: number };
+  /** The request can be sent again from here (no streamed body). */
+  replayable: boolean;
+  url: URL;
+  /** Failed attempts so far. */
+  failures: number;
+}
+
 export class RegistryClient {
   readonly registry: string;
   readonly side: Side;
@@ -425,7 +446,10 @@ export class RegistryClient {
       upload.close();
       throw this.blame(e);
     }
-    const verdict = await this.judge(answer.status, answer.headers, async () => undefined, async () => answer.body, { accept, scopes, what, signal }, authorization, { count: 0 }, false, url, 0);
+    const verdict = await this.judge(
+      { status: answer.status, headers: answer.headers, discard: async () => undefined, readText: async () => answer.body },
+      { opts: { accept, scopes, what, signal }, authorization, authAttempts: { count: 0 }, replayable: false, url, failures: 0 },
+    );
     if (verdict !== 'accept') throw new FerryError('INTERNAL', `unexpected verdict on ${what}`);
     return { location: this.uploadLocation({ headers: answer.headers, url }, repository, location), acknowledged: rangeEnd(answer.headers.range) };
   }
@@ -494,7 +518,10 @@ export class RegistryClient {
         throw err;
       }
 
-      const verdict = await this.judge(res.status, res.headers, () => drain(res.body), () => readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side), opts, authorization, authAttempts, replayable, url, failures);
+      const verdict = await this.judge(
+        { status: res.status, headers: res.headers, discard: () => drain(res.body), readText: () => readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side) },
+        { opts, authorization, authAttempts, replayable, url, failures },
+      );
       if (verdict === 'accept') return res;
       if (verdict === 'again-auth') continue;
       failures++;
@@ -511,21 +538,11 @@ export class RegistryClient {
 
   /**
    * What an answer means: accepted, worth sending again (after renewed credentials, or after a
-   * pause when the registry is busy), or a FerryError blamed on this side. `replayable`: the
-   * request can be sent again from here (no streamed body).
+   * pause when the registry is busy), or a FerryError blamed on this side.
    */
-  private async judge(
-    status: number,
-    headers: Record<string, string | string[] | undefined>,
-    discard: () => Promise<unknown>,
-    readText: () => Promise<Buffer>,
-    opts: Pick<SendOptions, 'accept' | 'scopes' | 'what' | 'signal'>,
-    authorization: string | undefined,
-    authAttempts: { count: number },
-    replayable: boolean,
-    url: URL,
-    failures: number,
-  ): Promise<'accept' | 'again-auth' | { delay: number }> {
+  private async judge(answer: Answer, attempt: Attempt): Promise<'accept' | 'again-auth' | { delay: number }> {
+    const { status, headers, discard, readText } = answer;
+    const { opts, authorization, authAttempts, replayable, url, failures } = attempt;
     if (status === 401 && !opts.accept.includes(401)) {
       await discard();
       const challenges = parseChallenges(headers['www-authenticate']);
