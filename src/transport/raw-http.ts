@@ -53,9 +53,9 @@ let readBuffersOpen = 0;
  * While this is the only pipe reading, it doubles (up to 4 MiB) each time a read fills it whole,
  * that is while the source is ahead of ferry: every read is a wake-up of the process, and for a
  * lone transfer those cost more than the bytes (a 512 MiB layer: 1.08 CPU-s with 256 KiB reads,
- * 0.83 with 4 MiB ones). When several pipes read at once, one wake-up already serves several
- * sockets; growing their buffers saved nothing measurable on `big` (8 × 64 MiB) and held
- * 10 MiB more, so a grown buffer goes back to 256 KiB as soon as another pipe opens
+ * 0.83 with 4 MiB ones). When several pipes read at once (likely because one wake-up then
+ * serves several sockets), growing their buffers saved nothing measurable on `big`
+ * (8 × 64 MiB) and held 10 MiB more, so a grown buffer goes back to 256 KiB as soon as another pipe opens
  * (docs/performance.md, sixth round).
  */
 export class ReadBuffer {
