@@ -160,17 +160,8 @@ export function tempState(): string {
   return mkdtempSync(join(tmpdir(), 'ferry-agent-state-'));
 }
 
-export async function waitFor<T>(what: string, fn: () => T | undefined | false, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 export { DEFAULT_RUNNER_TOKEN };
+export { waitFor } from '../harness/wait.ts';
 
 export interface SuiteWorld {
   world: AgentWorld;

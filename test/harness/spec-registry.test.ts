@@ -10,6 +10,7 @@ import { startSpecRegistry, type SpecRegistry } from './spec-registry.ts';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.ts';
 import { sha256Digest, clientFor } from './oci-client.ts';
 import { seededBytes, seedFor } from './seed.ts';
+import { waitFor } from './wait.ts';
 
 const NAME = 'conformance/app';
 
@@ -291,13 +292,6 @@ describe('spec registry: interrupted uploads keep what arrived', () => {
     return res.headers.get('range');
   }
 
-  async function until(what: string, fn: () => boolean): Promise<void> {
-    for (let i = 0; !fn(); i++) {
-      assert.ok(i < 2000, `timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
-
   test('a PATCH cut mid-body: the bytes that arrived are kept and the upload continues from them', async () => {
     const blob = seededBytes(seedFor('spec-registry/cut'), 3000);
     const res = await fetch(`${reg.url}/v2/cut/app/blobs/uploads/`, { method: 'POST' });
@@ -305,7 +299,7 @@ describe('spec registry: interrupted uploads keep what arrived', () => {
     const { req, response } = openPatch(reg.host, location, 0, 2000);
     req.write(blob.subarray(0, 700), () => req.destroy());
     assert.equal(await response, 0, 'the client went away');
-    await until('the registry to see the cut', () => reg.sessions().some((s) => s.cutRequests === 1));
+    await waitFor('the registry to see the cut', () => reg.sessions().some((s) => s.cutRequests === 1), 10_000, 5);
     assert.equal(await status(location), '0-699');
     // The rest from byte 700 (not the chunk boundary 0), then the commit.
     const p = await fetch(new URL(location, reg.url), {
@@ -335,7 +329,7 @@ describe('spec registry: interrupted uploads keep what arrived', () => {
     const { req, response } = openPatch(proxy.host, location, 0, blob.byteLength);
     req.end(blob);
     assert.equal(await response, 0);
-    await until('the registry to see the cut', () => reg.sessions().some((s) => s.repository === 'cut/proxy' && s.cutRequests === 1));
+    await waitFor('the registry to see the cut', () => reg.sessions().some((s) => s.repository === 'cut/proxy' && s.cutRequests === 1), 10_000, 5);
     assert.equal(await status(location), `0-${cut - 1}`);
     const u = new URL(location, reg.url);
     u.searchParams.set('digest', sha256Digest(blob));
@@ -353,11 +347,11 @@ describe('spec registry: interrupted uploads keep what arrived', () => {
     const { req, response } = openPatch(reg.host, location, 0, 4000);
     const before = reg.receivedTotal();
     req.write(blob.subarray(0, 1000));
-    await until('the first 1000 bytes to arrive', () => reg.receivedTotal() >= before + 1000);
+    await waitFor('the first 1000 bytes to arrive', () => reg.receivedTotal() >= before + 1000, 10_000, 5);
     let answered: string | null | undefined;
     const asked = status(location).then((r) => (answered = r));
     // Let the GET reach the registry; it must not answer with the 1000 bytes of a PATCH still running.
-    await until('the GET to reach the registry', () => reg.requests.some((r) => r.method === 'GET' && r.path === location));
+    await waitFor('the GET to reach the registry', () => reg.requests.some((r) => r.method === 'GET' && r.path === location), 10_000, 5);
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(answered, undefined, 'the status GET answered while a PATCH was in flight');
     req.end(blob.subarray(1000));

@@ -13,15 +13,11 @@ import { HttpTransport } from '../../src/transport/http.ts';
 import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, ReadBuffer, type RawUpload } from '../../src/transport/raw-http.ts';
 import { makeTestPki, type TestPki } from '../harness/cloud-registry.ts';
 import { seededBytes } from '../harness/seed.ts';
+import { waitFor } from '../harness/wait.ts';
 
 const MiB = 1024 * 1024;
 const BLOB = seededBytes('raw-http/blob', 8 * MiB + 4321);
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-
-async function until(condition: () => boolean, what = 'condition'): Promise<void> {
-  for (let i = 0; i < 200 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(condition(), `timed out waiting for: ${what}`);
-}
 
 function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
@@ -117,11 +113,11 @@ describe('raw HTTP/1.1 for blob bytes', () => {
   });
 
   test('a pipe that reads alone gets reads larger than 256 KiB; two at once stay at 256 KiB; bytes unchanged either way', async () => {
-    await until(() => ReadBuffer.open() === 0);
+    await waitFor('the earlier pipes to give their read buffers back', () => ReadBuffer.open() === 0, 2000, 10);
     const alone = await pipe(`${httpOrigin}/blob`, `${sinkOrigin}/slow`);
     assert.equal(sha(received.get('/slow')!), sha(BLOB));
     assert.ok(alone.largestPiece > PIPE_BUFFER_BYTES, `a lone pipe behind a slow destination never read more than ${alone.largestPiece} bytes at once: its buffer did not grow`);
-    await until(() => ReadBuffer.open() === 0);
+    await waitFor('the earlier pipes to give their read buffers back', () => ReadBuffer.open() === 0, 2000, 10);
     const [a, b] = await Promise.all([pipe(`${httpOrigin}/blob`, `${sinkOrigin}/slow`), pipe(`${httpOrigin}/blob`, `${sinkOrigin}/slow2`)]);
     for (const [r, path] of [[a, '/slow'], [b, '/slow2']] as const) {
       assert.equal(r.inspectedHex, sha(BLOB));
@@ -129,7 +125,7 @@ describe('raw HTTP/1.1 for blob bytes', () => {
     }
     // The first may have grown before the second opened; it goes back at its next read, so pieces past that are at most 256 KiB.
     assert.ok(Math.min(a.largestPiece, b.largestPiece) <= PIPE_BUFFER_BYTES, `two pipes at once read ${a.largestPiece} and ${b.largestPiece} bytes at most`);
-    await until(() => ReadBuffer.open() === 0, 'every closed pipe gives its read buffer back');
+    await waitFor('every closed pipe to give its read buffer back', () => ReadBuffer.open() === 0, 2000, 10);
   });
 
   test('over TLS (the CA from --ca-file), into a slow destination, in parts', async () => {
