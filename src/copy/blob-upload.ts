@@ -119,11 +119,21 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
     let location: URL;
     let chunkBytes = req.tuning.chunkBytes;
     let checkpoint: HashCheckpoint | undefined;
+    // A blob that goes up in one request starts reading its source while the session is opened:
+    // the download's first round trip and the POST's overlap instead of following each other.
+    let whole: Promise<WholeBlobSource> | undefined;
     if (continuation) {
       ({ location, checkpoint } = continuation);
       continuation = undefined;
     } else {
-      const session = await dst.startUpload(repo, req.signal);
+      if (!chunked) whole = openWholeBlob(counting, pipeOk.allowed);
+      let session: Awaited<ReturnType<RegistryClient['startUpload']>>;
+      try {
+        session = await dst.startUpload(repo, req.signal);
+      } catch (e) {
+        await whole?.then((w) => w.close(), () => undefined);
+        throw e;
+      }
       location = session.location;
       chunkBytes = Math.max(chunkBytes, session.minChunk);
     }
@@ -144,17 +154,16 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
           if (offset !== undefined) await record?.(l, offset);
         });
       } else {
-        const pipe = pipeOk.allowed ? await startPipe(counting, new BlobHasher(digest)) : undefined;
-        if (pipe) {
-          try {
-            await dst.pipeUpload(repo, location, 0, size, digest, pipe, req.signal);
-          } finally {
-            pipe.close();
+        const source = await (whole ?? openWholeBlob(counting, pipeOk.allowed));
+        try {
+          if (source.pipe) {
+            await dst.pipeUpload(repo, location, 0, size, digest, source.pipe, req.signal);
+            logger.debug({ digest, size }, 'blob piped registry to registry');
+          } else {
+            await dst.commitUpload(repo, location, digest, counted(source.body, onBytes), size, req.signal);
           }
-          logger.debug({ digest, size }, 'blob piped registry to registry');
-        } else {
-          const body = counted(readVerifiedBlob({ source: req.source, digest, size, signal: req.signal, onResume: downloadResumed(logger, digest, size) }), onBytes);
-          await dst.commitUpload(repo, location, digest, body, size, req.signal);
+        } finally {
+          await source.close();
         }
       }
       if (journal && chunked) await journal.remove(key);
@@ -366,6 +375,33 @@ async function uploadChunked(
       throw giveUp();
     }
   }
+}
+
+/** The source of a blob that goes up in one request: the pipe, or the verified read. */
+interface WholeBlobSource {
+  pipe?: PipedBlobRead;
+  body: AsyncGenerator<Buffer, void, undefined>;
+  /** Releases the source's connection (a no-op once the body was read to its end). */
+  close(): Promise<void>;
+}
+
+/**
+ * Open the source of a one-request upload: the pipe when it applies, else the verified read with
+ * its first bytes already asked for. A failure to open surfaces where the body is read, as
+ * without the head start.
+ */
+async function openWholeBlob(req: BlobUploadRequest, pipeAllowed: boolean): Promise<WholeBlobSource> {
+  const pipe = pipeAllowed ? await startPipe(req, new BlobHasher(req.digest)) : undefined;
+  if (pipe) {
+    return { pipe, body: (async function* () {})(), close: async () => pipe.close() };
+  }
+  const read = readVerifiedBlob({ source: req.source, digest: req.digest, size: req.size, signal: req.signal, onResume: downloadResumed(req.logger, req.digest, req.size) });
+  const first = read.next();
+  first.catch(() => undefined);
+  async function* body(): AsyncGenerator<Buffer, void, undefined> {
+    for (let r = await first; !r.done; r = await read.next()) yield r.value;
+  }
+  return { body: body(), close: async () => void (await read.return(undefined).catch(() => undefined)) };
 }
 
 /** The pipe for this blob (src/copy/blob-pipe.ts), from the hasher's offset; undefined: the regular path. */

@@ -5,6 +5,7 @@ import pLimit, { type LimitFunction } from 'p-limit';
 export class TransferLimits {
   private readonly global: LimitFunction;
   private readonly perRegistry = new Map<string, LimitFunction>();
+  private readonly checksPerRegistry = new Map<string, LimitFunction>();
   readonly globalLimit: number;
   readonly registryLimit: number;
 
@@ -22,5 +23,18 @@ export class TransferLimits {
       this.perRegistry.set(registry, limit);
     }
     return limit(() => this.global(fn));
+  }
+
+  /**
+   * Run an existence check (a HEAD) for `registry`. Checks have their own slots, as many as a
+   * registry's transfers, so they run ahead of the transfers instead of taking turns with them.
+   */
+  check<T>(registry: string, fn: () => Promise<T>): Promise<T> {
+    let limit = this.checksPerRegistry.get(registry);
+    if (!limit) {
+      limit = pLimit(this.registryLimit);
+      this.checksPerRegistry.set(registry, limit);
+    }
+    return limit(fn);
   }
 }

@@ -43,6 +43,11 @@ export type FaultRule = RuleMatch &
         offset: number;
       }
     | {
+        /** Forward the request at once, but hold the registry's answer `ms` before passing it on (a slow round trip). */
+        action: 'delay';
+        ms: number;
+      }
+    | {
         /** Send the response headers (and the first `afterBytes` of the body), then nothing for `ms`; then cut the connection (default) or carry on. */
         action: 'stall';
         ms: number;
@@ -239,7 +244,7 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
       req.pipe(upstream);
     }
 
-    upstream.on('response', (upRes) => {
+    const answer = (upRes: IncomingMessage): void => {
       entry.status = upRes.statusCode ?? 0;
       res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardable(upRes.headers));
 
@@ -348,6 +353,14 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
       }
 
       upRes.pipe(res);
+    };
+    upstream.on('response', (upRes) => {
+      if (rule?.action !== 'delay') return answer(upRes);
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        answer(upRes);
+      }, rule.ms);
+      timers.add(timer);
     });
   };
 
