@@ -56,6 +56,8 @@ export interface WorkloadResult {
   /** How ferry ran this workload (fleet/warm: the interim CLI mode). */
   ferry_mode?: string;
   runs: Record<string, RunResult[]>;
+  /** The tools ferry is compared with (not ferry-baseline or node-floor); absent in results from before it: all but those. */
+  peers?: string[];
   summary: ToolSummary[];
   best_peer?: string;
 }
@@ -148,7 +150,16 @@ export function evaluateTargets(r: BenchResults): Target[] {
   const wl = (name: string) => r.workloads.find((w) => w.name === name);
   const sum = (w: WorkloadResult | undefined, tool: string) => w?.summary.find((s) => s.tool === tool);
   const bestPeer = (w: WorkloadResult | undefined) => (w?.best_peer ? sum(w, w.best_peer) : undefined);
-  const peersOf = (w: WorkloadResult) => w.summary.filter((s) => s.tool !== 'ferry');
+  const isPeer = (w: WorkloadResult, tool: string) => (w.peers ? w.peers.includes(tool) : !['ferry', 'ferry-baseline', 'node-floor'].includes(tool));
+  const peersOf = (w: WorkloadResult) => w.summary.filter((s) => isPeer(w, s.tool));
+  // The reference Node copier (bench/request-floor.mjs), where it ran: what the runtime alone costs.
+  const floorNote = (w: WorkloadResult, f: ToolSummary, what: 'wall' | 'cpu') => {
+    const n = sum(w, 'node-floor');
+    if (!n || !n.verified) return {};
+    return what === 'wall'
+      ? { note: `node-floor (a minimal Node copier, bench/request-floor.mjs): ${f2(n.wall_median_s)} s = ${f2(n.ratio_to_best_peer)}× the best peer; ferry = ${f2(f.wall_median_s / n.wall_median_s)}× node-floor` }
+      : { note: `node-floor: ${f2(n.cpu_s_per_gib)} s/GiB; ferry = ${f2(f.cpu_s_per_gib / n.cpu_s_per_gib)}× node-floor` };
+  };
 
   for (const name of ['big', 'many']) {
     const w = wl(name);
@@ -161,6 +172,7 @@ export function evaluateTargets(r: BenchResults): Target[] {
       target: '≤ 1.05×',
       measured: b ? `${f2(f.wall_median_s)} s vs ${b.tool} ${f2(b.wall_median_s)} s = ${f2(f.ratio_to_best_peer)}×` : 'no peer measured',
       met: b && f.verified ? f.ratio_to_best_peer <= 1.05 : null,
+      ...floorNote(w, f, 'wall'),
     });
   }
   {
@@ -242,6 +254,7 @@ export function evaluateTargets(r: BenchResults): Target[] {
       target: '≤ 1.5×',
       measured: best ? `${f2(f.cpu_s_per_gib)} s/GiB vs ${best.tool} ${f2(best.cpu_s_per_gib)} s/GiB = ${f2(f.cpu_s_per_gib / best.cpu_s_per_gib)}×` : 'no peer measured',
       met: best && f.verified ? f.cpu_s_per_gib <= 1.5 * best.cpu_s_per_gib : null,
+      ...floorNote(w, f, 'cpu'),
     });
   }
   if (r.startup?.length) {

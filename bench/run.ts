@@ -167,8 +167,10 @@ interface Env {
   o: BenchOptions;
 }
 
-async function runWorkload(w: Workload, images: SourceImage[], tools: Tool[], env: Env): Promise<WorkloadResult> {
+async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[], env: Env): Promise<WorkloadResult> {
   const { o } = env;
+  const tools = allTools.filter((t) => !t.workloads || t.workloads.includes(w.name));
+  const peers = tools.filter((t) => t.peer).map((t) => t.name);
   const result: WorkloadResult = {
     name: w.name,
     kind: w.kind,
@@ -177,6 +179,7 @@ async function runWorkload(w: Workload, images: SourceImage[], tools: Tool[], en
     bytes: images.reduce((n, i) => n + i.bytes, 0),
     blobs: new Set(images.flatMap((i) => i.blobs)).size,
     runs: Object.fromEntries(tools.map((t) => [t.name, [] as RunResult[]])),
+    peers,
     summary: [],
   };
   if (w.kind !== 'single' && tools.some((t) => t.name === 'ferry')) result.ferry_mode = ferryFleetModeLabel(o.ferryFleet, o.agentMaxJobs);
@@ -282,7 +285,7 @@ async function runWorkload(w: Workload, images: SourceImage[], tools: Tool[], en
       );
     }
   }
-  summarize(result, tools.filter((t) => t.peer).map((t) => t.name));
+  summarize(result, peers);
   return result;
 }
 

@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Command } from './measure.ts';
 
 export interface RunContext {
@@ -22,6 +23,8 @@ export interface Tool {
   copy(source: string, destination: string, ctx: RunContext): Command;
   /** Called before every timed run (and every fleet group). */
   beforeRun?(): void;
+  /** The workloads it runs (default: all). */
+  workloads?: string[];
 }
 
 export interface ToolSettings {
@@ -64,6 +67,10 @@ export const SKOPEO_CACHES = [
   '/var/lib/containers/cache/blob-info-cache-v1.boltdb',
   join(homedir(), '.local/share/containers/cache/blob-info-cache-v1.boltdb'),
 ];
+
+/** bench/request-floor.mjs: about the least a Node copier can do, run beside the tools as a reference. */
+export const NODE_FLOOR = 'node-floor';
+const FLOOR_SCRIPT = fileURLToPath(new URL('./request-floor.mjs', import.meta.url));
 
 export function makeTools(s: ToolSettings): Tool[] {
   const ferryArgs = s.ferryConcurrency ? ['--concurrency', String(s.ferryConcurrency)] : [];
@@ -111,6 +118,14 @@ export function makeTools(s: ToolSettings): Tool[] {
       invocation: `oras cp --from-plain-http --to-plain-http ${orasArgs.join(' ')} SRC DST`.replace(/\s+/g, ' '),
       version: () => `${firstLine('oras', ['version']).replace(/^Version:\s*/, '')} (Debian ${dpkgVersion('oras')})`,
       copy: (src, dst, ctx) => ({ cmd: 'oras', args: ['cp', '--from-plain-http', '--to-plain-http', ...orasArgs, src, dst], env: env(ctx) }),
+    },
+    {
+      name: NODE_FLOOR,
+      peer: false,
+      invocation: 'node bench/request-floor.mjs SRC DST (a reference, not a peer: ~90 lines on node:http, no CLI, retries, resume or auth; image manifests only)',
+      version: () => `node ${process.versions.node}`,
+      copy: (src, dst, ctx) => ({ cmd: process.execPath, args: [FLOOR_SCRIPT, src, dst], env: env(ctx) }),
+      workloads: ['big', 'many'],
     },
   ];
 }
