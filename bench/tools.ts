@@ -122,7 +122,7 @@ export function makeTools(s: ToolSettings): Tool[] {
     {
       name: NODE_FLOOR,
       peer: false,
-      invocation: 'node bench/request-floor.mjs SRC DST (a reference, not a peer: ~90 lines on node:http, no CLI, retries, resume or auth; image manifests only)',
+      invocation: 'node bench/request-floor.mjs SRC DST (a reference, not a peer: HTTP/1.1 by hand on keep-alive sockets, no CLI, retries, resume or auth; image manifests only)',
       version: () => `node ${process.versions.node}`,
       copy: (src, dst, ctx) => ({ cmd: process.execPath, args: [FLOOR_SCRIPT, src, dst], env: env(ctx) }),
       workloads: ['big', 'many'],

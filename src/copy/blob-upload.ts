@@ -156,7 +156,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       } else {
         const source = await (whole ?? openWholeBlob(counting, pipeOk.allowed));
         try {
-          if (source.pipe) {
+          if ('pipe' in source) {
             await dst.pipeUpload(repo, location, 0, size, digest, source.pipe, req.signal);
             logger.debug({ digest, size }, 'blob piped registry to registry');
           } else {
@@ -377,13 +377,8 @@ async function uploadChunked(
   }
 }
 
-/** The source of a blob that goes up in one request: the pipe, or the verified read. */
-interface WholeBlobSource {
-  pipe?: PipedBlobRead;
-  body: AsyncGenerator<Buffer, void, undefined>;
-  /** Releases the source's connection (a no-op once the body was read to its end). */
-  close(): Promise<void>;
-}
+/** The source of a blob that goes up in one request: the pipe, or the verified read. `close` releases its connection (a no-op once read to the end). */
+type WholeBlobSource = ({ pipe: PipedBlobRead } | { body: AsyncGenerator<Buffer, void, undefined> }) & { close(): Promise<void> };
 
 /**
  * Open the source of a one-request upload: the pipe when it applies, else the verified read with
@@ -393,7 +388,7 @@ interface WholeBlobSource {
 async function openWholeBlob(req: BlobUploadRequest, pipeAllowed: boolean): Promise<WholeBlobSource> {
   const pipe = pipeAllowed ? await startPipe(req, new BlobHasher(req.digest)) : undefined;
   if (pipe) {
-    return { pipe, body: (async function* () {})(), close: async () => pipe.close() };
+    return { pipe, close: async () => pipe.close() };
   }
   const read = readVerifiedBlob({ source: req.source, digest: req.digest, size: req.size, signal: req.signal, onResume: downloadResumed(req.logger, req.digest, req.size) });
   const first = read.next();

@@ -419,9 +419,10 @@ class CopyRun {
 
   /**
    * Whether the destination already has each blob, asked ahead of the transfers: a blob's HEAD
-   * then no longer stands between its transfer slot and its first byte (on `many`, 41 small
-   * blobs, it was one round trip in four). The answer is as of the check; a blob another copy
-   * lands meanwhile is still found by the sibling placements below.
+   * then no longer stands between its transfer slot and its first byte (one round trip of the
+   * four a blob costs; it tells on a registry far away, test/e2e/round-trips.test.ts). The answer
+   * is as of the check; a blob another copy lands meanwhile is still found by the sibling
+   * placements below.
    */
   private checkPresence(blobs: Map<Digest, BlobInfo>, signal: AbortSignal): Map<Digest, Promise<boolean>> {
     const present = new Map<Digest, Promise<boolean>>();
