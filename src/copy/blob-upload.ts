@@ -378,7 +378,7 @@ async function uploadChunked(
 }
 
 /** The source of a blob that goes up in one request: the pipe, or the verified read. `close` releases its connection (a no-op once read to the end). */
-type WholeBlobSource = ({ pipe: PipedBlobRead } | { body: AsyncGenerator<Buffer, void, undefined> }) & { close(): Promise<void> };
+type WholeBlobSource = ({ pipe: PipedBlobRead } | { body: AsyncIterableIterator<Buffer> }) & { close(): Promise<void> };
 
 /**
  * Open the source of a one-request upload: the pipe when it applies, else the verified read with
@@ -391,12 +391,22 @@ async function openWholeBlob(req: BlobUploadRequest, pipeAllowed: boolean): Prom
     return { pipe, close: async () => pipe.close() };
   }
   const read = readVerifiedBlob({ source: req.source, digest: req.digest, size: req.size, signal: req.signal, onResume: downloadResumed(req.logger, req.digest, req.size) });
-  const first = read.next();
+  // The first next() is asked now; the body hands out its answer, then the read's own. (Not a
+  // generator around the read: one more async step per chunk cost ~0.02–0.03 CPU-s on `many`.)
+  let first: Promise<IteratorResult<Buffer, void>> | undefined = read.next();
   first.catch(() => undefined);
-  async function* body(): AsyncGenerator<Buffer, void, undefined> {
-    for (let r = await first; !r.done; r = await read.next()) yield r.value;
-  }
-  return { body: body(), close: async () => void (await read.return(undefined).catch(() => undefined)) };
+  const body: AsyncIterableIterator<Buffer> = {
+    next: () => {
+      const answer = first ?? read.next();
+      first = undefined;
+      return answer;
+    },
+    return: (value?: unknown) => read.return(value as undefined),
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+  };
+  return { body, close: async () => void (await read.return(undefined).catch(() => undefined)) };
 }
 
 /** The pipe for this blob (src/copy/blob-pipe.ts), from the hasher's offset; undefined: the regular path. */
