@@ -1,6 +1,7 @@
 // Summaries, the issue's targets, and the Markdown / JSON outputs.
 import type { RequestCounts } from './registries.ts';
 import { max, median, min } from './measure.ts';
+import { NODE_FLOOR } from './tools.ts';
 
 export interface RunResult {
   round: number;
@@ -150,11 +151,11 @@ export function evaluateTargets(r: BenchResults): Target[] {
   const wl = (name: string) => r.workloads.find((w) => w.name === name);
   const sum = (w: WorkloadResult | undefined, tool: string) => w?.summary.find((s) => s.tool === tool);
   const bestPeer = (w: WorkloadResult | undefined) => (w?.best_peer ? sum(w, w.best_peer) : undefined);
-  const isPeer = (w: WorkloadResult, tool: string) => (w.peers ? w.peers.includes(tool) : !['ferry', 'ferry-baseline', 'node-floor'].includes(tool));
+  const isPeer = (w: WorkloadResult, tool: string) => (w.peers ? w.peers.includes(tool) : !['ferry', 'ferry-baseline', NODE_FLOOR].includes(tool));
   const peersOf = (w: WorkloadResult) => w.summary.filter((s) => isPeer(w, s.tool));
   // The reference Node copier (bench/request-floor.mjs), where it ran: what the runtime alone costs.
   const floorNote = (w: WorkloadResult, f: ToolSummary, what: 'wall' | 'cpu') => {
-    const n = sum(w, 'node-floor');
+    const n = sum(w, NODE_FLOOR);
     if (!n || !n.verified) return {};
     return what === 'wall'
       ? { note: `node-floor (a minimal Node copier, bench/request-floor.mjs): ${f2(n.wall_median_s)} s = ${f2(n.ratio_to_best_peer)}× the best peer; ferry = ${f2(f.wall_median_s / n.wall_median_s)}× node-floor` }

@@ -127,13 +127,10 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       continuation = undefined;
     } else {
       if (!chunked) whole = openWholeBlob(counting, pipeOk.allowed);
-      let session: Awaited<ReturnType<RegistryClient['startUpload']>>;
-      try {
-        session = await dst.startUpload(repo, req.signal);
-      } catch (e) {
+      const session = await dst.startUpload(repo, req.signal).catch(async (e: unknown) => {
         await whole?.then((w) => w.close(), () => undefined);
         throw e;
-      }
+      });
       location = session.location;
       chunkBytes = Math.max(chunkBytes, session.minChunk);
     }

@@ -17,12 +17,7 @@ export class TransferLimits {
 
   /** Run `fn` holding a slot for `registry` and a global slot. */
   run<T>(registry: string, fn: () => Promise<T>): Promise<T> {
-    let limit = this.perRegistry.get(registry);
-    if (!limit) {
-      limit = pLimit(this.registryLimit);
-      this.perRegistry.set(registry, limit);
-    }
-    return limit(() => this.global(fn));
+    return this.slotsOf(this.perRegistry, registry)(() => this.global(fn));
   }
 
   /**
@@ -30,11 +25,16 @@ export class TransferLimits {
    * registry's transfers, so they run ahead of the transfers instead of taking turns with them.
    */
   check<T>(registry: string, fn: () => Promise<T>): Promise<T> {
-    let limit = this.checksPerRegistry.get(registry);
+    return this.slotsOf(this.checksPerRegistry, registry)(fn);
+  }
+
+  /** `registry`'s limit in `limits`, made on first use with `registryLimit` slots. */
+  private slotsOf(limits: Map<string, LimitFunction>, registry: string): LimitFunction {
+    let limit = limits.get(registry);
     if (!limit) {
       limit = pLimit(this.registryLimit);
-      this.checksPerRegistry.set(registry, limit);
+      limits.set(registry, limit);
     }
-    return limit(fn);
+    return limit;
   }
 }

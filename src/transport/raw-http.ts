@@ -158,6 +158,22 @@ export function dechunk(bytes: Buffer): Buffer | undefined {
   }
 }
 
+/** A plain-HTTP socket whose reads land in one ReadBuffer and go to `onBytes` (false: stop reading); the buffer is released when the socket closes. */
+function connectReadingInto(url: URL, opts: RawConnectOptions, onBytes: (bytes: Buffer) => boolean): net.Socket {
+  const readBuffer = new ReadBuffer();
+  let lastRead = 0;
+  // Node asks `buffer` for the buffer before the first read and again after every callback.
+  const socket = connectSocket(url, opts, {
+    buffer: () => readBuffer.next(lastRead),
+    callback: (n, buf) => {
+      lastRead = n;
+      return onBytes(buf.subarray(0, n));
+    },
+  });
+  socket.once('close', () => readBuffer.release());
+  return socket;
+}
+
 function connectSocket(url: URL, opts: RawConnectOptions, onread?: { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean }): net.Socket {
   const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
   const host = url.hostname.replace(/^\[|\]$/g, '');
@@ -263,19 +279,7 @@ export class RawBodyReader {
       // bytes still inside it does not hand them over when resumed (they wait for the next
       // record from the network), so over TLS each read is a fresh buffer, from 'data' events.
       const tlsSocket = req.url.protocol === 'https:';
-      const readBuffer = new ReadBuffer();
-      let lastRead = 0;
-      // Node asks `buffer` for the buffer before the first read and again after every callback.
-      const socket = tlsSocket
-        ? connectSocket(req.url, opts)
-        : connectSocket(req.url, opts, {
-            buffer: () => readBuffer.next(lastRead),
-            callback: (n, buf) => {
-              lastRead = n;
-              return onBytes(buf.subarray(0, n));
-            },
-          });
-      socket.once('close', () => readBuffer.release());
+      const socket = tlsSocket ? connectSocket(req.url, opts) : connectReadingInto(req.url, opts, onBytes);
       if (tlsSocket) socket.on('data', (d: Buffer) => onBytes(d));
       const headTimer = setTimeout(() => fail(new NetworkError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, { side: 'source' })), opts.headersTimeoutMs + opts.connectTimeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
