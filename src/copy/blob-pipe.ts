@@ -14,15 +14,14 @@ import type { RegistryClient } from '../registry/client.ts';
 import { checkDigest, type BlobHasher } from './blob-reader.ts';
 
 /**
- * Blobs from this size on take the pipe. Each piped blob opens two fresh connections (the pipe
- * keeps none), where the regular path reuses undici's pooled ones. Between plain-HTTP registries
- * (loopback, a LAN) that costs next to nothing and the pipe pays from a few MiB (measured: no
- * gain on 100–700 KiB blobs, a third less CPU on 64 MiB ones). Over TLS each connection is a
- * handshake and, across a WAN, round trips before the first byte, and TLS reads cannot use the
- * reused buffer (src/transport/raw-http.ts): there the pipe starts at 32 MiB, where a transfer
- * takes long enough to bury that. (Not measured over a WAN: no such network here.)
+ * Blobs from this size on take the pipe. ferry's own connections are kept alive between blobs
+ * (src/transport/raw-http.ts), so between plain-HTTP registries (loopback, a LAN) every blob
+ * takes it: on `many` (40 layers of 100–700 KiB) that took CPU and wall time down against the
+ * regular path (docs/performance.md, eighth round). Over TLS, reads cannot use the reused buffer
+ * (src/transport/raw-http.ts), so small blobs gain less there; the pipe starts at 32 MiB, as it
+ * did before connections were kept (not measured over a WAN: no such network here).
  */
-export const DEFAULT_PIPE_MIN_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_PIPE_MIN_BYTES = 0;
 export const DEFAULT_TLS_PIPE_MIN_BYTES = 32 * 1024 * 1024;
 
 /** The size from which a blob between these registries takes the pipe (`override`: FERRY_PIPE_MIN_BYTES). */

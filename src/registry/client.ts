@@ -294,6 +294,12 @@ export class RegistryClient {
     }
     if (!(r instanceof RawBodyReader)) {
       this.logger.debug({ digest, answer: typeof r.declined === 'string' ? r.declined : r.declined.status }, 'blob not read directly; reading it the regular way');
+      // A busy or failing registry: the regular read is its retry, so it waits as a retry would (Retry-After included).
+      if (typeof r.declined !== 'string' && isRetryableStatus(r.declined.status)) {
+        const retryAfter = parseRetryAfter(r.declined.headers['retry-after']);
+        const asked = retryAfter !== undefined && retryAfter <= this.retry.maxRetryAfterMs ? retryAfter : 0;
+        await sleep(Math.max(asked, backoffDelay(this.retry, 1)), signal);
+      }
       return undefined;
     }
     if (r.head.status !== (offset > 0 ? 206 : 200) || r.remaining !== size - offset) {

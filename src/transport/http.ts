@@ -1,13 +1,15 @@
 // The process's one HTTP transport: a single undici dispatcher with keep-alive pools per
-// origin, proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, extra CA certificates, and the
-// scheme policy (TLS always, except loopback and hosts the operator named as plain HTTP).
+// origin, ferry's own kept-alive connections for the requests around blob bytes
+// (src/transport/raw-http.ts), proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (through undici
+// only), extra CA certificates, and the scheme policy (TLS always, except loopback and hosts the
+// operator named as plain HTTP).
 // Redirects are followed here, by hand, so that credentials never leave their host.
 import { readFileSync } from 'node:fs';
 import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
-import { RawBodyReader, RawUpload, type PreparedRequest, type RawConnectOptions, type ResponseHead } from './raw-http.ts';
+import { RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type ResponseHead } from './raw-http.ts';
 
 export interface TransportOptions {
   /** Hosts (host or host:port) that speak plain HTTP. Loopback hosts always may. */
@@ -35,10 +37,13 @@ export interface HttpRequest {
   followRedirects?: boolean;
 }
 
+/** What callers do with an answer's body: read it as it comes, or drop it. */
+export type ResponseBody = AsyncIterable<Uint8Array> & { dump(): Promise<void>; destroy(): void };
+
 export interface HttpResponse {
   status: number;
   headers: Record<string, string | string[] | undefined>;
-  body: Dispatcher.ResponseData['body'];
+  body: ResponseBody;
   /** The URL that finally answered (after redirects). */
   url: URL;
 }
@@ -50,6 +55,7 @@ export class HttpTransport {
   private readonly plainHttp: Set<string>;
   private readonly background = new Set<Promise<void>>();
   private readonly raw: RawConnectOptions | undefined;
+  private readonly rawPool = new RawConnectionPool();
   readonly userAgent: string;
 
   constructor(opts: TransportOptions = {}) {
@@ -86,6 +92,7 @@ export class HttpTransport {
           headersTimeoutMs: poolOptions.headersTimeout,
           idleTimeoutMs: poolOptions.bodyTimeout,
           userAgent: this.userAgent,
+          pool: this.rawPool,
         };
     this.dispatcher = proxied
       ? new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect })
@@ -147,22 +154,28 @@ export class HttpTransport {
     const follow = req.followRedirects ?? (req.method === 'GET' || req.method === 'HEAD');
     for (let hop = 0; ; hop++) {
       this.checkScheme(url);
-      let res: Dispatcher.ResponseData;
+      let res: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: ResponseBody };
+      // Requests with a body in memory and a small answer (HEADs, upload sessions, commits,
+      // manifest writes) go on ferry's own kept-alive connections; GETs, whose answers may be
+      // large and are streamed, and streamed bodies go through undici.
+      const exchange = this.raw !== undefined && req.method !== 'GET' && (req.body === undefined || req.body instanceof Uint8Array);
       try {
-        res = await this.dispatcher.request({
-          origin: url.origin,
-          path: url.pathname + url.search,
-          method: req.method,
-          // A copy: undici's proxy agent writes `host` into the object it is given, which would
-          // then go with the next hop of a redirect — to another host, under the wrong name.
-          headers: { ...headers },
-          body: req.body as Dispatcher.DispatchOptions['body'],
-          signal: req.signal ?? null,
-          // undici closes the connection after every HEAD (for servers that wrongly send a body
-          // with it). Registries are well-behaved, and a copy HEADs every blob: without this,
-          // each HEAD costs a new connection (and, over TLS, a handshake).
-          ...(req.method === 'HEAD' ? { reset: false } : {}),
-        });
+        res = exchange
+          ? await this.exchange(req.method, url, headers, req.body as Uint8Array | undefined, req.signal)
+          : await this.dispatcher.request({
+              origin: url.origin,
+              path: url.pathname + url.search,
+              method: req.method,
+              // A copy: undici's proxy agent writes `host` into the object it is given, which would
+              // then go with the next hop of a redirect — to another host, under the wrong name.
+              headers: { ...headers },
+              body: req.body as Dispatcher.DispatchOptions['body'],
+              signal: req.signal ?? null,
+              // undici closes the connection after every HEAD (for servers that wrongly send a body
+              // with it). Registries are well-behaved, and a copy HEADs every blob: without this,
+              // each HEAD costs a new connection (and, over TLS, a handshake).
+              ...(req.method === 'HEAD' ? { reset: false } : {}),
+            });
       } catch (e) {
         throw networkError(e, url);
       }
@@ -176,6 +189,14 @@ export class HttpTransport {
       headers = next.headers;
       url = next.url;
     }
+  }
+
+  /** A request with a body in memory on ferry's own kept-alive connection (src/transport/raw-http.ts), its small answer read whole. */
+  private async exchange(method: string, url: URL, headers: Record<string, string>, body: Uint8Array | undefined, signal: AbortSignal | undefined): Promise<{ statusCode: number; headers: Record<string, string>; body: ResponseBody }> {
+    const lower: Record<string, string> = {};
+    for (const [name, value] of Object.entries(headers)) lower[name.toLowerCase()] = value;
+    const answer = await rawExchange(method, { url, headers: lower }, body, this.raw!, signal);
+    return { statusCode: answer.status, headers: answer.headers, body: new BufferedBody(answer.body) };
   }
 
   /**
@@ -215,7 +236,27 @@ export class HttpTransport {
 
   async close(): Promise<void> {
     while (this.background.size > 0) await Promise.all(this.background);
+    this.rawPool.close();
     await this.dispatcher.close();
+  }
+}
+
+/** An answer's body already read whole. */
+class BufferedBody implements ResponseBody {
+  private bytes: Buffer | undefined;
+  constructor(bytes: Buffer) {
+    this.bytes = bytes;
+  }
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    const bytes = this.bytes;
+    this.bytes = undefined;
+    if (bytes && bytes.byteLength > 0) yield bytes;
+  }
+  async dump(): Promise<void> {
+    this.bytes = undefined;
+  }
+  destroy(): void {
+    this.bytes = undefined;
   }
 }
 

@@ -1,18 +1,24 @@
-// ferry's own HTTP/1.1 for the one path that moves a blob's bytes from a registry to a
-// registry (src/copy/blob-pipe.ts). The source's response body is read into one buffer that is
-// used again for every read (the socket's `onread`), each piece is shown to the caller (the
-// hash) and written to the destination's request on a second connection, and reading pauses
-// while a write is still with the kernel, so the buffer is never overwritten under it.
+// ferry's own HTTP/1.1 for what a registry-to-registry copy does per blob. Two uses:
+//
+// - The pipe (src/copy/blob-pipe.ts): the source's response body is read into one buffer that
+//   is used again for every read (the socket's `onread`), each piece is shown to the caller (the
+//   hash) and written to the destination's request on a second connection, and reading pauses
+//   while a write is still with the kernel, so the buffer is never overwritten under it.
+// - Exchanges: requests whose body is in memory and whose answer is small, read whole (the
+//   HEADs, upload sessions, commits and manifest writes around the bytes; `rawExchange`).
 //
 // Why not undici: every socket read there lands in a fresh 64 KiB buffer, and hashing and
 // writing fresh memory costs about as much again as the copy itself. Between two distribution
-// registries, 8 × 64 MiB layers took 1.45 CPU-s through undici and 0.84 through this
-// (docs/performance.md). Everything else (manifests, HEADs, tokens, small blobs, proxies)
-// stays on undici (src/transport/http.ts).
+// registries, 8 × 64 MiB layers took 1.45 CPU-s through undici and 0.84 through this. And per
+// request its JavaScript (a handler chain, a Readable per body) costs more than the request:
+// on 40 small layers, these connections took ferry's CPU from ~0.52 to ~0.47 s
+// (docs/performance.md). GETs of manifests and tokens, blobs into anything but a registry, and
+// everything behind a proxy stay on undici (src/transport/http.ts).
 //
-// Deliberately small: one request per connection, no proxies, bodies
-// with a Content-Length only. The caller falls back to the regular path whenever an answer is
-// anything else.
+// Connections are kept alive (RawConnectionPool): one request at a time on each, the next one
+// once an answer has been read to its end. Deliberately small otherwise: no proxies, no
+// pipelining, response bodies with a Content-Length (or none) for the pipe. The caller falls
+// back to the regular path whenever an answer is anything else.
 import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { AbortedError, NetworkError, type Side } from '../errors.ts';
@@ -38,6 +44,8 @@ export interface RawConnectOptions {
   /** No bytes either way for this long: the connection is stalled. */
   idleTimeoutMs: number;
   userAgent: string;
+  /** Where connections wait between requests; without one, each connection serves one request. */
+  pool?: RawConnectionPool | undefined;
 }
 
 /** The size a source's read buffer starts at, and keeps while other pipes read too: 4× fewer reads than Node's 64 KiB. */
@@ -60,6 +68,8 @@ let readBuffersOpen = 0;
  */
 export class ReadBuffer {
   private buffer: Buffer | undefined;
+  /** Kept for the connection's next download, but not counted as reading. */
+  private parked = false;
 
   /** The buffer for the next read, after one that brought `lastRead` bytes (0 before the first). */
   next(lastRead: number): Buffer {
@@ -68,6 +78,7 @@ export class ReadBuffer {
       this.buffer = Buffer.allocUnsafe(PIPE_BUFFER_BYTES);
       return this.buffer;
     }
+    this.claim();
     // A buffer replaced here may still be under a pending write; it is left to the garbage collector.
     const size = this.buffer.byteLength;
     if (readBuffersOpen > 1) {
@@ -78,10 +89,36 @@ export class ReadBuffer {
     return this.buffer;
   }
 
+  /**
+   * A download is over and its connection waits for the next one: the buffer no longer counts
+   * as reading, and is kept for the connection's next download (allocating one per blob cost
+   * more than reading into it). False for a grown buffer: Node reads next into the buffer it was
+   * last given, so the connection would hold it, and hand its next answer over in one piece of
+   * up to 4 MiB; that connection is closed instead (a large lone download: reuse buys little).
+   */
+  park(): boolean {
+    if (!this.buffer || this.parked) return true;
+    readBuffersOpen -= 1;
+    if (this.buffer.byteLength > PIPE_BUFFER_BYTES) {
+      this.buffer = undefined;
+      return false;
+    }
+    this.parked = true;
+    return true;
+  }
+
+  /** A download begins on a kept connection: its buffer counts as reading again from now (its first read may land in it before `next` is asked). */
+  claim(): void {
+    if (!this.parked) return;
+    this.parked = false;
+    readBuffersOpen += 1;
+  }
+
   /** The connection is closed: this buffer no longer counts as reading. */
   release(): void {
-    if (this.buffer) readBuffersOpen -= 1;
+    if (this.buffer && !this.parked) readBuffersOpen -= 1;
     this.buffer = undefined;
+    this.parked = false;
   }
 
   /** How many pipes have a read buffer now (for tests). */
@@ -108,11 +145,11 @@ function requestHead(method: string, req: PreparedRequest, userAgent: string, co
 }
 
 /** Parses a response head; undefined until the blank line has arrived. */
-function parseHead(bytes: Buffer): { head: ResponseHead; bodyStart: number } | undefined {
+function parseHead(bytes: Buffer): { head: ResponseHead; bodyStart: number; keepAlive: boolean } | undefined {
   const end = bytes.indexOf('\r\n\r\n');
   if (end < 0) return undefined;
   const lines = bytes.subarray(0, end).toString('latin1').split('\r\n');
-  const status = /^HTTP\/1\.[01] (\d{3})(?: |$)/.exec(lines[0] ?? '');
+  const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(lines[0] ?? '');
   if (!status) throw new NetworkError(`not an HTTP/1.1 response: ${JSON.stringify((lines[0] ?? '').slice(0, 80))}`);
   const headers: Record<string, string> = {};
   for (const line of lines.slice(1)) {
@@ -122,7 +159,9 @@ function parseHead(bytes: Buffer): { head: ResponseHead; bodyStart: number } | u
     const value = line.slice(colon + 1).trim();
     headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
   }
-  return { head: { status: Number(status[1]), headers }, bodyStart: end + 4 };
+  // HTTP/1.1 keeps a connection open unless either side says `close`; HTTP/1.0 closes it.
+  const keepAlive = status[1] === '1' && !/(^|,)\s*close\s*(,|$)/i.test(headers.connection ?? '');
+  return { head: { status: Number(status[2]), headers }, bodyStart: end + 4, keepAlive };
 }
 
 /** A Content-Length that is one plain non-negative integer, else undefined. */
@@ -158,40 +197,191 @@ export function dechunk(bytes: Buffer): Buffer | undefined {
   }
 }
 
-/** A plain-HTTP socket whose reads land in one ReadBuffer and go to `onBytes` (false: stop reading); the buffer is released when the socket closes. */
-function connectReadingInto(url: URL, opts: RawConnectOptions, onBytes: (bytes: Buffer) => boolean): net.Socket {
-  const readBuffer = new ReadBuffer();
-  let lastRead = 0;
-  // Node asks `buffer` for the buffer before the first read and again after every callback.
-  const socket = connectSocket(url, opts, {
-    buffer: () => readBuffer.next(lastRead),
-    callback: (n, buf) => {
-      lastRead = n;
-      return onBytes(buf.subarray(0, n));
-    },
-  });
-  socket.once('close', () => readBuffer.release());
-  return socket;
+/** What a connection's current user is told: bytes read, and how the connection broke. */
+interface ConnectionUser {
+  /** Bytes read (see `bulk` for whose memory they are in); false: stop reading (plain HTTP). */
+  bytes(bytes: Buffer): boolean;
+  /**
+   * Plain HTTP: reads land in the connection's read buffer (a download's body, shown to the user
+   * and written on before the next read); otherwise in a small buffer the user must copy from.
+   */
+  bulk?: boolean;
+  error(e: Error): void;
+  timeout(): void;
+  /** The server ended or closed the connection. */
+  ended(): void;
 }
 
-function connectSocket(url: URL, opts: RawConnectOptions, onread?: { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean }): net.Socket {
-  const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  const base = { host, port, noDelay: true, ...(onread ? { onread } : {}) };
-  if (url.protocol === 'https:') {
-    // Loaded here: a copy between plain-HTTP registries never needs node:tls.
-    const tls = process.getBuiltinModule('node:tls');
-    const tlsOptions: ConnectionOptions = { ...base, ALPNProtocols: ['http/1.1'] };
-    if (net.isIP(host) === 0) tlsOptions.servername = host;
-    if (opts.ca && opts.ca.length > 0) tlsOptions.ca = [...tls.rootCertificates, ...opts.ca];
-    return tls.connect(tlsOptions) as TLSSocket;
+/** A connection idle this long is not used again (a server may close idle ones, and a request sent into a closing connection is lost). */
+export const KEEP_ALIVE_MS = 4_000;
+const MAX_IDLE_PER_ORIGIN = 16;
+const OWN_BUFFER_BYTES = 16 * 1024;
+
+/**
+ * One of ferry's own connections. It serves one request at a time; once an answer has been
+ * read to its end (and neither side asked to close), it goes back to its pool and the next
+ * request to the same origin uses it again: HTTP/1.1 keep-alive. The socket's listeners stay
+ * for its life and pass each event to the current user; while idle, any event closes it.
+ */
+export class RawConnection {
+  readonly socket: net.Socket;
+  readonly url: URL;
+  /** Requests this connection has served before the current one. */
+  served = 0;
+  private user: ConnectionUser | undefined;
+  private ownBuffer: Buffer | undefined;
+  /** Plain HTTP's downloads read into this, one download after another (ReadBuffer). */
+  private readonly readBuffer = new ReadBuffer();
+  private ready = false;
+  private readonly pool: RawConnectionPool | undefined;
+
+  private constructor(url: URL, opts: RawConnectOptions) {
+    this.url = url;
+    this.pool = opts.pool;
+    const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    if (url.protocol === 'https:') {
+      // Loaded here: a copy between plain-HTTP registries never needs node:tls.
+      const tls = process.getBuiltinModule('node:tls');
+      const tlsOptions: ConnectionOptions & { noDelay: boolean } = { host, port, noDelay: true, ALPNProtocols: ['http/1.1'] };
+      if (net.isIP(host) === 0) tlsOptions.servername = host;
+      if (opts.ca && opts.ca.length > 0) tlsOptions.ca = [...tls.rootCertificates, ...opts.ca];
+      // Over TLS each read is a fresh buffer, from 'data' events: a TLS socket paused with
+      // decrypted bytes still inside it does not hand them over when resumed (they wait for the
+      // next record from the network), so it cannot read into a buffer that must wait for a write.
+      this.socket = tls.connect(tlsOptions) as TLSSocket;
+      this.socket.on('data', (d: Buffer) => this.deliver(d));
+    } else {
+      let lastRead = 0;
+      // Node asks `buffer` for the buffer before the first read and again after every callback.
+      this.socket = net.connect({
+        host,
+        port,
+        noDelay: true,
+        onread: {
+          buffer: () => (this.user?.bulk ? this.readBuffer.next(lastRead) : (this.ownBuffer ??= Buffer.allocUnsafe(OWN_BUFFER_BYTES))),
+          callback: (n: number, buf: Uint8Array) => {
+            lastRead = n;
+            return this.deliver((buf as Buffer).subarray(0, n));
+          },
+        },
+      } as net.NetConnectOpts);
+    }
+    this.socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+      this.ready = true;
+    });
+    this.socket.on('error', (e) => (this.user ? this.user.error(e) : this.socket.destroy()));
+    this.socket.on('timeout', () => (this.user ? this.user.timeout() : this.socket.destroy()));
+    this.socket.on('end', () => (this.user ? this.user.ended() : this.socket.destroy()));
+    this.socket.on('close', () => {
+      this.readBuffer.release();
+      this.pool?.forget(this);
+      this.user?.ended();
+    });
   }
-  return net.connect(base as net.NetConnectOpts);
+
+  /** An idle connection to this origin from the pool (unless `fresh`), else a new one, for `user`. */
+  static open(url: URL, opts: RawConnectOptions, fresh: boolean, user: ConnectionUser): RawConnection {
+    const conn = (fresh ? undefined : opts.pool?.take(url)) ?? new RawConnection(url, opts);
+    conn.user = user;
+    if (user.bulk) conn.readBuffer.claim();
+    conn.socket.setTimeout(opts.idleTimeoutMs);
+    return conn;
+  }
+
+  private deliver(bytes: Buffer): boolean {
+    if (this.user) return this.user.bytes(bytes);
+    // Bytes nobody asked for on an idle connection: it is out of step; close it.
+    this.socket.destroy();
+    return false;
+  }
+
+  /** Run `send` once the connection can carry a request (at once when it is reused). */
+  whenReady(send: () => void): void {
+    if (this.ready) send();
+    else this.socket.once(this.url.protocol === 'https:' ? 'secureConnect' : 'connect', send);
+  }
+
+  /**
+   * `user` is done: `reusable` when its answer was read to the end and nobody asked to close.
+   * A user that has already let go (or lost the connection) changes nothing: the connection may
+   * be serving someone else by then.
+   */
+  release(user: ConnectionUser, reusable: boolean): void {
+    if (this.user !== user) return;
+    this.user = undefined;
+    const bufferKept = this.readBuffer.park();
+    if (reusable && bufferKept && this.pool && !this.socket.destroyed) {
+      this.served += 1;
+      this.pool.give(this);
+    } else this.socket.destroy();
+  }
+
+  /** Close the connection, whoever holds it (the pool, for an idle one). */
+  destroy(): void {
+    this.user = undefined;
+    this.socket.destroy();
+  }
 }
 
-/** The event after which a request can be written: the TLS handshake's end, or the TCP connect. */
-function readyEvent(url: URL): 'secureConnect' | 'connect' {
-  return url.protocol === 'https:' ? 'secureConnect' : 'connect';
+/** The idle keep-alive connections of one transport, per origin. */
+export class RawConnectionPool {
+  private readonly idle = new Map<string, { conn: RawConnection; timer: NodeJS.Timeout }[]>();
+  private closed = false;
+  private readonly keepAliveMs: number;
+
+  constructor(keepAliveMs = KEEP_ALIVE_MS) {
+    this.keepAliveMs = keepAliveMs;
+  }
+
+  take(url: URL): RawConnection | undefined {
+    const list = this.idle.get(url.origin);
+    for (let entry = list?.pop(); entry; entry = list?.pop()) {
+      clearTimeout(entry.timer);
+      // Closed by the server a moment ago ('close' is still on its way): not this one.
+      if (entry.conn.socket.destroyed) continue;
+      entry.conn.socket.ref();
+      return entry.conn;
+    }
+    return undefined;
+  }
+
+  give(conn: RawConnection): void {
+    const list = this.idle.get(conn.url.origin) ?? [];
+    if (this.closed || list.length >= MAX_IDLE_PER_ORIGIN) return conn.destroy();
+    conn.socket.setTimeout(0);
+    // An idle connection keeps no process alive, and is read from so a close is noticed.
+    conn.socket.unref();
+    conn.socket.resume();
+    const timer = setTimeout(() => conn.destroy(), this.keepAliveMs);
+    timer.unref();
+    list.push({ conn, timer });
+    this.idle.set(conn.url.origin, list);
+  }
+
+  /** A connection closed: if it was idle, it is no longer offered. */
+  forget(conn: RawConnection): void {
+    const list = this.idle.get(conn.url.origin);
+    const i = list?.findIndex((e) => e.conn === conn) ?? -1;
+    if (i < 0) return;
+    clearTimeout(list![i]!.timer);
+    list!.splice(i, 1);
+  }
+
+  /** Idle connections now (for tests). */
+  size(): number {
+    let n = 0;
+    for (const list of this.idle.values()) n += list.length;
+    return n;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const list of this.idle.values()) for (const { conn, timer } of list.splice(0)) {
+      clearTimeout(timer);
+      conn.destroy();
+    }
+  }
 }
 
 function connectError(e: unknown, url: URL, side: Side): NetworkError {
@@ -199,32 +389,59 @@ function connectError(e: unknown, url: URL, side: Side): NetworkError {
   return new NetworkError(`${url.host}: ${err.code ?? err.message}`, { side, cause: e });
 }
 
+/** A connection from the pool that broke before its answer began: the server had closed it. The request is sent again on a new one. */
+class StaleConnection extends Error {
+  readonly reason: Error;
+  constructor(reason: Error) {
+    super(reason.message);
+    this.reason = reason;
+  }
+}
+
 /**
  * A source GET whose body is read into one reused buffer. `open` resolves once the response
  * head is in; the body is then taken with `pipeInto`, piece by piece, as the sink takes it.
+ * Once the whole body has been taken and written, the connection goes back to its pool.
  */
 export class RawBodyReader {
   readonly head: ResponseHead;
   /** Body bytes not yet taken. */
   remaining: number;
-  private readonly socket: net.Socket;
+  private readonly conn: RawConnection;
+  private readonly user: ConnectionUser;
+  private readonly keepAlive: boolean;
   private pending: Buffer | undefined;
   private deliver: ((bytes: Buffer) => void) | undefined;
   private failure: Error | undefined;
   private onFailure: ((e: Error) => void) | undefined;
   private ended = false;
 
-  private constructor(socket: net.Socket, head: ResponseHead, bodyLength: number) {
-    this.socket = socket;
+  private constructor(conn: RawConnection, user: ConnectionUser, head: ResponseHead, bodyLength: number, keepAlive: boolean) {
+    this.conn = conn;
+    this.user = user;
     this.head = head;
     this.remaining = bodyLength;
+    this.keepAlive = keepAlive;
   }
 
   /**
    * Send the GET and wait for the head. Resolves with the reader for a 2xx answer with a
    * Content-Length, or with the head alone for anything else (the connection is then closed).
    */
-  static open(req: PreparedRequest, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
+  static async open(req: PreparedRequest, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
+    try {
+      return await RawBodyReader.request(req, opts, signal, false);
+    } catch (e) {
+      if (!(e instanceof StaleConnection)) throw e;
+      try {
+        return await RawBodyReader.request(req, opts, signal, true);
+      } catch (again) {
+        throw again instanceof StaleConnection ? again.reason : again;
+      }
+    }
+  }
+
+  private static request(req: PreparedRequest, opts: RawConnectOptions, signal: AbortSignal | undefined, fresh: boolean): Promise<RawBodyReader | { declined: ResponseHead | string }> {
     return new Promise((resolve, reject) => {
       let headBytes: Buffer = Buffer.alloc(0);
       let reader: RawBodyReader | undefined;
@@ -234,8 +451,9 @@ export class RawBodyReader {
         if (settled) return;
         settled = true;
         cleanup();
-        socket.destroy();
-        reject(e);
+        const reused = conn.served > 0;
+        conn.release(user, false);
+        reject(reused && headBytes.byteLength === 0 && !signal?.aborted ? new StaleConnection(e) : e);
       };
       const onAbort = () => fail(new AbortedError());
       const cleanup = () => {
@@ -247,6 +465,7 @@ export class RawBodyReader {
           reader.take(chunk);
           return true;
         }
+        if (settled) return false;
         headBytes = Buffer.concat([headBytes, chunk]);
         let parsed: ReturnType<typeof parseHead>;
         try {
@@ -263,37 +482,35 @@ export class RawBodyReader {
         cleanup();
         const length = contentLengthOf(parsed.head);
         if (parsed.head.status < 200 || parsed.head.status >= 300 || length === undefined || parsed.head.headers['transfer-encoding'] !== undefined) {
-          socket.destroy();
+          conn.release(user, false);
           resolve({ declined: parsed.head });
           return false;
         }
-        reader = new RawBodyReader(socket, parsed.head, length);
-        socket.setTimeout(opts.idleTimeoutMs);
+        reader = new RawBodyReader(conn, user, parsed.head, length, parsed.keepAlive);
         // Body bytes that came with the head (headBytes is a copy, not the shared buffer).
         const early = headBytes.subarray(parsed.bodyStart);
         if (early.byteLength > 0) reader.take(early);
         resolve(reader);
+        if (reader.remaining === 0) reader.done();
         return true;
       };
-      // Plain TCP reads into the one buffer. TLS does not: a TLS socket paused with decrypted
-      // bytes still inside it does not hand them over when resumed (they wait for the next
-      // record from the network), so over TLS each read is a fresh buffer, from 'data' events.
-      const tlsSocket = req.url.protocol === 'https:';
-      const socket = tlsSocket ? connectSocket(req.url, opts) : connectReadingInto(req.url, opts, onBytes);
-      if (tlsSocket) socket.on('data', (d: Buffer) => onBytes(d));
+      const user: ConnectionUser = {
+        bytes: onBytes,
+        // Plain TCP reads land in the connection's read buffer; over TLS reads are fresh buffers (RawConnection).
+        bulk: true,
+        error: (e) => fail(connectError(e, req.url, 'source')),
+        timeout: () => fail(new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, { side: 'source' })),
+        ended: () => {
+          if (reader) reader.onEnd();
+          else fail(new NetworkError(`${req.url.host} closed the connection before a response`, { side: 'source' }));
+        },
+      };
+      const conn = RawConnection.open(req.url, opts, fresh, user);
       const headTimer = setTimeout(() => fail(new NetworkError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, { side: 'source' })), opts.headersTimeoutMs + opts.connectTimeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
-      socket.on('error', (e) => fail(connectError(e, req.url, 'source')));
-      socket.on('timeout', () => fail(new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms`, { side: 'source' })));
-      const ended = () => {
-        if (reader) reader.onEnd();
-        else fail(new NetworkError(`${req.url.host} closed the connection before a response`, { side: 'source' }));
-      };
-      socket.on('end', ended);
-      socket.on('close', ended);
-      socket.once(readyEvent(req.url), () => {
+      conn.whenReady(() => {
         try {
-          socket.write(requestHead('GET', req, opts.userAgent, undefined));
+          conn.socket.write(requestHead('GET', req, opts.userAgent, undefined));
         } catch (e) {
           fail(e as Error);
         }
@@ -305,7 +522,7 @@ export class RawBodyReader {
   private take(bytes: Buffer): void {
     if (bytes.byteLength === 0) return;
     if (bytes.byteLength > this.remaining) {
-      this.fail(new NetworkError(`${this.socket.remoteAddress ?? 'source'} sent more than its Content-Length`, { side: 'source', retryable: false }));
+      this.fail(new NetworkError(`${this.conn.url.host} sent more than its Content-Length`, { side: 'source', retryable: false }));
       return;
     }
     if (this.deliver) {
@@ -314,7 +531,7 @@ export class RawBodyReader {
     }
     // Nobody is taking bytes now (between two sinks): hold them, and read no more until taken.
     this.pending = bytes;
-    this.socket.pause();
+    this.conn.socket.pause();
   }
 
   private onEnd(): void {
@@ -327,8 +544,13 @@ export class RawBodyReader {
   private fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
-    this.socket.destroy();
+    this.conn.release(this.user, false);
     this.onFailure?.(e);
+  }
+
+  /** The whole body is taken and written: the connection may serve another request. */
+  private done(): void {
+    this.conn.release(this.user, this.keepAlive && !this.ended && !this.failure);
   }
 
   /**
@@ -352,7 +574,11 @@ export class RawBodyReader {
         if (e) {
           this.fail(e);
           reject(e);
-        } else resolve();
+          return;
+        }
+        // Every write of the body is off the read buffer now: the connection can read again for someone else.
+        if (this.remaining === 0) this.done();
+        resolve();
       };
       const onAbort = () => finish(new AbortedError());
       const deliver = (bytes: Buffer) => {
@@ -369,14 +595,15 @@ export class RawBodyReader {
         const flushed = sink.write(piece, (err) => {
           if (done) return;
           if (err) return finish(err);
+          // An earlier write's callback can come after a later write went pending: finish, or
+          // read again, only once every write is off the buffer.
+          if (sink.busy) return;
           if (left === 0) return finish();
-          // Read again only once every write is off the buffer (an earlier write's callback can come after a later write went pending).
-          if (!sink.busy && !this.pending) this.socket.resume();
+          if (!this.pending) this.conn.socket.resume();
         });
         if (rest) this.pending = rest;
-        if (!flushed || left === 0) this.socket.pause();
+        if (!flushed || left === 0) this.conn.socket.pause();
         if (flushed && left === 0) finish();
-        if (this.remaining === 0) this.socket.destroy();
       };
       this.deliver = (bytes) => {
         if (!done) deliver(bytes);
@@ -389,14 +616,21 @@ export class RawBodyReader {
       const held = this.pending;
       this.pending = undefined;
       if (held) deliver(held);
-      if (!done && !this.pending && !sink.busy) this.socket.resume();
+      if (!done && !this.pending && !sink.busy) this.conn.socket.resume();
     });
   }
 
   close(): void {
     this.deliver = undefined;
-    this.socket.destroy();
+    this.conn.release(this.user, false);
   }
+}
+
+/** Does this complete answer leave the connection ready for the next request (its body exactly as long as it said)? */
+function answerEndsCleanly(head: ResponseHead, body: Buffer): boolean {
+  if (head.headers['transfer-encoding'] !== undefined) return false;
+  if (head.status === 204 || head.status === 304 || head.status < 200) return body.byteLength === 0;
+  return contentLengthOf(head) === body.byteLength;
 }
 
 /**
@@ -408,63 +642,77 @@ export class RawUpload {
   /** Body bytes handed to the kernel so far. */
   written = 0;
   onFailure: ((e: Error) => void) | undefined;
-  private readonly socket: net.Socket;
+  private readonly conn: RawConnection;
+  private readonly user: ConnectionUser;
   private readonly url: URL;
   private readonly opts: RawConnectOptions;
   private readonly contentLength: number;
   private received: Buffer = Buffer.alloc(0);
-  private answered: { head: ResponseHead; bodyStart: number } | undefined;
+  private answered: { head: ResponseHead; bodyStart: number; keepAlive: boolean } | undefined;
   private closed = false;
   private failure: Error | undefined;
   private waiters: (() => void)[] = [];
+  /** Until the request head is sent: where a connection failure goes (open's reject). */
+  private beforeOpen: ((e: Error) => void) | undefined;
 
-  private constructor(socket: net.Socket, url: URL, contentLength: number, opts: RawConnectOptions) {
-    this.socket = socket;
+  private constructor(url: URL, contentLength: number, opts: RawConnectOptions, beforeOpen: (e: Error) => void) {
     this.url = url;
     this.contentLength = contentLength;
     this.opts = opts;
-    socket.on('data', (d: Buffer) => {
-      if (this.received.byteLength + d.byteLength > MAX_HEAD_BYTES + MAX_ERROR_BODY_BYTES) return this.fail(new NetworkError(`answer from ${url.host} too large`, { side: 'destination' }));
-      this.received = Buffer.concat([this.received, d]);
-      try {
-        this.answered ??= parseHead(this.received);
-      } catch (e) {
-        return this.fail(e as Error);
-      }
-      // An answer before the whole body: the registry refused it (or cut it short); stop writing.
-      if (this.answered && this.written < this.contentLength) this.onFailure?.(new NetworkError(`${url.host} answered before the whole body was sent`, { side: 'destination' }));
-      this.wake();
-    });
-    socket.on('error', (e) => this.fail(connectError(e, url, 'destination')));
-    socket.on('timeout', () => this.fail(new NetworkError(`upload to ${url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`, { side: 'destination' })));
-    socket.on('close', () => {
-      this.closed = true;
-      if (!this.answered) this.fail(new NetworkError(`${url.host} closed the connection before answering`, { side: 'destination' }));
-      this.wake();
-    });
+    this.beforeOpen = beforeOpen;
+    // What arrives is copied out at once, so reads may land in the connection's own buffer.
+    this.user = {
+      bytes: (d) => {
+        if (this.received.byteLength + d.byteLength > MAX_HEAD_BYTES + MAX_ERROR_BODY_BYTES) {
+          this.fail(new NetworkError(`answer from ${url.host} too large`, { side: 'destination' }));
+          return false;
+        }
+        this.received = Buffer.concat([this.received, d]);
+        try {
+          this.answered ??= parseHead(this.received);
+        } catch (e) {
+          this.fail(e as Error);
+          return false;
+        }
+        // An answer before the whole body: the registry refused it (or cut it short); stop writing.
+        if (this.answered && this.written < this.contentLength) this.onFailure?.(new NetworkError(`${url.host} answered before the whole body was sent`, { side: 'destination' }));
+        this.wake();
+        return true;
+      },
+      error: (e) => (this.beforeOpen ? this.beforeOpen(e) : this.fail(connectError(e, url, 'destination'))),
+      timeout: () => {
+        // Idle because the source has sent nothing to write (its reader times out on its own) is
+        // not the destination stalling; idle with bytes still unsent to it, or its answer owed, is.
+        if (!this.busy && this.written < this.contentLength && !this.answered) return;
+        this.fail(new NetworkError(`upload to ${url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`, { side: 'destination' }));
+      },
+      ended: () => {
+        this.closed = true;
+        if (!this.answered) this.fail(new NetworkError(`${url.host} closed the connection before answering`, { side: 'destination' }));
+        this.wake();
+      },
+    };
+    this.conn = RawConnection.open(url, opts, false, this.user);
   }
 
-  /** Connect and send the request head. */
+  /** Connect (or take an idle connection) and send the request head. */
   static open(method: 'PUT' | 'PATCH', req: PreparedRequest, contentLength: number, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawUpload> {
     const head = requestHead(method, req, opts.userAgent, contentLength);
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new AbortedError());
-      const socket = connectSocket(req.url, opts);
+      const upload = new RawUpload(req.url, contentLength, opts, (e) => {
+        clearTimeout(timer);
+        upload.close();
+        reject(connectError(e, req.url, 'destination'));
+      });
       const timer = setTimeout(() => {
-        socket.destroy();
+        upload.close();
         reject(new NetworkError(`cannot connect to ${req.url.host} within ${opts.connectTimeoutMs} ms`, { side: 'destination' }));
       }, opts.connectTimeoutMs);
-      const early = (e: Error) => {
+      upload.conn.whenReady(() => {
         clearTimeout(timer);
-        reject(connectError(e, req.url, 'destination'));
-      };
-      socket.once('error', early);
-      socket.once(readyEvent(req.url), () => {
-        clearTimeout(timer);
-        socket.off('error', early);
-        socket.setTimeout(opts.idleTimeoutMs);
-        const upload = new RawUpload(socket, req.url, contentLength, opts);
-        socket.write(head);
+        upload.beforeOpen = undefined;
+        upload.conn.socket.write(head);
         resolve(upload);
       });
     });
@@ -472,7 +720,7 @@ export class RawUpload {
 
   /** A write is still with the kernel: the memory it was given must not change yet. */
   get busy(): boolean {
-    return this.socket.writableLength > 0;
+    return this.conn.socket.writableLength > 0;
   }
 
   /** Write one piece; true when the kernel took all of it at once (the piece's memory is free again). */
@@ -481,9 +729,9 @@ export class RawUpload {
       done(this.failure);
       return false;
     }
-    this.socket.write(piece, (err) => done(err ? (this.failure ?? connectError(err, this.url, 'destination')) : undefined));
+    this.conn.socket.write(piece, (err) => done(err ? (this.failure ?? connectError(err, this.url, 'destination')) : undefined));
     this.written += piece.byteLength;
-    return this.socket.writableLength === 0;
+    return this.conn.socket.writableLength === 0;
   }
 
   private fail(e: Error): void {
@@ -491,7 +739,7 @@ export class RawUpload {
     // An answer already in (a registry refusing early) is what counts, not the broken write after it.
     if (this.answered) return this.wake();
     this.failure = e;
-    this.socket.destroy();
+    this.conn.release(this.user, false);
     this.onFailure?.(e);
     this.wake();
   }
@@ -508,6 +756,7 @@ export class RawUpload {
   /** The registry's answer: head and (bounded) body. */
   async response(): Promise<ResponseHead & { body: Buffer }> {
     let timedOut = false;
+    let reusable = false;
     const deadline = setTimeout(() => {
       timedOut = true;
       this.fail(new NetworkError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, { side: 'destination' }));
@@ -516,10 +765,13 @@ export class RawUpload {
     try {
       for (;;) {
         if (this.answered) {
-          const { head, bodyStart } = this.answered;
+          const { head, bodyStart, keepAlive } = this.answered;
           const body = this.received.subarray(bodyStart);
           const complete = completeBody(head, body);
-          if (complete) return { ...head, body: complete };
+          if (complete) {
+            reusable = keepAlive && !this.closed && this.written === this.contentLength && answerEndsCleanly(head, body);
+            return { ...head, body: complete };
+          }
           // Cut short, or never finished: what arrived is the answer (its status is what counts).
           if (this.closed || timedOut) return { ...head, body };
         } else if (this.failure) throw this.failure;
@@ -527,11 +779,88 @@ export class RawUpload {
       }
     } finally {
       clearTimeout(deadline);
-      this.socket.destroy();
+      this.conn.release(this.user, reusable);
     }
   }
 
   close(): void {
-    this.socket.destroy();
+    this.conn.release(this.user, false);
   }
+}
+
+/**
+ * A request whose body (if any) is in memory and whose answer is small, read whole: the HEADs,
+ * upload sessions, commits and manifest writes around the blob bytes. On a kept-alive
+ * connection these cost a fraction of a request through undici (docs/performance.md).
+ */
+export async function rawExchange(method: string, req: PreparedRequest, body: Uint8Array | undefined, opts: RawConnectOptions, signal?: AbortSignal): Promise<ResponseHead & { body: Buffer }> {
+  try {
+    return await exchangeOnce(method, req, body, opts, signal, false);
+  } catch (e) {
+    if (!(e instanceof StaleConnection)) throw e;
+    try {
+      return await exchangeOnce(method, req, body, opts, signal, true);
+    } catch (again) {
+      throw again instanceof StaleConnection ? again.reason : again;
+    }
+  }
+}
+
+function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | undefined, opts: RawConnectOptions, signal: AbortSignal | undefined, fresh: boolean): Promise<ResponseHead & { body: Buffer }> {
+  const head = requestHead(method, req, opts.userAgent, body !== undefined || method === 'POST' || method === 'PUT' || method === 'PATCH' ? (body?.byteLength ?? 0) : undefined);
+  return new Promise((resolve, reject) => {
+    let received: Buffer = Buffer.alloc(0);
+    let answered: ReturnType<typeof parseHead>;
+    let settled = false;
+    const settle = (e: Error | undefined, answer?: ResponseHead & { body: Buffer }, reusable = false) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      const reused = conn.served > 0;
+      conn.release(user, reusable);
+      if (e) reject(reused && received.byteLength === 0 && !signal?.aborted ? new StaleConnection(e) : e);
+      else resolve(answer!);
+    };
+    const onAbort = () => settle(new AbortedError());
+    const user: ConnectionUser = {
+      bytes: (d) => {
+        if (received.byteLength + d.byteLength > MAX_HEAD_BYTES + MAX_ERROR_BODY_BYTES) {
+          settle(new NetworkError(`answer from ${req.url.host} to ${method} too large`, { retryable: false }));
+          return false;
+        }
+        received = Buffer.concat([received, d]);
+        try {
+          answered ??= parseHead(received);
+        } catch (e) {
+          settle(e as Error);
+          return false;
+        }
+        if (!answered) return true;
+        const rest = received.subarray(answered.bodyStart);
+        // A HEAD's answer has no body, whatever its Content-Length says.
+        const whole = method === 'HEAD' ? Buffer.alloc(0) : completeBody(answered.head, rest);
+        if (whole) settle(undefined, { ...answered.head, body: whole }, answered.keepAlive && (method === 'HEAD' ? rest.byteLength === 0 : answerEndsCleanly(answered.head, rest)));
+        return true;
+      },
+      // The socket's own error (its code: refused, reset, TLS verification) for the transport to explain.
+      error: (e) => settle(e),
+      timeout: () => settle(new NetworkError(`${method} to ${req.url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`)),
+      ended: () => {
+        // A body without a length ends with the connection.
+        if (answered && contentLengthOf(answered.head) === undefined && answered.head.headers['transfer-encoding'] === undefined) {
+          settle(undefined, { ...answered.head, body: received.subarray(answered.bodyStart, answered.bodyStart + MAX_ERROR_BODY_BYTES) });
+        } else settle(new NetworkError(`${req.url.host} closed the connection before answering ${method}`));
+      },
+    };
+    const conn = RawConnection.open(req.url, opts, fresh, user);
+    const timer = setTimeout(() => settle(new NetworkError(`no answer from ${req.url.host} to ${method} within ${opts.headersTimeoutMs} ms`)), opts.headersTimeoutMs + opts.connectTimeoutMs);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) return onAbort();
+    conn.whenReady(() => {
+      if (settled) return;
+      if (body && body.byteLength > 0) conn.socket.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
+      else conn.socket.write(head, 'latin1');
+    });
+  });
 }

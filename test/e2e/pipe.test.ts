@@ -1,6 +1,6 @@
 // The registry-to-registry pipe (src/copy/blob-pipe.ts, src/transport/raw-http.ts): blobs from
-// FERRY_PIPE_MIN_BYTES on are read on ferry's own connection and written straight into the
-// destination's upload. These copies go through real distribution registries, with the fault
+// FERRY_PIPE_MIN_BYTES on (by default every blob between plain-HTTP registries) are read on
+// ferry's own connection and written straight into the destination's upload. These copies go through real distribution registries, with the fault
 // proxy in front to break the source's responses and the destination's requests, and check
 // what the pipe must keep from the regular path: byte-exact results, a broken download
 // continued with Range inside the same upload, and nothing committed from a corrupt source.
@@ -12,6 +12,8 @@ import { startProxiedRegistries, type ProxiedRegistries } from './proxied-regist
 
 const MiB = 1024 * 1024;
 const PIPED = 'blob piped registry to registry';
+/** Only the 6 MiB layers take the pipe, not the config: the counts below are per layer. */
+const LAYERS_ONLY = String(1 * MiB);
 
 /** Debug log lines (JSON) from ferry's stderr with this message. */
 function logLines(stderr: string, msg: string): Record<string, unknown>[] {
@@ -28,8 +30,10 @@ describe('the registry-to-registry pipe', () => {
 
   before(async () => {
     regs = await startProxiedRegistries();
-    // Two 6 MiB layers (above the 4 MiB default) and a small config (below it).
+    // Two 6 MiB layers and a small config.
     await pushLargeImage(regs.srcC, 'pipe/app', 'v1', { layerCount: 2, layerSize: 6 * MiB });
+    // Three small layers.
+    await pushLargeImage(regs.srcC, 'pipe/small', 'v1', { layerCount: 3, layerSize: 150 * 1024 });
   });
   after(() => regs?.stop());
 
@@ -40,12 +44,24 @@ describe('the registry-to-registry pipe', () => {
     assert.deepEqual(got.blobs.map((b) => b.digest).sort(), want.blobs.map((b) => b.digest).sort());
   }
 
-  test('large layers go through the pipe, small ones the regular way; FERRY_PIPE_MIN_BYTES=off turns it off', async () => {
+  test('every layer goes through the pipe, small ones too; FERRY_PIPE_MIN_BYTES sets a floor, and off turns it off', async () => {
     const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/app:v1`, `${regs.dst.host}/pipe/one:v1`], { env });
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(logLines(r.stderr, PIPED).length, 2, 'both 6 MiB layers piped, the config not');
+    // (The config went up from memory: it was read to learn the image's platform.)
+    assert.equal(logLines(r.stderr, PIPED).length, 2, 'both 6 MiB layers piped');
     assert.equal(r.json.transfer.bytes_transferred, r.json.transfer.bytes_total);
     await assertCopied('pipe/one');
+
+    const small = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/small:v1`, `${regs.dst.host}/pipe/small:v1`], { env });
+    assert.equal(small.code, 0, small.stderr);
+    assert.equal(logLines(small.stderr, PIPED).length, 3, 'the three 150 KiB layers piped');
+    const floor = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/small:v1`, `${regs.dst.host}/pipe/floor:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: LAYERS_ONLY } });
+    assert.equal(floor.code, 0, floor.stderr);
+    assert.equal(logLines(floor.stderr, PIPED).length, 0, 'below FERRY_PIPE_MIN_BYTES: the regular way');
+    for (const repo of ['pipe/small', 'pipe/floor']) {
+      const want = await regs.srcC.verifyImage('pipe/small', 'v1');
+      assert.equal((await regs.dstC.verifyImage(repo, 'v1')).digest, want.digest);
+    }
 
     const off = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/app:v1`, `${regs.dst.host}/pipe/off:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: 'off' } });
     assert.equal(off.code, 0, off.stderr);
@@ -57,7 +73,7 @@ describe('the registry-to-registry pipe', () => {
     regs.srcProxy.resetLog();
     regs.dstProxy.resetLog();
     const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dstProxy.host}/pipe/chunked:v1`], {
-      env: { ...env, FERRY_UPLOAD_CHUNK_BYTES: String(2 * MiB) },
+      env: { ...env, FERRY_UPLOAD_CHUNK_BYTES: String(2 * MiB), FERRY_PIPE_MIN_BYTES: LAYERS_ONLY },
     });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(logLines(r.stderr, PIPED).length, 2);
@@ -73,7 +89,7 @@ describe('the registry-to-registry pipe', () => {
     regs.srcProxy.resetLog();
     const rule = regs.srcProxy.addRule({ method: 'GET', path: /\/blobs\/sha256:/, action: 'reset-after-bytes', bytes: 3 * MiB + 123, times: 2 });
     try {
-      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dst.host}/pipe/cut:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: String(1 * MiB) } });
+      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dst.host}/pipe/cut:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: LAYERS_ONLY } });
       assert.equal(r.code, 0, r.stderr);
       assert.equal(rule.hits(), 2);
       assert.equal(logLines(r.stderr, PIPED).length, 2);
@@ -92,7 +108,7 @@ describe('the registry-to-registry pipe', () => {
   test('a corrupt source byte: DIGEST_MISMATCH, and the destination never gets the blob', async () => {
     const rule = regs.srcProxy.addRule({ method: 'GET', path: /\/blobs\/sha256:/, action: 'corrupt-byte', offset: 5 * MiB });
     try {
-      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dst.host}/pipe/corrupt:v1`], { env });
+      const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.srcProxy.host}/pipe/app:v1`, `${regs.dst.host}/pipe/corrupt:v1`], { env: { ...env, FERRY_PIPE_MIN_BYTES: LAYERS_ONLY } });
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /DIGEST_MISMATCH/);
       assert.equal(logLines(r.stderr, PIPED).length, 0);
@@ -111,7 +127,7 @@ describe('the registry-to-registry pipe', () => {
     const rule = regs.dstProxy.addRule({ method: 'PATCH', path: /\/blobs\/uploads\//, action: 'reset-after-bytes', on: 'request', bytes: 1 * MiB, times: 1 });
     try {
       const r = await runFerry(['copy', '--json', '--log-level', 'debug', `${regs.src.host}/pipe/app:v1`, `${regs.dstProxy.host}/pipe/patchcut:v1`], {
-        env: { ...env, FERRY_UPLOAD_CHUNK_BYTES: String(2 * MiB) },
+        env: { ...env, FERRY_UPLOAD_CHUNK_BYTES: String(2 * MiB), FERRY_PIPE_MIN_BYTES: LAYERS_ONLY },
       });
       assert.equal(r.code, 0, r.stderr);
       assert.equal(rule.hits(), 1);

@@ -49,10 +49,13 @@ describe('round trips on a slow registry', () => {
     for (const layer of layers) {
       const get = regs.srcProxy.requests.find((q) => q.method === 'GET' && q.path.endsWith(`/blobs/${layer}`));
       assert.ok(get, `${layer} downloaded`);
-      // The session this download belongs to: the last POST sent before it.
-      const post = dst.filter((q) => q.method === 'POST' && q.at <= get.at).at(-1);
-      assert.ok(post, `an upload session was asked for before ${layer}'s download`);
-      assert.ok(get.at - post.at < POST_DELAY_MS, `${layer}'s download started ${get.at - post.at} ms after its POST, before the POST's answer (held ${POST_DELAY_MS} ms)`);
+      // The session this blob went up in: the last POST before its PUT (which names the digest).
+      const put = dst.find((q) => q.method === 'PUT' && q.path.includes('/blobs/uploads/') && q.path.includes(layer.slice('sha256:'.length)));
+      assert.ok(put, `${layer} uploaded`);
+      const post = dst.filter((q) => q.method === 'POST' && q.at <= put.at).at(-1);
+      assert.ok(post, `an upload session was asked for before ${layer}'s upload`);
+      // Sent before the POST's answer could be back (it may even go out first).
+      assert.ok(get.at < post.at + POST_DELAY_MS, `${layer}'s download started ${get.at - post.at} ms after its POST, not before the POST's answer (held ${POST_DELAY_MS} ms)`);
     }
   });
 });

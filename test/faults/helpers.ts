@@ -104,7 +104,14 @@ export function liveUploads(storageDir: string, repo: string): string[] {
   const dir = join(storageDir, 'docker/registry/v2/repositories', repo, '_uploads');
   if (!existsSync(dir)) return [];
   return readdirSync(dir).filter((u) => {
-    const files = readdirSync(join(dir, u), { recursive: true }).map(String);
+    let files: string[];
+    try {
+      files = readdirSync(join(dir, u), { recursive: true }).map(String);
+    } catch (e) {
+      // A session that finished (the registry removed it) between the two reads.
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    }
     return files.includes('startedat') || files.includes('data');
   });
 }

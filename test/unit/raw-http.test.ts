@@ -10,7 +10,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { HttpTransport } from '../../src/transport/http.ts';
-import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, ReadBuffer, type RawUpload } from '../../src/transport/raw-http.ts';
+import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, RawConnectionPool, ReadBuffer, rawExchange, type RawUpload } from '../../src/transport/raw-http.ts';
 import { makeTestPki, type TestPki } from '../harness/cloud-registry.ts';
 import { seededBytes } from '../harness/seed.ts';
 import { waitFor } from '../harness/wait.ts';
@@ -258,6 +258,167 @@ describe('answers to an upload', () => {
   });
 });
 
+/**
+ * A server that answers each request by script: `answer(request, nth request on its connection)`
+ * returns the raw answer, or 'drop' to close the connection without one. Requests' bodies are
+ * read by their Content-Length. Counts connections.
+ */
+async function scriptedServer(answer: (request: { method: string; path: string; body: Buffer }, nthOnConnection: number) => string | 'drop') {
+  let connections = 0;
+  let open = 0;
+  const server = createNetServer((socket) => {
+    connections++;
+    open++;
+    socket.on('close', () => open--);
+    let buffered = Buffer.alloc(0);
+    let nth = 0;
+    socket.on('data', (d: Buffer) => {
+      buffered = Buffer.concat([buffered, d]);
+      for (;;) {
+        const end = buffered.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buffered.subarray(0, end).toString('latin1');
+        const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1] ?? 0);
+        if (buffered.byteLength < end + 4 + length) return;
+        const [method, path] = head.split(' ') as [string, string];
+        const body = buffered.subarray(end + 4, end + 4 + length);
+        buffered = buffered.subarray(end + 4 + length);
+        const a = answer({ method, path, body }, ++nth);
+        if (a === 'drop') return void socket.destroy();
+        socket.write(a);
+      }
+    });
+    socket.on('error', () => undefined);
+  });
+  const port = await new Promise<number>((r) => server.listen(0, '127.0.0.1', () => r((server.address() as AddressInfo).port)));
+  return {
+    origin: `http://127.0.0.1:${port}`,
+    connections: () => connections,
+    /** Connections not yet closed. */
+    open: () => open,
+    close: () => new Promise<void>((r) => {
+      server.close(() => r());
+    }),
+  };
+}
+
+const blobAnswer = (body: string, extra = '') => `HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\n${extra}\r\n${body}`;
+const created = (extra = '') => `HTTP/1.1 201 Created\r\nlocation: /done\r\ncontent-length: 0\r\n${extra}\r\n`;
+
+describe('kept-alive connections', () => {
+  /** GET `from` and PUT it to `to` on the transport's own connections. */
+  async function pipeOnce(transport: HttpTransport, from: string, to: string): Promise<number> {
+    const reader = await transport.openRawBody({ url: new URL(from), headers: {} });
+    assert.ok(reader instanceof RawBodyReader, `declined: ${JSON.stringify(reader)}`);
+    const upload = (await transport.openRawUpload('PUT', { url: new URL(to), headers: {} }, reader.remaining)) as RawUpload;
+    await reader.pipeInto(upload, reader.remaining, () => undefined);
+    return (await upload.response()).status;
+  }
+
+  test('downloads, uploads and small requests in a row each reuse one connection per server; close() closes the idle ones', async () => {
+    const uploaded: string[] = [];
+    const source = await scriptedServer(() => blobAnswer('hello blob'));
+    const sink = await scriptedServer((q) => {
+      if (q.method === 'PUT') uploaded.push(q.body.toString());
+      return q.method === 'HEAD' ? 'HTTP/1.1 404 Not Found\r\ncontent-length: 19\r\n\r\n' : created();
+    });
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      for (let i = 0; i < 4; i++) {
+        const head = await transport.request({ method: 'HEAD', url: new URL(`${sink.origin}/v2/x/blobs/sha256:${i}`) });
+        assert.equal(head.status, 404, 'a HEAD has no body, whatever its Content-Length says');
+        const post = await transport.request({ method: 'POST', url: new URL(`${sink.origin}/v2/x/blobs/uploads/`) });
+        assert.equal(post.status, 201);
+        assert.equal(post.headers.location, '/done');
+        assert.equal(await pipeOnce(transport, `${source.origin}/blob`, `${sink.origin}/up/${i}`), 201);
+      }
+      assert.deepEqual(uploaded, ['hello blob', 'hello blob', 'hello blob', 'hello blob']);
+      assert.equal(source.connections(), 1, 'one connection to the source for four downloads');
+      assert.equal(sink.connections(), 1, 'one connection to the destination for four HEADs, POSTs and PUTs');
+      assert.equal(ReadBuffer.open(), 0, 'no download counts as reading once done');
+      await transport.close();
+      await waitFor('close() to close the idle connections', () => source.open() === 0 && sink.open() === 0, 2000, 10);
+    } finally {
+      await transport.close().catch(() => undefined);
+      await Promise.all([source.close(), sink.close()]);
+    }
+  });
+
+  test('a connection the server dropped while idle is not used; a request it drops is sent again on a new one', async () => {
+    // Each connection serves its first request and drops the second without an answer, the way
+    // a server closing an idle connection looks to a client that has just sent into it.
+    const source = await scriptedServer((_q, nth) => (nth === 1 ? blobAnswer('abc') : 'drop'));
+    const sink = await scriptedServer((_q, nth) => (nth === 1 ? created() : 'drop'));
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      assert.equal(await pipeOnce(transport, `${source.origin}/a`, `${sink.origin}/up`), 201);
+      // The GET and a POST go out on the kept connections, are dropped, and go again on new ones.
+      const reader = await transport.openRawBody({ url: new URL(`${source.origin}/b`), headers: {} });
+      assert.ok(reader instanceof RawBodyReader);
+      assert.equal(reader.remaining, 3);
+      reader.close();
+      const post = await transport.request({ method: 'POST', url: new URL(`${sink.origin}/v2/x/blobs/uploads/`) });
+      assert.equal(post.status, 201);
+      assert.equal(source.connections(), 2);
+      assert.equal(sink.connections(), 2);
+    } finally {
+      await transport.close();
+      await Promise.all([source.close(), sink.close()]);
+    }
+  });
+
+  test('an answer that says close, an HTTP/1.0 answer, or a body left unread: the connection is not used again', async () => {
+    const shapes: Record<string, string> = {
+      '/close': blobAnswer('x', 'connection: close\r\n'),
+      '/old': 'HTTP/1.0 201 Created\r\ncontent-length: 0\r\n\r\n',
+      '/long': blobAnswer('0123456789'),
+    };
+    const server = await scriptedServer((q) => shapes[q.path] ?? created());
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    const raw = transport.rawConnections()!;
+    try {
+      for (const path of ['/close', '/old']) {
+        const r = await rawExchange('POST', { url: new URL(`${server.origin}${path}`), headers: {} }, undefined, raw);
+        assert.ok(r.status < 300);
+        const before = server.connections();
+        await transport.request({ method: 'POST', url: new URL(`${server.origin}/next`) });
+        assert.equal(server.connections(), before + 1, `after ${path}: a new connection`);
+      }
+      // A download given up halfway: its connection is closed, not handed to the next request.
+      const reader = await transport.openRawBody({ url: new URL(`${server.origin}/long`), headers: {} });
+      assert.ok(reader instanceof RawBodyReader);
+      reader.close();
+      const before = server.connections();
+      await transport.request({ method: 'POST', url: new URL(`${server.origin}/next`) });
+      assert.equal(server.connections(), before + 1, 'the half-read download\'s connection was not reused');
+    } finally {
+      await transport.close();
+      await server.close();
+    }
+  });
+
+  test('an idle connection is closed once it has waited its keep-alive time', async () => {
+    const server = await scriptedServer(() => created());
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    const pool = new RawConnectionPool(150);
+    const raw = { ...transport.rawConnections()!, pool };
+    try {
+      await rawExchange('POST', { url: new URL(`${server.origin}/a`), headers: {} }, undefined, raw);
+      assert.equal(pool.size(), 1);
+      await rawExchange('POST', { url: new URL(`${server.origin}/b`), headers: {} }, undefined, raw);
+      assert.equal(server.connections(), 1, 'used again within its keep-alive time');
+      await waitFor('the idle connection to be closed', () => server.open() === 0, 3000, 10);
+      assert.equal(pool.size(), 0);
+      await rawExchange('POST', { url: new URL(`${server.origin}/c`), headers: {} }, undefined, raw);
+      assert.equal(server.connections(), 2, 'a new one after it was closed');
+    } finally {
+      pool.close();
+      await transport.close();
+      await server.close();
+    }
+  });
+});
+
 describe('the read buffer of a pipe', () => {
   test('alone, it doubles after each read that fills it, up to 4 MiB; beside another it goes back to 256 KiB', () => {
     const before = ReadBuffer.open();
@@ -286,15 +447,38 @@ describe('the read buffer of a pipe', () => {
     a.release();
     assert.equal(ReadBuffer.open(), before);
   });
+
+  test('between two downloads on one connection a 256 KiB buffer is kept, not counted; a grown one is not kept', () => {
+    const before = ReadBuffer.open();
+    const c = new ReadBuffer();
+    const first = c.next(0);
+    assert.equal(c.park(), true);
+    assert.equal(ReadBuffer.open(), before, 'a parked buffer does not count as reading');
+    c.claim();
+    assert.equal(ReadBuffer.open(), before + 1);
+    assert.equal(c.next(100), first, 'the next download reads into the same memory');
+    c.release();
+    assert.equal(ReadBuffer.open(), before);
+    if (before === 0) {
+      const g = new ReadBuffer();
+      let buf = g.next(0);
+      buf = g.next(buf.byteLength);
+      assert.equal(buf.byteLength, 2 * PIPE_BUFFER_BYTES);
+      assert.equal(g.park(), false, 'a grown buffer: the connection is closed, not kept');
+      assert.equal(ReadBuffer.open(), 0);
+      g.release();
+      assert.equal(ReadBuffer.open(), 0);
+    }
+  });
 });
 
 describe('which blobs take the pipe', () => {
-  test('4 MiB between plain-HTTP registries, 32 MiB when either end speaks TLS; FERRY_PIPE_MIN_BYTES decides when set', async () => {
+  test('every blob between plain-HTTP registries, from 32 MiB when either end speaks TLS; FERRY_PIPE_MIN_BYTES decides when set', async () => {
     const { pipeMinBytes } = await import('../../src/copy/blob-pipe.ts');
     const { pipeTuning } = await import('../../src/copy/tuning.ts');
     const plain = new URL('http://127.0.0.1:5000');
     const tls = new URL('https://registry.example');
-    assert.equal(pipeMinBytes(plain, plain, undefined), 4 * MiB);
+    assert.equal(pipeMinBytes(plain, plain, undefined), 0);
     assert.equal(pipeMinBytes(tls, plain, undefined), 32 * MiB);
     assert.equal(pipeMinBytes(plain, tls, undefined), 32 * MiB);
     assert.equal(pipeMinBytes(tls, tls, pipeTuning({ FERRY_PIPE_MIN_BYTES: '0' }).pipeMinBytes), 0);
