@@ -87,6 +87,25 @@ const lazyUndiciHttp2 = {
   },
 };
 
+/**
+ * yargs' factory guesses a version for its --version option as it builds every parser: it lists
+ * the working directory and each one above it until one holds a package.json, and parses that
+ * (~5 ms at every start, more in a large directory, whatever project the operator stands in).
+ * ferry turns the option off (`.version(false)`), so the bundle's factory does not guess. The
+ * build fails if yargs' source no longer has the call, rather than silently guessing again.
+ */
+const YARGS_VERSION_GUESS = '        yargs.help();\n        yargs.version();\n';
+const noYargsVersionGuess = {
+  name: 'ferry-no-yargs-version-guess',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]yargs[\\/]build[\\/]lib[\\/]yargs-factory\.js$/ }, (args) => {
+      const source = readFileSync(args.path, 'utf8');
+      if (!source.includes(YARGS_VERSION_GUESS)) throw new Error(`${args.path}: no longer has "yargs.version();" in its factory; update scripts/build.mjs (noYargsVersionGuess)`);
+      return { contents: source.replace(YARGS_VERSION_GUESS, '        yargs.help();\n'), loader: 'js' };
+    });
+  },
+};
+
 // `string-width` (yargs, cliui and wrap-ansi, two versions of it) is replaced by ferry's own
 // small one: loading the package costs ~30 ms at every start (src/cli/string-width.ts).
 const stringWidthAlias = {
@@ -130,7 +149,7 @@ const common = {
   minifySyntax: true,
   legalComments: 'none',
   logLevel: 'warning',
-  plugins: [lazyPackages, stringWidthAlias, lazyUndiciHttp2],
+  plugins: [lazyPackages, stringWidthAlias, lazyUndiciHttp2, noYargsVersionGuess],
   define: {
     __FERRY_VERSION__: JSON.stringify(pkg.version),
     __FERRY_COMMIT__: JSON.stringify(commit),

@@ -191,6 +191,17 @@ describe('npm run package: single executables', () => {
     }
   });
 
+  test('start-up: the bundle\'s yargs factory does not look for a package.json from the working directory up', () => {
+    // scripts/build.mjs, noYargsVersionGuess: the factory still adds --help, not the version guess.
+    for (const file of ['ferry.cjs', 'ferry.mjs']) {
+      const bundle = readFileSync(join(out, file), 'latin1');
+      const factory = /function YargsFactory\(_shim\) \{[\s\S]*?\n\}\n/.exec(bundle);
+      assert.ok(factory, `${file}: yargs' factory is bundled`);
+      assert.match(factory[0], /yargs\.help\(\)/);
+      assert.doesNotMatch(factory[0], /yargs\.version\(\)/, `${file}: the factory still guesses a version`);
+    }
+  });
+
   test('the cloud SDKs are a bundle of their own, and ferry.cjs only requires it', () => {
     // esbuild names each bundled module's path in a comment: the SDKs' modules must all be in
     // ferry-cloud.cjs, none in ferry.cjs (scripts/build.mjs, cloudSplit), which reaches them only

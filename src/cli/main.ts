@@ -78,6 +78,7 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
       if (err) throw err;
       throw new UsageError(`${msg ?? 'invalid usage'}\n\n${wantsJson ? '' : 'Run "ferry --help" for usage.'}`.trim());
     });
+  skipHelpCache(parser);
   try {
     await parser.parseAsync();
     return exitCode;
@@ -86,6 +87,18 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
     reportFatal(err, wantsJson);
     return exitCodeFor(err);
   }
+}
+
+/**
+ * yargs renders a command's whole help text as the command starts (cacheHelpMessage), so a later
+ * failure could print it. ferry's failures never do (`.fail` says "Run ferry --help"), and the
+ * rendering costs ~9 ms of every start (docs/performance.md): it is skipped. `--help` renders it
+ * as before. Through yargs' internal methods: if a yargs release changes them, nothing is skipped.
+ */
+export function skipHelpCache(parser: Argv): void {
+  const internal = parser as unknown as { getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } } };
+  const usage = internal.getInternalMethods?.().getUsageInstance?.();
+  if (usage && typeof usage.cacheHelpMessage === 'function') usage.cacheHelpMessage = () => undefined;
 }
 
 function reportFatal(err: FerryError, json: boolean): void {
