@@ -36,8 +36,8 @@ export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
 
 /**
  * FERRY_PIPE_MIN_BYTES: registry-to-registry blobs from this size on move over ferry's own
- * connections, hashed in one reused buffer (src/copy/blob-pipe.ts; default: every blob between
- * plain-HTTP registries, from 32 MiB when either speaks TLS). `off` sends every blob the regular way.
+ * connections, hashed as they pass (src/copy/blob-pipe.ts; default: every blob). `off` sends every
+ * blob the regular way.
  */
 export function pipeTuning(env: NodeJS.ProcessEnv): Pick<UploadTuning, 'pipeMinBytes'> {
   const raw = env.FERRY_PIPE_MIN_BYTES?.trim();
