@@ -164,6 +164,32 @@ function parseHead(bytes: Buffer): { head: ResponseHead; bodyStart: number; keep
   return { head: { status: Number(status[2]), headers }, bodyStart: end + 4, keepAlive };
 }
 
+/**
+ * A small answer (a registry's reply to an upload or a short request) as its bytes arrive:
+ * copied out of the read buffer, bounded, its head parsed once the blank line is in.
+ */
+class SmallAnswer {
+  received: Buffer = Buffer.alloc(0);
+  parsed: ReturnType<typeof parseHead>;
+
+  /** Take bytes; an error when the answer outgrows its bound (`tooLarge` says it) or its head is malformed. */
+  take(bytes: Buffer, tooLarge: () => Error): Error | undefined {
+    if (this.received.byteLength + bytes.byteLength > MAX_HEAD_BYTES + MAX_ERROR_BODY_BYTES) return tooLarge();
+    this.received = Buffer.concat([this.received, bytes]);
+    try {
+      this.parsed ??= parseHead(this.received);
+    } catch (e) {
+      return e as Error;
+    }
+    return undefined;
+  }
+
+  /** The body bytes that have arrived (the head must be in). */
+  get body(): Buffer {
+    return this.received.subarray(this.parsed!.bodyStart);
+  }
+}
+
 /** A Content-Length that is one plain non-negative integer, else undefined. */
 export function contentLengthOf(head: ResponseHead): number | undefined {
   const v = head.headers['content-length'];
@@ -398,6 +424,20 @@ class StaleConnection extends Error {
   }
 }
 
+/** Run `attempt` on a pooled connection; if that one turns out stale, once more on a new one. */
+async function retryIfStale<T>(attempt: (fresh: boolean) => Promise<T>): Promise<T> {
+  try {
+    return await attempt(false);
+  } catch (e) {
+    if (!(e instanceof StaleConnection)) throw e;
+    try {
+      return await attempt(true);
+    } catch (again) {
+      throw again instanceof StaleConnection ? again.reason : again;
+    }
+  }
+}
+
 /**
  * A source GET whose body is read into one reused buffer. `open` resolves once the response
  * head is in; the body is then taken with `pipeInto`, piece by piece, as the sink takes it.
@@ -428,17 +468,8 @@ export class RawBodyReader {
    * Send the GET and wait for the head. Resolves with the reader for a 2xx answer with a
    * Content-Length, or with the head alone for anything else (the connection is then closed).
    */
-  static async open(req: PreparedRequest, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
-    try {
-      return await RawBodyReader.request(req, opts, signal, false);
-    } catch (e) {
-      if (!(e instanceof StaleConnection)) throw e;
-      try {
-        return await RawBodyReader.request(req, opts, signal, true);
-      } catch (again) {
-        throw again instanceof StaleConnection ? again.reason : again;
-      }
-    }
+  static open(req: PreparedRequest, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
+    return retryIfStale((fresh) => RawBodyReader.request(req, opts, signal, fresh));
   }
 
   private static request(req: PreparedRequest, opts: RawConnectOptions, signal: AbortSignal | undefined, fresh: boolean): Promise<RawBodyReader | { declined: ResponseHead | string }> {
@@ -647,8 +678,7 @@ export class RawUpload {
   private readonly url: URL;
   private readonly opts: RawConnectOptions;
   private readonly contentLength: number;
-  private received: Buffer = Buffer.alloc(0);
-  private answered: { head: ResponseHead; bodyStart: number; keepAlive: boolean } | undefined;
+  private readonly answer = new SmallAnswer();
   private closed = false;
   private failure: Error | undefined;
   private waiters: (() => void)[] = [];
@@ -663,19 +693,13 @@ export class RawUpload {
     // What arrives is copied out at once, so reads may land in the connection's own buffer.
     this.user = {
       bytes: (d) => {
-        if (this.received.byteLength + d.byteLength > MAX_HEAD_BYTES + MAX_ERROR_BODY_BYTES) {
-          this.fail(new NetworkError(`answer from ${url.host} too large`, { side: 'destination' }));
-          return false;
-        }
-        this.received = Buffer.concat([this.received, d]);
-        try {
-          this.answered ??= parseHead(this.received);
-        } catch (e) {
-          this.fail(e as Error);
+        const failed = this.answer.take(d, () => new NetworkError(`answer from ${url.host} too large`, { side: 'destination' }));
+        if (failed) {
+          this.fail(failed);
           return false;
         }
         // An answer before the whole body: the registry refused it (or cut it short); stop writing.
-        if (this.answered && this.written < this.contentLength) this.onFailure?.(new NetworkError(`${url.host} answered before the whole body was sent`, { side: 'destination' }));
+        if (this.answer.parsed && this.written < this.contentLength) this.onFailure?.(new NetworkError(`${url.host} answered before the whole body was sent`, { side: 'destination' }));
         this.wake();
         return true;
       },
@@ -683,12 +707,12 @@ export class RawUpload {
       timeout: () => {
         // Idle because the source has sent nothing to write (its reader times out on its own) is
         // not the destination stalling; idle with bytes still unsent to it, or its answer owed, is.
-        if (!this.busy && this.written < this.contentLength && !this.answered) return;
+        if (!this.busy && this.written < this.contentLength && !this.answer.parsed) return;
         this.fail(new NetworkError(`upload to ${url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`, { side: 'destination' }));
       },
       ended: () => {
         this.closed = true;
-        if (!this.answered) this.fail(new NetworkError(`${url.host} closed the connection before answering`, { side: 'destination' }));
+        if (!this.answer.parsed) this.fail(new NetworkError(`${url.host} closed the connection before answering`, { side: 'destination' }));
         this.wake();
       },
     };
@@ -737,7 +761,7 @@ export class RawUpload {
   private fail(e: Error): void {
     if (this.failure) return;
     // An answer already in (a registry refusing early) is what counts, not the broken write after it.
-    if (this.answered) return this.wake();
+    if (this.answer.parsed) return this.wake();
     this.failure = e;
     this.conn.release(this.user, false);
     this.onFailure?.(e);
@@ -750,7 +774,7 @@ export class RawUpload {
 
   /** The registry has answered (possibly before the whole body was sent). */
   get hasAnswer(): boolean {
-    return this.answered !== undefined;
+    return this.answer.parsed !== undefined;
   }
 
   /** The registry's answer: head and (bounded) body. */
@@ -764,9 +788,9 @@ export class RawUpload {
     }, this.opts.headersTimeoutMs);
     try {
       for (;;) {
-        if (this.answered) {
-          const { head, bodyStart, keepAlive } = this.answered;
-          const body = this.received.subarray(bodyStart);
+        if (this.answer.parsed) {
+          const { head, keepAlive } = this.answer.parsed;
+          const body = this.answer.body;
           const complete = completeBody(head, body);
           if (complete) {
             reusable = keepAlive && !this.closed && this.written === this.contentLength && answerEndsCleanly(head, body);
@@ -793,24 +817,14 @@ export class RawUpload {
  * upload sessions, commits and manifest writes around the blob bytes. On a kept-alive
  * connection these cost a fraction of a request through undici (docs/performance.md).
  */
-export async function rawExchange(method: string, req: PreparedRequest, body: Uint8Array | undefined, opts: RawConnectOptions, signal?: AbortSignal): Promise<ResponseHead & { body: Buffer }> {
-  try {
-    return await exchangeOnce(method, req, body, opts, signal, false);
-  } catch (e) {
-    if (!(e instanceof StaleConnection)) throw e;
-    try {
-      return await exchangeOnce(method, req, body, opts, signal, true);
-    } catch (again) {
-      throw again instanceof StaleConnection ? again.reason : again;
-    }
-  }
+export function rawExchange(method: string, req: PreparedRequest, body: Uint8Array | undefined, opts: RawConnectOptions, signal?: AbortSignal): Promise<ResponseHead & { body: Buffer }> {
+  return retryIfStale((fresh) => exchangeOnce(method, req, body, opts, signal, fresh));
 }
 
 function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | undefined, opts: RawConnectOptions, signal: AbortSignal | undefined, fresh: boolean): Promise<ResponseHead & { body: Buffer }> {
   const head = requestHead(method, req, opts.userAgent, body !== undefined || method === 'POST' || method === 'PUT' || method === 'PATCH' ? (body?.byteLength ?? 0) : undefined);
   return new Promise((resolve, reject) => {
-    let received: Buffer = Buffer.alloc(0);
-    let answered: ReturnType<typeof parseHead>;
+    const incoming = new SmallAnswer();
     let settled = false;
     const settle = (e: Error | undefined, answer?: ResponseHead & { body: Buffer }, reusable = false) => {
       if (settled) return;
@@ -819,28 +833,23 @@ function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | u
       signal?.removeEventListener('abort', onAbort);
       const reused = conn.served > 0;
       conn.release(user, reusable);
-      if (e) reject(reused && received.byteLength === 0 && !signal?.aborted ? new StaleConnection(e) : e);
+      if (e) reject(reused && incoming.received.byteLength === 0 && !signal?.aborted ? new StaleConnection(e) : e);
       else resolve(answer!);
     };
     const onAbort = () => settle(new AbortedError());
     const user: ConnectionUser = {
       bytes: (d) => {
-        if (received.byteLength + d.byteLength > MAX_HEAD_BYTES + MAX_ERROR_BODY_BYTES) {
-          settle(new NetworkError(`answer from ${req.url.host} to ${method} too large`, { retryable: false }));
+        const failed = incoming.take(d, () => new NetworkError(`answer from ${req.url.host} to ${method} too large`, { retryable: false }));
+        if (failed) {
+          settle(failed);
           return false;
         }
-        received = Buffer.concat([received, d]);
-        try {
-          answered ??= parseHead(received);
-        } catch (e) {
-          settle(e as Error);
-          return false;
-        }
-        if (!answered) return true;
-        const rest = received.subarray(answered.bodyStart);
+        const { parsed } = incoming;
+        if (!parsed) return true;
+        const rest = incoming.body;
         // A HEAD's answer has no body, whatever its Content-Length says.
-        const whole = method === 'HEAD' ? Buffer.alloc(0) : completeBody(answered.head, rest);
-        if (whole) settle(undefined, { ...answered.head, body: whole }, answered.keepAlive && (method === 'HEAD' ? rest.byteLength === 0 : answerEndsCleanly(answered.head, rest)));
+        const whole = method === 'HEAD' ? Buffer.alloc(0) : completeBody(parsed.head, rest);
+        if (whole) settle(undefined, { ...parsed.head, body: whole }, parsed.keepAlive && (method === 'HEAD' ? rest.byteLength === 0 : answerEndsCleanly(parsed.head, rest)));
         return true;
       },
       // The socket's own error (its code: refused, reset, TLS verification) for the transport to explain.
@@ -848,8 +857,9 @@ function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | u
       timeout: () => settle(new NetworkError(`${method} to ${req.url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`)),
       ended: () => {
         // A body without a length ends with the connection.
-        if (answered && contentLengthOf(answered.head) === undefined && answered.head.headers['transfer-encoding'] === undefined) {
-          settle(undefined, { ...answered.head, body: received.subarray(answered.bodyStart, answered.bodyStart + MAX_ERROR_BODY_BYTES) });
+        const { parsed } = incoming;
+        if (parsed && contentLengthOf(parsed.head) === undefined && parsed.head.headers['transfer-encoding'] === undefined) {
+          settle(undefined, { ...parsed.head, body: incoming.body.subarray(0, MAX_ERROR_BODY_BYTES) });
         } else settle(new NetworkError(`${req.url.host} closed the connection before answering ${method}`));
       },
     };
@@ -859,7 +869,7 @@ function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | u
     if (signal?.aborted) return onAbort();
     conn.whenReady(() => {
       if (settled) return;
-      if (body && body.byteLength > 0) conn.socket.write(Buffer.concat([Buffer.from(head, "latin1"), body]));
+      if (body && body.byteLength > 0) conn.socket.write(Buffer.concat([Buffer.from(head, 'latin1'), body]));
       else conn.socket.write(head, 'latin1');
     });
   });
