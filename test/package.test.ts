@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDistribution, type DistributionRegistry } from './harness/distribution.ts';
@@ -170,6 +170,36 @@ describe('npm run package: single executables', () => {
       const agent = await run([x64, 'agent'], { FERRY_RUNNER_TOKEN: '' });
       assert.equal(agent.code, 2, agent.stderr);
       assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
+    }
+  });
+
+  test('the main bundle\'s code cache is made after a training copy: it holds what a copy compiles, not only the top level', async () => {
+    // scripts/sea-code-cache.ts runs the bundle's copy against scripts/sea-training.ts's registry
+    // first. A cache made straight after compiling holds little beyond each module's top level.
+    const { wrapBundle, MAIN_BUNDLE } = await import('../src/sea/bundle.ts');
+    const { execArgv } = JSON.parse(readFileSync(join(root, 'pkg.config.json'), 'utf8')) as { execArgv: string[] };
+    const work = mkdtempSync(join(tmpdir(), 'ferry-codecache-'));
+    try {
+      const wrapped = join(work, 'ferry.cjs.sea.js');
+      writeFileSync(wrapped, wrapBundle(readFileSync(join(out, MAIN_BUNDLE.asset), 'latin1')), 'latin1');
+      const trained = await run([process.execPath, ...execArgv, join(root, 'scripts/sea-code-cache.ts'), MAIN_BUNDLE.asset, wrapped, join(work, 'trained')]);
+      assert.equal(trained.code, 0, trained.stderr);
+      const report = JSON.parse(trained.stdout) as { transfer: { blobs_copied: number }; image: { platforms: unknown[] } };
+      assert.equal(report.transfer.blobs_copied, 7, 'the training copy moved every blob of its two-platform image');
+      assert.equal(report.image.platforms.length, 2);
+      const untrained = await run([
+        process.execPath,
+        ...execArgv,
+        '--input-type=module',
+        '-e',
+        `import { compileBundle, MAIN_BUNDLE } from ${JSON.stringify(join(root, 'src/sea/bundle.ts'))}; import { readFileSync, writeFileSync } from 'node:fs';
+         writeFileSync(${JSON.stringify(join(work, 'untrained'))}, compileBundle(MAIN_BUNDLE, readFileSync(${JSON.stringify(wrapped)}, 'latin1')).createCachedData());`,
+      ]);
+      assert.equal(untrained.code, 0, untrained.stderr);
+      const [t, u] = [statSync(join(work, 'trained')).size, statSync(join(work, 'untrained')).size];
+      assert.ok(t > 3 * u, `trained cache ${t} bytes against ${u} untrained: the training copy's functions are not in it`);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
     }
   });
 
