@@ -79,8 +79,10 @@ describe('Amazon ECR', () => {
   test('3-second authorization tokens: renewed before they expire, through a copy that outlasts them', async () => {
     const img = await pushImage(ecr.client, 'team/long', 'v1', { layerSizes: LAYERS });
     aws.options.ecrTokenLifetimeSeconds = 3;
-    // Each layer download takes 0.6 s: about 4 s in all, one at a time.
-    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 600 : 0);
+    // Each blob download (the config and 4 layers, one at a time) takes 0.9 s: the last one
+    // starts ~3.6 s after the first token, well past the point where it is renewed (2.7 s, 10 %
+    // before it runs out). With 0.6 s it started at ~2.4–2.6 s, and a fast run needed no renewal.
+    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 900 : 0);
     const tokens = aws.count('GetAuthorizationToken');
     const start = ecr.requests.length;
     const home = freshHome();
