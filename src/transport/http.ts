@@ -1,15 +1,16 @@
-// The process's one HTTP transport: a single undici dispatcher with keep-alive pools per
-// origin, ferry's own kept-alive connections for the requests around blob bytes
-// (src/transport/raw-http.ts), proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (through undici
-// only), extra CA certificates, and the scheme policy (TLS always, except loopback and hosts the
-// operator named as plain HTTP).
+// The process's one HTTP transport: ferry's own kept-alive connections for every request whose
+// body is in memory (src/transport/raw-http.ts), a single undici dispatcher, made on first use,
+// for the rest (streamed uploads, answers ferry's connections do not read, everything behind a
+// proxy), proxies from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (through undici only), extra CA
+// certificates, and the scheme policy (TLS always, except loopback and hosts the operator named
+// as plain HTTP).
 // Redirects are followed here, by hand, so that credentials never leave their host.
 import { readFileSync } from 'node:fs';
 import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
-import { RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type ResponseHead } from './raw-http.ts';
+import { RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type RawGetDeclined, type ResponseBodyStream } from './raw-http.ts';
 
 export interface TransportOptions {
   /** Hosts (host or host:port) that speak plain HTTP. Loopback hosts always may. */
@@ -38,7 +39,7 @@ export interface HttpRequest {
 }
 
 /** What callers do with an answer's body: read it as it comes, or drop it. */
-export type ResponseBody = AsyncIterable<Uint8Array> & { dump(): Promise<void>; destroy(): void };
+export type ResponseBody = ResponseBodyStream;
 
 export interface HttpResponse {
   status: number;
@@ -51,7 +52,8 @@ export interface HttpResponse {
 const MAX_REDIRECTS = 5;
 
 export class HttpTransport {
-  private readonly dispatcher: Dispatcher;
+  private readonly makeDispatcher: () => Dispatcher;
+  private undici: Dispatcher | undefined;
   private readonly plainHttp: Set<string>;
   private readonly background = new Set<Promise<void>>();
   private readonly raw: RawConnectOptions | undefined;
@@ -94,9 +96,13 @@ export class HttpTransport {
           userAgent: this.userAgent,
           pool: this.rawPool,
         };
-    this.dispatcher = proxied
-      ? new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect })
-      : new Agent(poolOptions);
+    // Made on first use: without a proxy, a copy between registries may never need undici, and
+    // loading it is ~10 ms of every start (scripts/build.mjs bundles it behind a lazy stand-in).
+    this.makeDispatcher = proxied ? () => new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect }) : () => new Agent(poolOptions);
+  }
+
+  private get dispatcher(): Dispatcher {
+    return (this.undici ??= this.makeDispatcher());
   }
 
   /** `http` for loopback and named plain-HTTP hosts, `https` for everything else. */
@@ -116,12 +122,12 @@ export class HttpTransport {
    * `request` follows them. The reader for a 2xx answer with a Content-Length; otherwise the
    * last answer's head, or why the connection could not be used.
    */
-  async openRawBody(req: PreparedRequest, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
+  async openRawBody(req: PreparedRequest, signal?: AbortSignal): Promise<RawBodyReader | RawGetDeclined> {
     if (!this.raw) return { declined: 'a proxy is configured' };
     let { url, headers } = req;
     for (let hop = 0; ; hop++) {
       this.checkScheme(url);
-      const r = await RawBodyReader.open({ url, headers }, this.raw, signal);
+      const r = await RawBodyReader.open({ url, headers }, this.raw, signal, 'source');
       if (r instanceof RawBodyReader || typeof r.declined === 'string') return r;
       const { status } = r.declined;
       if (status < 300 || status >= 400 || status === 304 || hop >= MAX_REDIRECTS) return r;
@@ -155,14 +161,17 @@ export class HttpTransport {
     for (let hop = 0; ; hop++) {
       this.checkScheme(url);
       let res: Pick<Dispatcher.ResponseData, 'statusCode' | 'headers'> & { body: ResponseBody };
-      // Requests with a body in memory and a small answer (HEADs, upload sessions, commits,
-      // manifest writes) go on ferry's own kept-alive connections; GETs, whose answers may be
-      // large and are streamed, and streamed bodies go through undici.
-      const exchange = this.raw !== undefined && req.method !== 'GET' && (req.body === undefined || req.body instanceof Uint8Array);
+      // Without a proxy, requests whose body (if any) is in memory go on ferry's own kept-alive
+      // connections: GETs (manifests, tokens, blobs read the regular way) streamed, everything
+      // else (HEADs, upload sessions, commits, manifest writes) with its small answer read whole.
+      // Streamed request bodies, and a GET whose 2xx answer is not framed by a Content-Length,
+      // go through undici.
+      const own = this.raw !== undefined && (req.body === undefined || req.body instanceof Uint8Array);
       try {
-        res = exchange
-          ? await this.exchange(req.method, url, headers, req.body as Uint8Array | undefined, req.signal)
-          : await this.dispatcher.request({
+        const answer = !own ? undefined : req.method === 'GET' ? await this.get(url, headers, req.signal) : await this.exchange(req.method, url, headers, req.body as Uint8Array | undefined, req.signal);
+        res =
+          answer ??
+          (await this.dispatcher.request({
               origin: url.origin,
               path: url.pathname + url.search,
               method: req.method,
@@ -175,7 +184,7 @@ export class HttpTransport {
               // with it). Registries are well-behaved, and a copy HEADs every blob: without this,
               // each HEAD costs a new connection (and, over TLS, a handshake).
               ...(req.method === 'HEAD' ? { reset: false } : {}),
-            });
+            }));
       } catch (e) {
         throw networkError(e, url);
       }
@@ -192,11 +201,21 @@ export class HttpTransport {
   }
 
   /** A request with a body in memory on ferry's own kept-alive connection (src/transport/raw-http.ts), its small answer read whole. */
-  private async exchange(method: string, url: URL, headers: Record<string, string>, body: Uint8Array | undefined, signal: AbortSignal | undefined): Promise<{ statusCode: number; headers: Record<string, string>; body: ResponseBody }> {
-    const lower: Record<string, string> = {};
-    for (const [name, value] of Object.entries(headers)) lower[name.toLowerCase()] = value;
-    const answer = await rawExchange(method, { url, headers: lower }, body, this.raw!, signal);
+  private async exchange(method: string, url: URL, headers: Record<string, string>, body: Uint8Array | undefined, signal: AbortSignal | undefined): Promise<OwnAnswer> {
+    const answer = await rawExchange(method, { url, headers: lowerCased(headers) }, body, this.raw!, signal);
     return { statusCode: answer.status, headers: answer.headers, body: new BufferedBody(answer.body) };
+  }
+
+  /**
+   * A GET on ferry's own kept-alive connection: a 2xx body streamed as it arrives, any other
+   * answer's read whole. Undefined for a 2xx not framed by a Content-Length (chunked, say):
+   * that connection is closed, and the caller sends the GET again through undici.
+   */
+  private async get(url: URL, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<OwnAnswer | undefined> {
+    const r = await RawBodyReader.open({ url, headers: lowerCased(headers) }, this.raw!, signal);
+    if (r instanceof RawBodyReader) return { statusCode: r.head.status, headers: r.head.headers, body: r.stream(signal) };
+    if (typeof r.declined === 'string' || !r.body) return undefined;
+    return { statusCode: r.declined.status, headers: r.declined.headers, body: new BufferedBody(r.body) };
   }
 
   /**
@@ -237,8 +256,16 @@ export class HttpTransport {
   async close(): Promise<void> {
     while (this.background.size > 0) await Promise.all(this.background);
     this.rawPool.close();
-    await this.dispatcher.close();
+    await this.undici?.close();
   }
+}
+
+type OwnAnswer = { statusCode: number; headers: Record<string, string>; body: ResponseBody };
+
+function lowerCased(headers: Record<string, string>): Record<string, string> {
+  const lower: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) lower[name.toLowerCase()] = value;
+  return lower;
 }
 
 /** An answer's body already read whole. */

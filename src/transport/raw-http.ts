@@ -1,9 +1,12 @@
-// ferry's own HTTP/1.1 for what a registry-to-registry copy does per blob. Two uses:
+// ferry's own HTTP/1.1: every request to a registry that goes direct (no proxy) and whose body,
+// if any, is in memory. Three uses:
 //
 // - The pipe (src/copy/blob-pipe.ts): the source's response body is read into one buffer that
 //   is used again for every read (the socket's `onread`), each piece is shown to the caller (the
 //   hash) and written to the destination's request on a second connection, and reading pauses
 //   while a write is still with the kernel, so the buffer is never overwritten under it.
+// - GETs (manifests, tokens, referrers, blobs read the regular way): the same reader, its body
+//   handed out as copies (`RawBodyReader.stream`); an answer that is not a 2xx read whole.
 // - Exchanges: requests whose body is in memory and whose answer is small, read whole (the
 //   HEADs, upload sessions, commits and manifest writes around the bytes; `rawExchange`).
 //
@@ -12,13 +15,14 @@
 // registries, 8 × 64 MiB layers took 1.45 CPU-s through undici and 0.84 through this. And per
 // request its JavaScript (a handler chain, a Readable per body) costs more than the request:
 // on 40 small layers, these connections took ferry's CPU from ~0.52 to ~0.47 s
-// (docs/performance.md). GETs of manifests and tokens, blobs into anything but a registry, and
-// everything behind a proxy stay on undici (src/transport/http.ts).
+// (docs/performance.md); and a copy that never needs undici does not load it (~10 ms of a start).
+// Streamed request bodies (uploads read the regular way), a 2xx answer not framed by a
+// Content-Length, and everything behind a proxy stay on undici (src/transport/http.ts).
 //
 // Connections are kept alive (RawConnectionPool): one request at a time on each, the next one
 // once an answer has been read to its end. Deliberately small otherwise: no proxies, no
-// pipelining, response bodies with a Content-Length (or none) for the pipe. The caller falls
-// back to the regular path whenever an answer is anything else.
+// pipelining, 2xx response bodies with a Content-Length (or none). The caller falls back to
+// the regular path whenever an answer is anything else.
 import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { AbortedError, NetworkError, type Side } from '../errors.ts';
@@ -33,6 +37,12 @@ export interface ResponseHead {
   status: number;
   /** Lower-case names; a repeated header's values joined with ", ". */
   headers: Record<string, string>;
+}
+
+/** A GET that is not read through RawBodyReader: why (a string), or the answer's head, with its body when it is not a 2xx. */
+export interface RawGetDeclined {
+  declined: ResponseHead | string;
+  body?: Buffer;
 }
 
 export interface RawConnectOptions {
@@ -450,13 +460,16 @@ export class RawBodyReader {
   private readonly conn: RawConnection;
   private readonly user: ConnectionUser;
   private readonly keepAlive: boolean;
+  /** Whose failures these are, when the caller knows (the pipe: the source); else the caller blames them. */
+  private readonly side: Side | undefined;
   private pending: Buffer | undefined;
   private deliver: ((bytes: Buffer) => void) | undefined;
   private failure: Error | undefined;
   private onFailure: ((e: Error) => void) | undefined;
   private ended = false;
 
-  private constructor(conn: RawConnection, user: ConnectionUser, head: ResponseHead, bodyLength: number, keepAlive: boolean) {
+  private constructor(conn: RawConnection, user: ConnectionUser, head: ResponseHead, bodyLength: number, keepAlive: boolean, side: Side | undefined) {
+    this.side = side;
     this.conn = conn;
     this.user = user;
     this.head = head;
@@ -466,16 +479,20 @@ export class RawBodyReader {
 
   /**
    * Send the GET and wait for the head. Resolves with the reader for a 2xx answer with a
-   * Content-Length, or with the head alone for anything else (the connection is then closed).
+   * Content-Length. Any other answer is `declined`: one that is not a 2xx comes with its body,
+   * read whole (the first 64 KiB: an error's explanation, a redirect's page); a 2xx framed some
+   * other way (chunked, or ended by closing) comes as its head alone, the connection closed.
    */
-  static open(req: PreparedRequest, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawBodyReader | { declined: ResponseHead | string }> {
-    return retryIfStale((fresh) => RawBodyReader.request(req, opts, signal, fresh));
+  static open(req: PreparedRequest, opts: RawConnectOptions, signal?: AbortSignal, side?: Side): Promise<RawBodyReader | RawGetDeclined> {
+    return retryIfStale((fresh) => RawBodyReader.request(req, opts, signal, side, fresh));
   }
 
-  private static request(req: PreparedRequest, opts: RawConnectOptions, signal: AbortSignal | undefined, fresh: boolean): Promise<RawBodyReader | { declined: ResponseHead | string }> {
+  private static request(req: PreparedRequest, opts: RawConnectOptions, signal: AbortSignal | undefined, side: Side | undefined, fresh: boolean): Promise<RawBodyReader | RawGetDeclined> {
     return new Promise((resolve, reject) => {
       let headBytes: Buffer = Buffer.alloc(0);
       let reader: RawBodyReader | undefined;
+      /** A non-2xx answer whose body is being read whole. */
+      let refusal: { head: ResponseHead; keepAlive: boolean; body: Buffer } | undefined;
       let settled = false;
       const fail = (e: Error) => {
         if (reader) return reader.fail(e);
@@ -491,12 +508,30 @@ export class RawBodyReader {
         clearTimeout(headTimer);
         signal?.removeEventListener('abort', onAbort);
       };
+      /** The refusal's body, once it is all in (or all there will be: `ended`). */
+      const refusalBody = (ended: boolean): void => {
+        const r = refusal!;
+        const whole = completeBody(r.head, r.body);
+        const framed = contentLengthOf(r.head) !== undefined || r.head.headers['transfer-encoding'] !== undefined;
+        const truncated = r.body.byteLength >= MAX_ERROR_BODY_BYTES;
+        if (!whole && !truncated && !ended) return;
+        if (!whole && ended && framed && !truncated) return fail(new NetworkError(`${req.url.host} closed the connection in the middle of an answer`, { side }));
+        settled = true;
+        cleanup();
+        conn.release(user, Boolean(whole) && r.keepAlive && answerEndsCleanly(r.head, r.body));
+        resolve({ declined: r.head, body: whole ?? r.body.subarray(0, MAX_ERROR_BODY_BYTES) });
+      };
       const onBytes = (chunk: Buffer): boolean => {
         if (reader) {
           reader.take(chunk);
           return true;
         }
         if (settled) return false;
+        if (refusal) {
+          refusal.body = Buffer.concat([refusal.body, chunk]);
+          refusalBody(false);
+          return true;
+        }
         headBytes = Buffer.concat([headBytes, chunk]);
         let parsed: ReturnType<typeof parseHead>;
         try {
@@ -506,18 +541,24 @@ export class RawBodyReader {
           return false;
         }
         if (!parsed) {
-          if (headBytes.byteLength > MAX_HEAD_BYTES) fail(new NetworkError(`response head from ${req.url.host} larger than ${MAX_HEAD_BYTES} bytes`, { side: 'source' }));
+          if (headBytes.byteLength > MAX_HEAD_BYTES) fail(new NetworkError(`response head from ${req.url.host} larger than ${MAX_HEAD_BYTES} bytes`, { side }));
+          return true;
+        }
+        const length = contentLengthOf(parsed.head);
+        if (parsed.head.status < 200 || parsed.head.status >= 300) {
+          // Copied: the head's bytes are this request's own, not the connection's read buffer.
+          refusal = { head: parsed.head, keepAlive: parsed.keepAlive, body: Buffer.from(headBytes.subarray(parsed.bodyStart)) };
+          refusalBody(false);
           return true;
         }
         settled = true;
         cleanup();
-        const length = contentLengthOf(parsed.head);
-        if (parsed.head.status < 200 || parsed.head.status >= 300 || length === undefined || parsed.head.headers['transfer-encoding'] !== undefined) {
+        if (length === undefined || parsed.head.headers['transfer-encoding'] !== undefined) {
           conn.release(user, false);
           resolve({ declined: parsed.head });
           return false;
         }
-        reader = new RawBodyReader(conn, user, parsed.head, length, parsed.keepAlive);
+        reader = new RawBodyReader(conn, user, parsed.head, length, parsed.keepAlive, side);
         // Body bytes that came with the head (headBytes is a copy, not the shared buffer).
         const early = headBytes.subarray(parsed.bodyStart);
         if (early.byteLength > 0) reader.take(early);
@@ -529,15 +570,21 @@ export class RawBodyReader {
         bytes: onBytes,
         // Plain TCP reads land in the connection's read buffer; over TLS reads are fresh buffers (RawConnection).
         bulk: true,
-        error: (e) => fail(connectError(e, req.url, 'source')),
-        timeout: () => fail(new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, { side: 'source' })),
+        // Without a side, the socket's own error (its code: refused, reset, TLS verification) for the transport to explain.
+        error: (e) => fail(side ? connectError(e, req.url, side) : e),
+        timeout: () => {
+          const stalled = new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, { side });
+          if (reader) reader.onIdle(stalled);
+          else fail(stalled);
+        },
         ended: () => {
           if (reader) reader.onEnd();
-          else fail(new NetworkError(`${req.url.host} closed the connection before a response`, { side: 'source' }));
+          else if (refusal && !settled) refusalBody(true);
+          else fail(new NetworkError(`${req.url.host} closed the connection before a response`, { side }));
         },
       };
       const conn = RawConnection.open(req.url, opts, fresh, user);
-      const headTimer = setTimeout(() => fail(new NetworkError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, { side: 'source' })), opts.headersTimeoutMs + opts.connectTimeoutMs);
+      const headTimer = setTimeout(() => fail(new NetworkError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, { side })), opts.headersTimeoutMs + opts.connectTimeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
       conn.whenReady(() => {
         try {
@@ -553,7 +600,7 @@ export class RawBodyReader {
   private take(bytes: Buffer): void {
     if (bytes.byteLength === 0) return;
     if (bytes.byteLength > this.remaining) {
-      this.fail(new NetworkError(`${this.conn.url.host} sent more than its Content-Length`, { side: 'source', retryable: false }));
+      this.fail(new NetworkError(`${this.conn.url.host} sent more than its Content-Length`, { side: this.side, retryable: false }));
       return;
     }
     if (this.deliver) {
@@ -565,11 +612,20 @@ export class RawBodyReader {
     this.conn.socket.pause();
   }
 
+  /** Read as a stream (`stream`): the caller, not the server, is who the connection waits for while bytes are pending. */
+  private streaming = false;
+
+  /** The connection was idle this long: stalled, unless it is waiting for a streaming caller to take what it read. */
+  private onIdle(e: Error): void {
+    if (this.streaming && this.pending) return;
+    this.fail(e);
+  }
+
   private onEnd(): void {
     if (this.ended) return;
     this.ended = true;
     const short = this.remaining - (this.pending?.byteLength ?? 0);
-    if (short > 0) this.fail(new NetworkError(`download ended ${short} bytes short`, { side: 'source' }));
+    if (short > 0) this.fail(new NetworkError(`download ended ${short} bytes short`, { side: this.side }));
   }
 
   private fail(e: Error): void {
@@ -591,7 +647,7 @@ export class RawBodyReader {
    */
   pipeInto(sink: RawUpload, length: number, inspect: (piece: Buffer) => void, signal?: AbortSignal): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    if (length > this.remaining) return Promise.reject(new NetworkError(`asked for ${length} bytes, the response has ${this.remaining} left`, { side: 'source', retryable: false }));
+    if (length > this.remaining) return Promise.reject(new NetworkError(`asked for ${length} bytes, the response has ${this.remaining} left`, { side: this.side, retryable: false }));
     return new Promise<void>((resolve, reject) => {
       let left = length;
       let done = false;
@@ -651,11 +707,85 @@ export class RawBodyReader {
     });
   }
 
+  /**
+   * The body as a stream of its bytes, for callers that keep what they read (a manifest, a
+   * token, a blob into a file): each piece is a copy, since the reads land in a buffer that is
+   * used again. One piece is read ahead at most; the connection waits while the caller does
+   * not ask. Once the last byte is taken, the connection goes back to its pool.
+   */
+  stream(signal?: AbortSignal): ResponseBodyStream {
+    this.streaming = true;
+    const onAbort = () => this.fail(new AbortedError());
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
+    const finished = () => signal?.removeEventListener('abort', onAbort);
+    const next = async (): Promise<IteratorResult<Uint8Array>> => {
+      const piece = await this.nextPiece().catch((e: unknown) => {
+        finished();
+        throw e;
+      });
+      if (piece) return { value: piece, done: false };
+      finished();
+      return { value: undefined, done: true };
+    };
+    const stop = () => {
+      finished();
+      if (this.remaining > 0 || this.pending) this.close();
+    };
+    return {
+      [Symbol.asyncIterator]: () => ({
+        next,
+        return: async () => {
+          stop();
+          return { value: undefined, done: true };
+        },
+      }),
+      // Not read to the end: the connection is closed rather than drained (it may be a large blob).
+      dump: async () => stop(),
+      destroy: stop,
+    };
+  }
+
+  private nextPiece(): Promise<Buffer | undefined> {
+    if (this.failure) return Promise.reject(this.failure);
+    const taken = (bytes: Buffer): Buffer => {
+      const piece = Buffer.from(bytes);
+      this.remaining -= piece.byteLength;
+      if (this.remaining === 0) this.done();
+      return piece;
+    };
+    if (this.pending) {
+      const piece = taken(this.pending);
+      this.pending = undefined;
+      if (this.remaining > 0) this.conn.socket.resume();
+      return Promise.resolve(piece);
+    }
+    if (this.remaining === 0) {
+      this.done();
+      return Promise.resolve(undefined);
+    }
+    return new Promise((resolve, reject) => {
+      this.deliver = (bytes) => {
+        this.deliver = undefined;
+        this.onFailure = undefined;
+        resolve(taken(bytes));
+      };
+      this.onFailure = (e) => {
+        this.deliver = undefined;
+        this.onFailure = undefined;
+        reject(e);
+      };
+    });
+  }
+
   close(): void {
     this.deliver = undefined;
     this.conn.release(this.user, false);
   }
 }
+
+/** A streamed answer body (what src/transport/http.ts calls a ResponseBody). */
+export type ResponseBodyStream = AsyncIterable<Uint8Array> & { dump(): Promise<void>; destroy(): void };
 
 /** Does this complete answer leave the connection ready for the next request (its body exactly as long as it said)? */
 function answerEndsCleanly(head: ResponseHead, body: Buffer): boolean {

@@ -490,3 +490,145 @@ describe('which blobs take the pipe', () => {
     assert.throws(() => pipeTuning({ FERRY_PIPE_MIN_BYTES: '4M' }), /FERRY_PIPE_MIN_BYTES must be a whole number of bytes, or off/);
   });
 });
+
+describe('GETs on ferry\'s own connections (HttpTransport.request)', () => {
+  /** Reads a response body whole, keeping every piece as it came (as readBounded does). */
+  async function collect(body: AsyncIterable<Uint8Array>, pauseMs = 0): Promise<Buffer> {
+    const pieces: Uint8Array[] = [];
+    for await (const piece of body) {
+      pieces.push(piece);
+      if (pauseMs) await new Promise((r) => setTimeout(r, pauseMs));
+    }
+    return Buffer.concat(pieces);
+  }
+
+  test('a 2xx body comes as pieces that stay as they were (copies of the reused buffer); an error answer comes with its body; one connection serves them all', async () => {
+    // ASCII: the scripted server writes strings as UTF-8.
+    const big = Buffer.from(BLOB.subarray(0, 2 * MiB).toString('base64'));
+    const unknown = JSON.stringify({ errors: [{ code: 'MANIFEST_UNKNOWN', message: 'manifest unknown' }] });
+    const server = await scriptedServer((q) => {
+      if (q.path === '/big') return `HTTP/1.1 200 OK\r\ncontent-length: ${big.byteLength}\r\n\r\n${big.toString('latin1')}`;
+      if (q.path === '/missing') return `HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${unknown.length}\r\n\r\n${unknown}`;
+      if (q.path === '/moved') return 'HTTP/1.1 307 Temporary Redirect\r\nlocation: /small\r\ncontent-length: 4\r\n\r\nmove';
+      return blobAnswer('small answer');
+    });
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      const missing = await transport.request({ method: 'GET', url: new URL(`${server.origin}/missing`) });
+      assert.equal(missing.status, 404);
+      assert.match((await collect(missing.body)).toString(), /MANIFEST_UNKNOWN/);
+      const moved = await transport.request({ method: 'GET', url: new URL(`${server.origin}/moved`) });
+      assert.equal(moved.status, 200, 'the redirect was followed');
+      assert.equal((await collect(moved.body)).toString(), 'small answer');
+      const res = await transport.request({ method: 'GET', url: new URL(`${server.origin}/big`) });
+      assert.equal(res.status, 200);
+      // Every piece is kept until the end: had one been a view of the connection's read buffer,
+      // later reads would have overwritten it.
+      assert.equal(sha(await collect(res.body)), sha(big));
+      assert.equal(server.connections(), 1, 'one connection for every GET: none went through undici, none was closed');
+    } finally {
+      await transport.close();
+      await server.close();
+    }
+  });
+
+  test('a 2xx framed another way (chunked) is sent again through undici and read whole; the connection that saw it is closed', async () => {
+    const seen: string[] = [];
+    const server = createHttpServer((req, res) => {
+      seen.push(req.url ?? '');
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ token: 'x'.repeat(5000) }));
+    });
+    const port = await listen(server);
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      const res = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/token`) });
+      assert.equal(res.status, 200);
+      assert.equal(JSON.parse((await collect(res.body)).toString()).token.length, 5000);
+      assert.deepEqual(seen, ['/token', '/token'], 'asked twice: on ferry\'s connection, then through undici');
+    } finally {
+      await transport.close();
+      server.close();
+    }
+  });
+
+  test('an error body past 64 KiB is cut there, and its connection is not used again', async () => {
+    const page = 'x'.repeat(200 * 1024);
+    const server = await scriptedServer((q) => (q.path === '/huge-404' ? `HTTP/1.1 404 Not Found\r\ncontent-length: ${page.length}\r\n\r\n${page}` : blobAnswer('ok')));
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      const res = await transport.request({ method: 'GET', url: new URL(`${server.origin}/huge-404`) });
+      assert.equal(res.status, 404);
+      const body = await collect(res.body);
+      assert.ok(body.byteLength >= 64 * 1024 && body.byteLength < page.length, `cut at 64 KiB, got ${body.byteLength}`);
+      assert.equal((await collect((await transport.request({ method: 'GET', url: new URL(`${server.origin}/next`) })).body)).toString(), 'ok');
+      assert.equal(server.connections(), 2, 'the cut answer\'s connection was closed');
+    } finally {
+      await transport.close();
+      await server.close();
+    }
+  });
+
+  test('a caller that takes its time is not a stalled server; a server that stops sending is, after the idle timeout', async () => {
+    const body = BLOB.subarray(0, 2 * MiB);
+    const server = createNetServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.once('data', (d: Buffer) => {
+        const stall = d.toString('latin1').startsWith('GET /stall');
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${body.byteLength}\r\n\r\n`);
+        // /stall sends half the body, then nothing.
+        socket.write(stall ? body.subarray(0, MiB) : body);
+      });
+    });
+    const port = await new Promise<number>((r) => server.listen(0, '127.0.0.1', () => r((server.address() as AddressInfo).port)));
+    const transport = new HttpTransport({ userAgent: 'ferry-test', bodyTimeoutMs: 150 });
+    try {
+      const slow = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/slow`) });
+      // The caller waits 400 ms between pieces, the idle timeout is 150 ms: the bytes wait for it.
+      const iterator = slow.body[Symbol.asyncIterator]();
+      const first = await iterator.next();
+      await new Promise((r) => setTimeout(r, 400));
+      const rest: Uint8Array[] = [first.value as Uint8Array];
+      for (let n = await iterator.next(); !n.done; n = await iterator.next()) rest.push(n.value);
+      assert.equal(sha(Buffer.concat(rest)), sha(body));
+      const stalled = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/stall`) });
+      await assert.rejects(collect(stalled.body), (e: Error & { retryable?: boolean }) => /stalled/.test(e.message) && e.retryable === true);
+    } finally {
+      await transport.close();
+      server.close();
+    }
+  });
+
+  test('a GET cancelled in the middle of its body rejects as cancelled; an error body cut short by the server is a retryable network error', async () => {
+    const server = createNetServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.once('data', (d: Buffer) => {
+        if (d.toString('latin1').startsWith('GET /cut')) {
+          socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 100\r\n\r\n{"errors":');
+          return;
+        }
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${4 * MiB}\r\n\r\n`);
+        socket.write(BLOB.subarray(0, MiB));
+      });
+    });
+    const port = await new Promise<number>((r) => server.listen(0, '127.0.0.1', () => r((server.address() as AddressInfo).port)));
+    const transport = new HttpTransport({ userAgent: 'ferry-test' });
+    try {
+      const controller = new AbortController();
+      const res = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/blob`), signal: controller.signal });
+      const iterator = res.body[Symbol.asyncIterator]();
+      await iterator.next();
+      controller.abort();
+      await assert.rejects(
+        (async () => {
+          for (;;) if ((await iterator.next()).done) return;
+        })(),
+        (e: Error) => e.name === 'AbortedError',
+      );
+      await assert.rejects(transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/cut`) }), (e: Error & { retryable?: boolean }) => /in the middle of an answer/.test(e.message) && e.retryable === true);
+    } finally {
+      await transport.close();
+      server.close();
+    }
+  });
+});
