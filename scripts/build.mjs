@@ -116,6 +116,37 @@ const stringWidthAlias = {
 };
 
 /**
+ * node:assert for the three packages of a copy's start that import it (yargs' platform shim, and
+ * pino's sonic-boom and thread-stream, each for an internal invariant or two): a stand-in with
+ * what they call. Loading node:assert loads its error class, which builds process.stderr to learn
+ * whether it may use colours: ~8-10 ms of every start, when nothing else of ferry's start needs
+ * either (undici, which uses node:assert throughout, keeps it: it is loaded on first use, and a
+ * copy without a proxy does not use it). test/package.test.ts checks that a copy loads neither.
+ */
+const ASSERT_STAND_IN_IMPORTERS = /[\\/]node_modules[\\/](yargs|sonic-boom|thread-stream)[\\/]/;
+const assertStandIn = {
+  name: 'ferry-assert-stand-in',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?assert$/ }, (args) => (ASSERT_STAND_IN_IMPORTERS.test(args.importer) ? { path: 'assert', namespace: 'ferry-assert' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'ferry-assert' }, () => ({
+      contents: `
+        class AssertionError extends Error {
+          constructor(message) { super(message); this.name = 'AssertionError'; this.code = 'ERR_ASSERTION'; }
+        }
+        const fail = (message, otherwise) => { throw message instanceof Error ? message : new AssertionError(message ?? otherwise); };
+        function assert(value, message) { if (!value) fail(message, 'The expression evaluated to a falsy value'); }
+        assert.ok = assert;
+        assert.strictEqual = (actual, expected, message) => { if (!Object.is(actual, expected)) fail(message, 'Expected values to be strictly equal: ' + String(actual) + ' !== ' + String(expected)); };
+        assert.notStrictEqual = (actual, expected, message) => { if (Object.is(actual, expected)) fail(message, 'Expected "actual" to be strictly unequal to: ' + String(expected)); };
+        assert.AssertionError = AssertionError;
+        module.exports = assert;
+      `,
+      loader: 'js',
+    }));
+  },
+};
+
+/**
  * The cloud SDKs: 1.9 MB of the 3.2 MB CommonJS bundle, run only when a copy meets an ECR or
  * Artifact Registry host. In the CommonJS build every import of one of them becomes a property
  * of the cloud bundle (CLOUD_BUNDLE in src/sea/bundle.ts), required only when ferry's code first
@@ -149,7 +180,7 @@ const common = {
   minifySyntax: true,
   legalComments: 'none',
   logLevel: 'warning',
-  plugins: [lazyPackages, stringWidthAlias, lazyUndiciHttp2, noYargsVersionGuess],
+  plugins: [lazyPackages, stringWidthAlias, lazyUndiciHttp2, noYargsVersionGuess, assertStandIn],
   define: {
     __FERRY_VERSION__: JSON.stringify(pkg.version),
     __FERRY_COMMIT__: JSON.stringify(commit),

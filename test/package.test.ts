@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDistribution, type DistributionRegistry } from './harness/distribution.ts';
 import { clientFor } from './harness/oci-client.ts';
-import { pushMultiArch } from './harness/fixtures.ts';
+import { pushImage, pushMultiArch } from './harness/fixtures.ts';
 import { AwsStandin, TEST_ACCESS_KEY_ID, TEST_ACCOUNT, TEST_SECRET_ACCESS_KEY } from './harness/aws-standin.ts';
 import { awsApiHosts, makeTestPki, S3_LAYER_HOST, startAwsApis, startConnectProxy, startEcrRegistry, startGarRegistry } from './harness/cloud-registry.ts';
 import { GcpStandin } from './harness/gcp-standin.ts';
@@ -218,6 +218,32 @@ describe('npm run package: single executables', () => {
       assert.equal(JSON.parse(inspect.stdout).platforms.length, 3);
     } finally {
       rmSync(state, { recursive: true, force: true });
+    }
+  });
+
+  test('start-up: a copy between registries without a proxy loads neither undici nor node:http nor node:assert', async () => {
+    // undici comes in on first use only (src/transport/http.ts), a small blob that cannot take the
+    // pipe goes up as an in-memory body on ferry's own connections (src/copy/blob-upload.ts), the
+    // agent's health server loads node:http when it starts, and yargs and pino get a stand-in for
+    // node:assert (scripts/build.mjs). Each of those, undone, brings the modules back.
+    const work = mkdtempSync(join(tmpdir(), 'ferry-modules-'));
+    try {
+      const preload = join(work, 'modules.cjs');
+      const list = join(work, 'modules.txt');
+      writeFileSync(preload, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(list)}, process.moduleLoadList.join('\\n')));\n`);
+      // One platform: ferry reads its config for the report, and sends it on from memory. The
+      // registry under another name, so the blobs are copied, not mounted.
+      await pushImage(clientFor(reg), 'pkg/single', 'v1');
+      const otherName = reg.host.replace(/^127\.0\.0\.1:/, 'localhost:');
+      assert.notEqual(otherName, reg.host);
+      const r = await run([process.execPath, '--require', preload, join(out, 'ferry.cjs'), 'copy', '--json', `${reg.host}/pkg/single:v1`, `${otherName}/pkg/modules:v1`], { XDG_STATE_HOME: work });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(JSON.parse(r.stdout).transfer.blobs_copied, 3, 'the copy ran: the config and two layers');
+      const loaded = readFileSync(list, 'utf8').split('\n');
+      assert.ok(loaded.includes('NativeModule net') && loaded.includes('NativeModule crypto'), 'the list is the real one');
+      for (const m of ['NativeModule http', 'NativeModule assert', 'NativeModule _http_client']) assert.ok(!loaded.includes(m), `${m} was loaded`);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
     }
   });
 

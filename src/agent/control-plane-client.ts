@@ -6,7 +6,7 @@
 // The client never retries by itself: one call is one request. Retrying belongs to the caller — see retry.ts for status/result delivery and Backoff for
 // polling — so that retries never multiply and the job loop stays in control of its timing.
 import { randomUUID } from 'node:crypto';
-import { Agent, type Dispatcher } from '../transport/undici.ts';
+import type { Dispatcher } from '../transport/undici.ts';
 import { FerryError, UsageError, type ErrorCode } from '../errors.ts';
 import { registerSecret, type Logger } from '../log/logger.ts';
 import type { Credential } from '../auth/credentials.ts';
@@ -240,8 +240,9 @@ export class ControlPlaneClient {
   private readonly logger: Logger;
   private readonly maxResponseBytes: number;
   private readonly requestTimeoutMs: number;
-  private readonly dispatcher: Dispatcher;
-  private readonly ownDispatcher: Agent | undefined;
+  /** The caller's dispatcher, or the client's own (made on first use: undici loads then, not at every command's start). */
+  private dispatcher: Promise<Dispatcher> | undefined;
+  private ownDispatcher: Promise<Dispatcher> | undefined;
   private readonly observer: ((e: RequestEvent) => void) | undefined;
   private readonly now: () => number;
   private readonly basePath: string;
@@ -258,23 +259,26 @@ export class ControlPlaneClient {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.observer = opts.observer;
     this.now = opts.now ?? Date.now;
-    if (opts.dispatcher) {
-      this.dispatcher = opts.dispatcher;
-    } else {
-      this.ownDispatcher = new Agent({
-        connect: { timeout: Math.min(10_000, this.requestTimeoutMs) },
-        headersTimeout: this.requestTimeoutMs,
-        bodyTimeout: this.requestTimeoutMs,
-        keepAliveTimeout: 10_000,
-        connections: 16,
-      });
-      this.dispatcher = this.ownDispatcher;
-    }
+    if (opts.dispatcher) this.dispatcher = Promise.resolve(opts.dispatcher);
+  }
+
+  private dispatcherForRequests(): Promise<Dispatcher> {
+    return (this.dispatcher ??= this.ownDispatcher =
+      import('../transport/undici.ts').then(
+        ({ Agent }) =>
+          new Agent({
+            connect: { timeout: Math.min(10_000, this.requestTimeoutMs) },
+            headersTimeout: this.requestTimeoutMs,
+            bodyTimeout: this.requestTimeoutMs,
+            keepAliveTimeout: 10_000,
+            connections: 16,
+          }),
+      ));
   }
 
   /** Close the client's own connection pool. */
   async close(): Promise<void> {
-    await this.ownDispatcher?.close();
+    if (this.ownDispatcher) await (await this.ownDispatcher).close();
   }
 
   // ---- endpoints ----
@@ -520,7 +524,7 @@ export class ControlPlaneClient {
     let res: Dispatcher.ResponseData;
     try {
       const target = new URL(url);
-      res = await this.dispatcher.request({
+      res = await (await this.dispatcherForRequests()).request({
         origin: target.origin,
         path: `${target.pathname}${target.search}`,
         method: op.method,

@@ -4,7 +4,7 @@
 //   /metrics  Prometheus text exposition
 // Readiness is a list of named checks; the agent adds "config valid" and "control plane
 // reached within the last N seconds" (controlPlaneCheck), the loop may add more (draining).
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log/logger.ts';
 import type { HealthAddr } from './config.ts';
@@ -70,6 +70,8 @@ export interface HealthServer {
 }
 
 export async function startHealthServer(opts: HealthServerOptions): Promise<HealthServer> {
+  // Loaded here, not at the top: every command's start evaluates this module, and only the agent serves.
+  const { createServer } = process.getBuiltinModule('node:http');
   const server: Server = createServer((req, res) => handle(req, res, opts));
   server.keepAliveTimeout = 5000;
   server.headersTimeout = 10_000;

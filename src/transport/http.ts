@@ -6,7 +6,7 @@
 // as plain HTTP).
 // Redirects are followed here, by hand, so that credentials never leave their host.
 import { readFileSync } from 'node:fs';
-import { Agent, EnvHttpProxyAgent, type Dispatcher } from './undici.ts';
+import type { Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
@@ -52,8 +52,8 @@ export interface HttpResponse {
 const MAX_REDIRECTS = 5;
 
 export class HttpTransport {
-  private readonly makeDispatcher: () => Dispatcher;
-  private undici: Dispatcher | undefined;
+  private readonly makeDispatcher: () => Promise<Dispatcher>;
+  private undici: Promise<Dispatcher> | undefined;
   private readonly plainHttp: Set<string>;
   private readonly background = new Set<Promise<void>>();
   private readonly raw: RawConnectOptions | undefined;
@@ -96,12 +96,15 @@ export class HttpTransport {
           userAgent: this.userAgent,
           pool: this.rawPool,
         };
-    // Made on first use: without a proxy, a copy between registries may never need undici, and
-    // loading it is ~10 ms of every start (scripts/build.mjs bundles it behind a lazy stand-in).
-    this.makeDispatcher = proxied ? () => new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect }) : () => new Agent(poolOptions);
+    // Loaded and made on first use: without a proxy, a copy between registries may never need
+    // undici, and loading it (and node:http and node:assert with it) is ~10-20 ms of a start.
+    this.makeDispatcher = async () => {
+      const { Agent, EnvHttpProxyAgent } = await import('./undici.ts');
+      return proxied ? new EnvHttpProxyAgent({ ...poolOptions, requestTls: connect, proxyTls: connect }) : new Agent(poolOptions);
+    };
   }
 
-  private get dispatcher(): Dispatcher {
+  private dispatcher(): Promise<Dispatcher> {
     return (this.undici ??= this.makeDispatcher());
   }
 
@@ -171,7 +174,7 @@ export class HttpTransport {
         const answer = !own ? undefined : req.method === 'GET' ? await this.get(url, headers, req.signal) : await this.exchange(req.method, url, headers, req.body as Uint8Array | undefined, req.signal);
         res =
           answer ??
-          (await this.dispatcher.request({
+          (await (await this.dispatcher()).request({
               origin: url.origin,
               path: url.pathname + url.search,
               method: req.method,
@@ -256,7 +259,7 @@ export class HttpTransport {
   async close(): Promise<void> {
     while (this.background.size > 0) await Promise.all(this.background);
     this.rawPool.close();
-    await this.undici?.close();
+    if (this.undici) await (await this.undici).close();
   }
 }
 

@@ -64,6 +64,8 @@ export const PIPE_BUFFER_BYTES = 256 * 1024;
 export const PIPE_BUFFER_MAX_BYTES = 4 * 1024 * 1024;
 const MAX_HEAD_BYTES = 64 * 1024;
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
+/** A streamed body whose caller has not taken a piece for this many idle timeouts fails (RawBodyReader.onIdle). */
+const MAX_IDLE_WAITS_FOR_CALLER = 5;
 let readBuffersOpen = 0;
 
 /**
@@ -574,7 +576,7 @@ export class RawBodyReader {
         error: (e) => fail(side ? connectError(e, req.url, side) : e),
         timeout: () => {
           const stalled = new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, { side });
-          if (reader) reader.onIdle(stalled);
+          if (reader) reader.onIdle(stalled, opts.idleTimeoutMs);
           else fail(stalled);
         },
         ended: () => {
@@ -615,9 +617,20 @@ export class RawBodyReader {
   /** Read as a stream (`stream`): the caller, not the server, is who the connection waits for while bytes are pending. */
   private streaming = false;
 
-  /** The connection was idle this long: stalled, unless it is waiting for a streaming caller to take what it read. */
-  private onIdle(e: Error): void {
-    if (this.streaming && this.pending) return;
+  /** Idle periods in a row spent waiting for a streaming caller to take what was read. */
+  private waitedForCaller = 0;
+
+  /**
+   * The connection was idle this long: stalled, unless it is waiting for a streaming caller to
+   * take what it read. A caller may take its time (its own sink is slow), but not forever: one
+   * that has left the body behind would otherwise hold the connection, and the process, open.
+   */
+  private onIdle(e: Error, idleTimeoutMs: number): void {
+    if (this.streaming && this.pending && ++this.waitedForCaller < MAX_IDLE_WAITS_FOR_CALLER) {
+      // A socket's timeout fires once per idle spell: arm it again to count the next one.
+      this.conn.socket.setTimeout(idleTimeoutMs);
+      return;
+    }
     this.fail(e);
   }
 
@@ -747,6 +760,7 @@ export class RawBodyReader {
   }
 
   private nextPiece(): Promise<Buffer | undefined> {
+    this.waitedForCaller = 0;
     if (this.failure) return Promise.reject(this.failure);
     const taken = (bytes: Buffer): Buffer => {
       const piece = Buffer.from(bytes);

@@ -16,6 +16,13 @@ import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { assertNoSecrets, basicPassword, freshHome, proxyEnv, runFerryIsolated } from './cloud-e2e.ts';
 
 const LAYERS = [40_000, 50_000, 60_000, 70_000];
+/**
+ * Layers that go up as streamed bodies when they cannot take the pipe (here: behind the proxy).
+ * Up to 1 MiB a blob is read whole and sent from memory, a body that is simply sent again with a
+ * fresh token; a streamed one cannot be, so its blob starts over (src/copy/blob-upload.ts).
+ */
+const STREAMED_LAYERS = [1_200_000, 1_300_000];
+const STREAMED = 1024 * 1024;
 const BLOB_GET = /\/blobs\/sha256:/;
 const UPLOAD_PUT = /\/blobs\/uploads\//;
 
@@ -29,7 +36,7 @@ let local: DistributionRegistry;
 let localC: OciClient;
 
 /** Per-test hooks, called by the registry fronts. */
-let onRequest: (method: string, path: string) => void = () => undefined;
+let onRequest: (method: string, path: string, length: number | undefined) => void = () => undefined;
 let delayMs: (method: string, path: string) => number = () => 0;
 
 const awsEnv = (): Record<string, string> => ({ ...aws.env(), ...proxyEnv(proxy.url), AWS_ACCESS_KEY_ID: TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: TEST_SECRET_ACCESS_KEY });
@@ -40,7 +47,7 @@ before(async () => {
   gcp = await GcpStandin.start();
   pki = makeTestPki([aws.registryHost(), 'us-west1-docker.pkg.dev']);
   proxy = await startConnectProxy();
-  const hooks = { onRequest: (m: string, p: string) => onRequest(m, p), delayMs: (m: string, p: string) => delayMs(m, p) };
+  const hooks = { onRequest: (m: string, p: string, l: number | undefined) => onRequest(m, p, l), delayMs: (m: string, p: string) => delayMs(m, p) };
   [ecr, gar, local] = await Promise.all([
     startEcrRegistry({ aws, pki, proxy, ...hooks }),
     startGarRegistry({ gcp, pki, proxy, repositories: ['ferry-test-project/images'], ...hooks }),
@@ -64,11 +71,11 @@ beforeEach(() => {
   gcp.options.accessTokenLifetimeSeconds = 3600;
 });
 
-/** Do this once, the first time a request matches. */
-function once(method: string, path: RegExp, action: () => void): (m: string, p: string) => void {
+/** Do this once, the first time a request matches (and, with `minLength`, carries a body longer than that). */
+function once(method: string, path: RegExp, action: () => void, minLength = -1): (m: string, p: string, length: number | undefined) => void {
   let done = false;
-  return (m, p) => {
-    if (!done && m === method && path.test(p)) {
+  return (m, p, length) => {
+    if (!done && m === method && path.test(p) && (length ?? 0) > minLength) {
       done = true;
       action();
     }
@@ -120,8 +127,8 @@ describe('Amazon ECR', () => {
   });
 
   test('the token runs out while a layer is being uploaded: that layer starts over, with a fresh token', async () => {
-    const img = await pushImage(localC, 'src/upload', 'v1', { layerSizes: LAYERS });
-    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(aws.expireEcrTokens() >= 1));
+    const img = await pushImage(localC, 'src/upload', 'v1', { layerSizes: STREAMED_LAYERS });
+    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(aws.expireEcrTokens() >= 1), STREAMED);
     const start = ecr.requests.length;
     const home = freshHome();
     const r = await runFerryIsolated(
@@ -136,8 +143,10 @@ describe('Amazon ECR', () => {
     const refused = mine.find((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 403);
     assert.ok(refused, 'the streamed upload was refused for its expired token');
     const committed = mine.filter((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 201);
-    assert.equal(committed.length, LAYERS.length + 1, 'every blob committed once');
-    assert.ok(committed.every((q) => basicPassword(q.authorization) !== basicPassword(refused.authorization)));
+    assert.equal(committed.length, STREAMED_LAYERS.length + 1, 'every blob committed once');
+    // Blobs committed before the token ran out carry it; every one after, the renewed one.
+    const after = committed.filter((q) => mine.indexOf(q) > mine.indexOf(refused));
+    assert.ok(after.length >= 1 && after.every((q) => basicPassword(q.authorization) !== basicPassword(refused.authorization)));
     assertNoSecrets(r, aws.issuedEcrTokens.flatMap((t) => [t.password, t.authorizationToken]), [home.home]);
   });
 });
@@ -166,8 +175,8 @@ describe('Artifact Registry', () => {
   });
 
   test('the token is revoked while a layer is being uploaded: 401, that layer starts over with a fresh token', async () => {
-    const img = await pushImage(localC, 'src/gar-upload', 'v1', { layerSizes: LAYERS });
-    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(gcp.expireAccessTokens() >= 1));
+    const img = await pushImage(localC, 'src/gar-upload', 'v1', { layerSizes: STREAMED_LAYERS });
+    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(gcp.expireAccessTokens() >= 1), STREAMED);
     const start = gar.requests.length;
     const r = await runFerryIsolated(
       ['copy', '--json', '--concurrency', '1', '--ca-file', pki.caPath, `${local.host}/src/gar-upload:v1`, `${gar.host}/ferry-test-project/images/uploaded:v1`],
@@ -181,7 +190,31 @@ describe('Artifact Registry', () => {
     const refused = mine.find((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 401);
     assert.ok(refused, 'the streamed upload was refused for its revoked token');
     const committed = mine.filter((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 201);
-    assert.equal(committed.length, LAYERS.length + 1);
-    assert.ok(committed.every((q) => basicPassword(q.authorization) !== basicPassword(refused.authorization)));
+    assert.equal(committed.length, STREAMED_LAYERS.length + 1);
+    // Blobs committed before the token ran out carry it; every one after, the renewed one.
+    const after = committed.filter((q) => mine.indexOf(q) > mine.indexOf(refused));
+    assert.ok(after.length >= 1 && after.every((q) => basicPassword(q.authorization) !== basicPassword(refused.authorization)));
+  });
+
+  test('the token is revoked just before a small blob goes up: its in-memory body is sent again at once with a fresh token, nothing restarts', async () => {
+    const img = await pushImage(localC, 'src/gar-small', 'v1', { layerSizes: LAYERS });
+    onRequest = once('PUT', UPLOAD_PUT, () => assert.ok(gcp.expireAccessTokens() >= 1));
+    const start = gar.requests.length;
+    const r = await runFerryIsolated(
+      ['copy', '--json', '--concurrency', '1', '--ca-file', pki.caPath, `${local.host}/src/gar-small:v1`, `${gar.host}/ferry-test-project/images/small:v1`],
+      gcpEnv(),
+      freshHome(),
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await gar.client.verifyImage('ferry-test-project/images/small', 'v1')).digest, img.digest);
+    assert.equal(r.json.transfer.blobs_restarted, 0);
+    const mine = gar.requests.slice(start);
+    const refused = mine.findIndex((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path) && q.status === 401);
+    assert.ok(refused >= 0, 'the upload was refused for its revoked token');
+    // The same upload session, committed by the very next request, with the renewed token.
+    const again = mine.slice(refused + 1).find((q) => q.method === 'PUT' && UPLOAD_PUT.test(q.path));
+    assert.equal(again?.path, mine[refused]!.path);
+    assert.equal(again?.status, 201);
+    assert.notEqual(basicPassword(again?.authorization), basicPassword(mine[refused]!.authorization));
   });
 });

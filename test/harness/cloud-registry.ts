@@ -256,8 +256,8 @@ const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 /** Test hooks shared by the ECR and Artifact Registry fronts. */
 export interface FrontHooks {
-  /** Called as each request arrives, before its credentials are checked (e.g. to expire tokens at a chosen moment). */
-  onRequest?: (method: string, path: string) => void;
+  /** Called as each request arrives, before its credentials are checked (e.g. to expire tokens at a chosen moment); `length`: its Content-Length, if any. */
+  onRequest?: (method: string, path: string, length: number | undefined) => void;
   /** Hold a request this long before answering it (to make a copy outlive short-lived tokens). */
   delayMs?: (method: string, path: string) => number;
 }
@@ -265,7 +265,8 @@ export interface FrontHooks {
 /** `decide` with the hooks around it: onRequest on arrival, credentials checked then, the delay after. */
 function withHooks(hooks: FrontHooks, decide: (req: IncomingMessage, url: URL) => Promise<Decision>): (req: IncomingMessage, url: URL) => Promise<Decision> {
   return async (req, url) => {
-    hooks.onRequest?.(req.method ?? 'GET', url.pathname);
+    const length = req.headers['content-length'];
+    hooks.onRequest?.(req.method ?? 'GET', url.pathname, length === undefined ? undefined : Number(length));
     const d = await decide(req, url);
     const ms = hooks.delayMs?.(req.method ?? 'GET', url.pathname) ?? 0;
     if (ms > 0) await new Promise((r) => setTimeout(r, ms));

@@ -593,6 +593,20 @@ describe('GETs on ferry\'s own connections (HttpTransport.request)', () => {
       assert.equal(sha(Buffer.concat(rest)), sha(body));
       const stalled = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/stall`) });
       await assert.rejects(collect(stalled.body), (e: Error & { retryable?: boolean }) => /stalled/.test(e.message) && e.retryable === true);
+      // A body its caller left behind does not hold the connection forever: after five idle
+      // timeouts without a piece taken, it fails, and the next read says so.
+      const abandoned = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/abandoned`) });
+      const later = abandoned.body[Symbol.asyncIterator]();
+      await later.next();
+      const left = Date.now();
+      await new Promise((r) => setTimeout(r, 1100));
+      await assert.rejects(
+        (async () => {
+          for (;;) if ((await later.next()).done) return;
+        })(),
+        /stalled/,
+      );
+      assert.ok(Date.now() - left >= 5 * 150, 'not before five idle timeouts');
     } finally {
       await transport.close();
       server.close();
