@@ -33,3 +33,20 @@ test('this Node accepts every flag, and they take effect', () => {
   // --max-semi-space-size=1: the young generation (two semi-spaces) stays within a few MiB.
   assert.ok(out.newSpace <= 3 * 1024 * 1024, `new space ${out.newSpace} bytes`);
 });
+
+test("the flags leave V8's flag hash alone, so Node's own code cache for its built-in modules stays valid", () => {
+  // v8.cachedDataVersionTag() is derived from V8's version, its flag hash and the CPU's
+  // features: the tag a code cache is checked against. Node's built-ins carry a code cache made
+  // under the default flags; a flag that changes the tag makes V8 reject it, and net, crypto,
+  // fs/promises… are compiled from source at every start (~25 ms with the tier-up flags that used
+  // to be here).
+  const tag = (flags: string[]) => {
+    const r = spawnSync(process.execPath, [...flags, '-p', "require('node:v8').cachedDataVersionTag()"], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  const plain = tag([]);
+  assert.equal(tag(config.execArgv), plain);
+  // The check can tell: a flag in the hash changes the tag.
+  assert.notEqual(tag(['--liftoff-only']), plain);
+});
