@@ -422,7 +422,7 @@ export class RawConnectionPool {
   }
 }
 
-function connectError(e: unknown, url: URL, side: Side): NetworkError {
+function connectError(e: unknown, url: URL, side: Side | undefined): NetworkError {
   const err = e as Error & { code?: string };
   return new NetworkError(`${url.host}: ${err.code ?? err.message}`, { side, cause: e });
 }
@@ -469,6 +469,10 @@ export class RawBodyReader {
   private failure: Error | undefined;
   private onFailure: ((e: Error) => void) | undefined;
   private ended = false;
+  /** Read as a stream (`stream`): the caller, not the server, is who the connection waits for while bytes are pending. */
+  private streaming = false;
+  /** Idle periods in a row spent waiting for a streaming caller to take what was read. */
+  private waitedForCaller = 0;
 
   private constructor(conn: RawConnection, user: ConnectionUser, head: ResponseHead, bodyLength: number, keepAlive: boolean, side: Side | undefined) {
     this.side = side;
@@ -572,8 +576,9 @@ export class RawBodyReader {
         bytes: onBytes,
         // Plain TCP reads land in the connection's read buffer; over TLS reads are fresh buffers (RawConnection).
         bulk: true,
-        // Without a side, the socket's own error (its code: refused, reset, TLS verification) for the transport to explain.
-        error: (e) => fail(side ? connectError(e, req.url, side) : e),
+        // Before the answer and without a side, the socket's own error (its code: refused, reset,
+        // TLS verification) for the transport to explain; in the body, a retryable network error.
+        error: (e) => fail(side || reader ? connectError(e, req.url, side) : e),
         timeout: () => {
           const stalled = new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, { side });
           if (reader) reader.onIdle(stalled, opts.idleTimeoutMs);
@@ -613,12 +618,6 @@ export class RawBodyReader {
     this.pending = bytes;
     this.conn.socket.pause();
   }
-
-  /** Read as a stream (`stream`): the caller, not the server, is who the connection waits for while bytes are pending. */
-  private streaming = false;
-
-  /** Idle periods in a row spent waiting for a streaming caller to take what was read. */
-  private waitedForCaller = 0;
 
   /**
    * The connection was idle this long: stalled, unless it is waiting for a streaming caller to

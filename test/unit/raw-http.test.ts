@@ -10,6 +10,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { HttpTransport } from '../../src/transport/http.ts';
+import { FerryError } from '../../src/errors.ts';
 import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, RawConnectionPool, ReadBuffer, rawExchange, type RawUpload } from '../../src/transport/raw-http.ts';
 import { makeTestPki, type TestPki } from '../harness/cloud-registry.ts';
 import { seededBytes } from '../harness/seed.ts';
@@ -621,6 +622,11 @@ describe('GETs on ferry\'s own connections (HttpTransport.request)', () => {
           socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 100\r\n\r\n{"errors":');
           return;
         }
+        if (d.toString('latin1').startsWith('GET /reset')) {
+          socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${4 * MiB}\r\n\r\n`);
+          socket.write(BLOB.subarray(0, 100_000), () => setTimeout(() => socket.resetAndDestroy(), 20));
+          return;
+        }
         socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${4 * MiB}\r\n\r\n`);
         socket.write(BLOB.subarray(0, MiB));
       });
@@ -640,6 +646,9 @@ describe('GETs on ferry\'s own connections (HttpTransport.request)', () => {
         (e: Error) => e.name === 'AbortedError',
       );
       await assert.rejects(transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/cut`) }), (e: Error & { retryable?: boolean }) => /in the middle of an answer/.test(e.message) && e.retryable === true);
+      // A connection reset in the middle of a 2xx body: a retryable network error, not a bare socket error.
+      const reset = await transport.request({ method: 'GET', url: new URL(`http://127.0.0.1:${port}/reset`) });
+      await assert.rejects(collect(reset.body), (e: Error & { retryable?: boolean }) => e instanceof FerryError && e.retryable === true && /ECONNRESET|short/.test(e.message));
     } finally {
       await transport.close();
       server.close();
