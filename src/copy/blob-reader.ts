@@ -118,6 +118,13 @@ export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<B
 }
 
 /** Throws DIGEST_MISMATCH unless the hasher's bytes hash to the digest. */
+/** A small blob read and verified whole (an image config; a blob sent up as one in-memory body). */
+export async function readVerifiedBlobWhole(opts: BlobReadOptions): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of readVerifiedBlob(opts)) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
 export function checkDigest(hasher: BlobHasher, expectedHex: string, digest: Digest, repository: string): void {
   const actual = hasher.hex();
   if (actual !== expectedHex) {

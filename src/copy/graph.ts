@@ -6,7 +6,7 @@ import { digestOf, type Digest } from '../reference/digest.ts';
 import type { Platform } from '../reference/platform.ts';
 import { MediaType, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.ts';
 import type { FetchedManifest, ImageSource } from '../ends/types.ts';
-import { readVerifiedBlob } from './blob-reader.ts';
+import { readVerifiedBlobWhole } from './blob-reader.ts';
 import type { ContentCache } from './content-cache.ts';
 import type { ImageOutput } from './types.ts';
 
@@ -152,11 +152,7 @@ export class SourceGraph {
     if (config.size > MAX_CONFIG_BYTES) return undefined;
     let bytes = await this.cache.get(config.digest);
     if (!bytes) {
-      const parts: Buffer[] = [];
-      for await (const chunk of readVerifiedBlob({ source: this.source, digest: config.digest, size: config.size, signal: this.signal })) {
-        parts.push(chunk);
-      }
-      bytes = Buffer.concat(parts);
+      bytes = await readVerifiedBlobWhole({ source: this.source, digest: config.digest, size: config.size, signal: this.signal });
       await this.cache.put(config.digest, bytes);
     }
     try {
