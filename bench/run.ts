@@ -135,6 +135,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResults> {
     rmSync(scratch, { recursive: true, force: true });
   }
 
+  results.sha256_cost = measureSha256Cost(o.quick ? 1 : 5, o.quick ? 64 : 1024);
+  o.log(`SHA-256 alone: ${results.sha256_cost.cpu_s_per_gib_median.toFixed(2)} CPU-s/GiB (median of ${results.sha256_cost.runs})`);
+
   const load1 = loadAverage();
   const foreign = results.workloads.flatMap((w) => Object.values(w.runs).flat()).map((r) => r.foreign_cpu_pct);
   results.machine = {
@@ -156,6 +159,22 @@ export async function runBench(o: BenchOptions): Promise<BenchResults> {
   writeFileSync(join(o.outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(o.outDir, 'RESULTS.md'), toMarkdown(results));
   return results;
+}
+
+/**
+ * What SHA-256 alone costs here (bench/sha256-cost.mjs, run by the Node ferry embeds), after the
+ * registries are stopped: the floor under the CPU of a copier that verifies every byte, which the
+ * CPU targets are read against (report.ts).
+ */
+function measureSha256Cost(runs: number, mib: number): NonNullable<BenchResults['sha256_cost']> {
+  const script = new URL('./sha256-cost.mjs', import.meta.url).pathname;
+  const perGib: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const r = spawnSync(process.execPath, [script, String(mib)], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`bench/sha256-cost.mjs failed (${r.status}): ${r.stderr}`);
+    perGib.push((JSON.parse(r.stdout) as { cpu_s_per_gib: number }).cpu_s_per_gib);
+  }
+  return { runs, mib_per_run: mib, cpu_s_per_gib_median: median(perGib), cpu_s_per_gib_min: min(perGib), node: process.version };
 }
 
 interface Env {

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BenchResults } from '../bench/report.ts';
+import { evaluateTargets, summarize, type BenchResults, type RunResult, type WorkloadResult } from '../bench/report.ts';
 import { countAccessLog } from '../bench/registries.ts';
 
 const BENCH = new URL('../scripts/bench.ts', import.meta.url).pathname;
@@ -34,6 +34,33 @@ test('the access-log request counter sorts requests by kind and skips the marker
     { total: 8, manifest: 2, blob: 1, upload: 3, manifestWrite: 1, other: 1 },
   );
   assert.equal(c.byMethod.PUT, 2);
+});
+
+test('the CPU targets are read against SHA-256 measured in the same run: who cannot have hashed, the floor, ferry less the hash', () => {
+  const GiB = 1024 ** 3;
+  const run = (user_s: number, sys_s: number): RunResult => {
+    const counts = { total: 1, manifest: 1, blob: 0, upload: 0, manifestWrite: 0, other: 0, byMethod: {} };
+    return { round: 1, wall_s: 2.5, user_s, sys_s, cpu_s: user_s + sys_s, rss_mib: 20, processes: 1, requests: { source: counts, destination: counts, total: 2 }, registry_cpu_s: 3, foreign_cpu_pct: 0, ok: true, verified: true };
+  };
+  const big: WorkloadResult = {
+    name: 'big', kind: 'single', description: '', images: 1, bytes: GiB / 2, blobs: 9, summary: [], peers: ['oras', 'crane'],
+    runs: { ferry: [run(0.8, 0.26)], oras: [run(0.04, 0.49)], crane: [run(0.7, 0.36)] },
+  };
+  summarize(big, ['oras', 'crane']);
+  assert.equal(big.summary.find((s) => s.tool === 'oras')?.user_median_s, 0.04);
+  const results = { workloads: [big], sha256_cost: { runs: 5, mib_per_run: 1024, cpu_s_per_gib_median: 0.8, cpu_s_per_gib_min: 0.78, node: 'v24' } } as unknown as BenchResults;
+  const cpu = evaluateTargets(results).find((t) => t.id === 'big-cpu');
+  assert.ok(cpu);
+  assert.equal(cpu.met, false); // 2.12 s/GiB against oras's 1.06
+  assert.match(cpu.note ?? '', /SHA-256 alone, measured in this run: 0\.80 s\/GiB/);
+  assert.match(cpu.note ?? '', /oras's user CPU is 0\.08 s\/GiB, less than SHA-256 alone/);
+  assert.match(cpu.note ?? '', /at least 1\.75×/); // (1.06 + 0.80) / 1.06
+  assert.match(cpu.note ?? '', /ferry less SHA-256: 1\.25×/); // (2.12 - 0.80) / 1.06
+  assert.match(cpu.note ?? '', /user CPU can include SHA-256: crane 2\.12 s\/GiB, ferry = 1\.00×/);
+
+  // Without the measurement (results from before it), the row stands as it was.
+  delete (results as { sha256_cost?: unknown }).sha256_cost;
+  assert.doesNotMatch(evaluateTargets(results).find((t) => t.id === 'big-cpu')?.note ?? '', /SHA-256/);
 });
 
 test('npm run bench -- --quick: every tool, every run verified, JSON and Markdown written', { timeout: 180_000 }, async () => {
@@ -88,6 +115,9 @@ test('npm run bench -- --quick: every tool, every run verified, JSON and Markdow
     assert.match(md, /`node -e 0 \(the Node v\d+/);
     for (const tool of TOOLS) assert.match(md, new RegExp(`\\| ${tool} \\|`));
     assert.match(md, /## Targets/);
+    assert.ok(results.sha256_cost && results.sha256_cost.cpu_s_per_gib_median > 0 && results.sha256_cost.runs === 1, 'SHA-256 measured alone');
+    assert.match(md, /### SHA-256 alone[\s\S]*CPU-s\/GiB/);
+    assert.match(md, /\| ferry \| [^|]+\| [^|]+\| [^|]+\| [^|]+\| \d+\.\d\d \(\d+\.\d\d \+ \d+\.\d\d\) \|/, 'CPU cell: total (user + sys)');
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
