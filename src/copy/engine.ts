@@ -131,7 +131,11 @@ class CopyRun {
 
   async run(started: number): Promise<CopyReport> {
     const { source, destination, signal } = this.req;
-    // 1. The source root, by digest when pinned.
+    // 1. The source root, by digest when pinned. What the destination holds under the tag (or the
+    // pinned digest) is asked at the same time: the first two round trips of every copy overlap.
+    const namedTarget = destination.tag ?? destination.digest;
+    const namedHead = namedTarget !== undefined ? this.dst.headManifest(namedTarget, signal) : undefined;
+    namedHead?.catch(() => undefined); // awaited in step 3; a failing source is reported first
     const sourceRoot = await this.graph.fetchNode(source.target, undefined);
     if (source.digest && sourceRoot.digest !== source.digest) {
       throw new FerryError('DIGEST_MISMATCH', `source manifest hashes to ${sourceRoot.digest}, not the pinned ${source.digest}`, { side: 'source' });
@@ -150,7 +154,7 @@ class CopyRun {
     if (destination.digest && !destination.tag && destination.digest !== root.digest) {
       throw new FerryError('USAGE', `destination pins ${destination.digest} but the image to copy is ${root.digest}`);
     }
-    const existing = await this.dst.headManifest(dstTarget, signal);
+    const existing = await (namedHead ?? this.dst.headManifest(dstTarget, signal));
     const upToDate = existing?.digest === root.digest;
     let previousDigest: string | undefined;
     if (existing?.digest && !upToDate && destination.tag) previousDigest = existing.digest;

@@ -2,7 +2,8 @@
 // for a while; the proxies' logs show which requests ferry sent before those answers came back:
 //   - the destination's HEADs (does it have the blob?) run ahead of the transfers, so the next
 //     blob's HEAD does not wait for the previous blob's upload;
-//   - a small blob's download starts while its upload session (POST) is being opened.
+//   - a small blob's download starts while its upload session (POST) is being opened;
+//   - the destination's manifest HEAD (is the tag up to date?) goes out with the source's manifest GET.
 // One transfer at a time (--concurrency 1), so the order is the engine's, not luck's.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -57,5 +58,24 @@ describe('round trips on a slow registry', () => {
       // Sent before the POST's answer could be back (it may even go out first).
       assert.ok(get.at < post.at + POST_DELAY_MS, `${layer}'s download started ${get.at - post.at} ms after its POST, not before the POST's answer (held ${POST_DELAY_MS} ms)`);
     }
+  });
+
+  test("the destination's manifest HEAD goes out with the source's manifest GET, not after its answer", async () => {
+    const GET_DELAY_MS = 400;
+    regs.srcProxy.resetLog();
+    regs.dstProxy.resetLog();
+    regs.srcProxy.addRule({ action: 'delay', method: 'GET', path: /\/manifests\/v1$/, ms: GET_DELAY_MS });
+    try {
+      const r = await runFerry(['copy', '--json', `${regs.srcProxy.host}/trips/app:v1`, `${regs.dstProxy.host}/trips/early:v1`], { env });
+      assert.equal(r.code, 0, r.stderr);
+    } finally {
+      regs.srcProxy.clearRules();
+    }
+    assert.equal((await regs.dstC.verifyImage('trips/early', 'v1')).digest, (await regs.srcC.verifyImage('trips/app', 'v1')).digest);
+    const get = regs.srcProxy.requests.find((q) => q.method === 'GET' && q.path.endsWith('/manifests/v1'));
+    const heads = regs.dstProxy.requests.filter((q) => q.method === 'HEAD' && q.path.endsWith('/manifests/v1'));
+    assert.ok(get, 'the source manifest was fetched');
+    assert.equal(heads.length, 1, 'one HEAD of the destination tag');
+    assert.ok(heads[0]!.at < get.at + GET_DELAY_MS, `the destination HEAD went out ${heads[0]!.at - get.at} ms after the source GET, not before its answer (held ${GET_DELAY_MS} ms)`);
   });
 });
