@@ -305,6 +305,12 @@ export function evaluateTargets(r: BenchResults): Target[] {
 
 const mib = (bytes: number) => (bytes >= GiB ? `${(bytes / GiB).toFixed(2)} GiB` : `${(bytes / 1024 / 1024).toFixed(1)} MiB`);
 
+/** The workloads run for more rounds than --runs (the sub-second ones), as words. */
+function moreRounds(r: BenchResults): string {
+  const more = r.workloads.map((w) => ({ name: w.name, runs: Math.max(...w.summary.map((s) => s.runs)) })).filter((w) => w.runs > Number(r.config.runs));
+  return more.length ? ` (${more.map((w) => `${w.name}: ${w.runs}`).join(', ')}, being sub-second: more rounds keep their medians steady)` : '';
+}
+
 export function toMarkdown(r: BenchResults): string {
   const L: string[] = [];
   L.push('# ferry benchmark results');
@@ -334,7 +340,7 @@ export function toMarkdown(r: BenchResults): string {
   L.push('');
   L.push(
     `Two distribution registries on loopback (source and destination), fresh filesystem storage under the system temp dir. ` +
-      `Tools alternate in rounds (${Object.keys(r.invocations).join(', ')}, then again), ${String(r.config.runs)} run(s) each per workload; ` +
+      `Tools alternate in rounds (${Object.keys(r.invocations).join(', ')}, then again), ${String(r.config.runs)} run(s) each per workload${moreRounds(r)}; ` +
       'every run copies into a fresh destination repository and is verified byte-exact afterwards with the harness\'s independent client ' +
       '(root digest, every manifest and every blob downloaded and hashed). `sync` is called before each run so no run pays for the previous one\'s writeback. ' +
       'Wall time is measured around the process; CPU (user + sys) and peak RSS come from GNU time (wait4 rusage of the tool\'s process). ' +

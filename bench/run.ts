@@ -228,7 +228,8 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
     }
   }
 
-  for (let round = 1; round <= o.runs; round++) {
+  const rounds = o.quick ? o.runs : o.runs * (w.roundsPerRun ?? 1);
+  for (let round = 1; round <= rounds; round++) {
     for (const t of tools) {
       const prefix = w.kind === 'warm' ? `warm/${t.name}` : `${w.name}/${t.name}-r${round}`;
       const stateDir = w.kind === 'warm' ? warmState.get(t.name)! : mkdtempSync(join(env.scratch, `state-${t.name}-`));
@@ -298,7 +299,7 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
       if (stateDir !== warmState.get(t.name)) rmSync(stateDir, { recursive: true, force: true });
       result.runs[t.name]!.push(run);
       o.log(
-        `[${w.name}] round ${round}/${o.runs} ${t.name.padEnd(6)} ${run.wall_s.toFixed(2)} s wall, ${cpu.toFixed(2)} s CPU, ` +
+        `[${w.name}] round ${round}/${rounds} ${t.name.padEnd(6)} ${run.wall_s.toFixed(2)} s wall, ${cpu.toFixed(2)} s CPU, ` +
           `${run.rss_mib.toFixed(0)} MiB RSS, ${source.total}+${destination.total} requests, foreign CPU ${run.foreign_cpu_pct.toFixed(0)}%` +
           (run.ok ? ', verified' : `, FAILED: ${run.error}`),
       );

@@ -28,6 +28,12 @@ export interface Workload {
   /** Seeds share a key when two workloads copy the same source images (fleet and warm). */
   seedKey: string;
   seed(src: OciClient, quick: boolean): Promise<SourceImage[]>;
+  /**
+   * Rounds of this workload per `--runs` (default 1). The sub-second copies move by ±0.1 s from
+   * run to run on this shared machine, as much as the targets' 5 %: three times the rounds keep
+   * their medians steady, for a few seconds more.
+   */
+  roundsPerRun?: number;
 }
 
 export interface WorkloadSizes {
@@ -169,6 +175,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       name: 'many',
       kind: 'single',
+      roundsPerRun: 3,
       description: `1 image, ${s.manyLayers} layers of ${fmt(s.manyMin)}–${fmt(s.manyMax)}`,
       seedKey: 'many',
       async seed(src) {
@@ -181,6 +188,7 @@ export function workloads(quick: boolean): Workload[] {
     {
       name: 'multiarch',
       kind: 'single',
+      roundsPerRun: 3,
       description: `3-platform OCI index; a shared ${fmt(s.multiShared)} base layer + one ${fmt(s.multiOwn)} layer per platform`,
       seedKey: 'multiarch',
       async seed(src) {
