@@ -168,7 +168,12 @@ describe('SIGKILL of ferry copy at random points, restarted with the same --stat
       assert.ok(rows.every((r) => r.resent <= imageBytes));
       if (mode === 'buffering proxy') {
         // Sessions survive a kill mid-body: runs continue journaled uploads from their offsets.
-        assert.ok(continued >= 3, `only ${continued} runs continued a journaled upload`);
+        // Not every kill leaves one to continue: a kill after the registry took a chunk and before
+        // its answer reached ferry leaves a stale `_state` in the journal, and distribution 2.8
+        // cancels such a session when asked for its status (docs/resume.md). How many kills fall
+        // there is timing: in recent runs, 2 to 12 of the 20 kills left a session to continue past
+        // byte 0. So the test asks for what holds whatever the timing: some run continued past byte 0.
+        assert.ok(continued >= 1, `no run continued a journaled upload past its first byte`);
       } else {
         // distribution 2.8 invalidates a session cut mid-PATCH: ferry deletes it and restarts the blob.
         assert.ok(runs.some((r) => r.reasons.some((x) => x.includes('404'))), 'a cut session was found invalid (404) and restarted');
