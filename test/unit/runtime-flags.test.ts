@@ -20,13 +20,18 @@ test("src/main.ts's shebang starts Node with the executable's V8 flags", () => {
   for (const t of config.targets) assert.equal(t.execArgv, undefined, 'a target with its own flags would need its own shebang');
 });
 
-test('this Node accepts every flag, and runs with them', () => {
-  // Node exits on a flag it does not know, and warns about some it ignores. (None are set since
-  // the tenth round: docs/performance.md; this keeps any that come back honest.)
-  const r = spawnSync(process.execPath, [...config.execArgv, '-e', 'console.log(JSON.stringify(process.execArgv))'], { encoding: 'utf8' });
+test('this Node accepts every flag, and they take effect', () => {
+  // Node exits on a flag it does not know; check the run, then one flag's effect.
+  const r = spawnSync(process.execPath, [...config.execArgv, '-e', `
+    const v8 = require('node:v8');
+    const semi = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+    console.log(JSON.stringify({ execArgv: process.execArgv, newSpace: semi.space_size }));`], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stderr, '', 'Node warned about a flag');
-  assert.deepEqual((JSON.parse(r.stdout) as string[]).slice(0, config.execArgv.length), config.execArgv);
+  const out = JSON.parse(r.stdout) as { execArgv: string[]; newSpace: number };
+  assert.deepEqual(out.execArgv.slice(0, config.execArgv.length), config.execArgv);
+  // --max-semi-space-size=1: the young generation (two semi-spaces) stays within a few MiB.
+  assert.ok(out.newSpace <= 3 * 1024 * 1024, `new space ${out.newSpace} bytes`);
 });
 
 test("the flags leave V8's flag hash alone, so Node's own code cache for its built-in modules stays valid", () => {
