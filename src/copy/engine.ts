@@ -150,7 +150,7 @@ class CopyRun {
     }
 
     // 3. Does the destination already have it? One HEAD answers that for a re-run.
-    const dstTarget = destination.tag ?? destination.digest ?? root.digest;
+    const dstTarget = namedTarget ?? root.digest;
     if (destination.digest && !destination.tag && destination.digest !== root.digest) {
       throw new FerryError('USAGE', `destination pins ${destination.digest} but the image to copy is ${root.digest}`);
     }
