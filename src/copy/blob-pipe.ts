@@ -11,7 +11,7 @@ import type { RawBodyReader, RawUpload } from '../transport/raw-http.ts';
 import { RegistrySource } from '../ends/registry.ts';
 import type { ImageSource } from '../ends/types.ts';
 import type { RegistryClient } from '../registry/client.ts';
-import { checkDigest, type BlobHasher } from './blob-reader.ts';
+import { checkDigest, type BlobHasher } from '../blob/verify.ts';
 
 /**
  * Blobs from this size on take the pipe: by default every one. ferry's own connections are kept

@@ -12,7 +12,7 @@ import type { Digest } from '../reference/digest.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import type { ImageSource } from '../ends/types.ts';
 import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../transport/retry.ts';
-import { BlobHasher, ChunkCursor, readVerifiedBlob, readVerifiedBlobWhole, type HashCheckpoint } from './blob-reader.ts';
+import { BlobHasher, ChunkCursor, counted, readVerifiedBlob, readVerifiedBlobWhole, type HashCheckpoint } from '../blob/verify.ts';
 import { PipedBlobRead } from './blob-pipe.ts';
 import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
 
@@ -449,11 +449,4 @@ function waitAsked(err: unknown): number {
 /** Logs a download that broke or stalled and goes on with Range from where it stopped. */
 export function downloadResumed(logger: Logger, digest: Digest, size: number): (offset: number, err: FerryError) => void {
   return (offset, err) => logger.info({ digest, size, offset, err: err.message }, 'download interrupted; resuming with Range from the last byte received');
-}
-
-export async function* counted(source: AsyncIterable<Buffer>, onBytes: ((n: number) => void) | undefined): AsyncGenerator<Buffer, void, undefined> {
-  for await (const chunk of source) {
-    yield chunk;
-    onBytes?.(chunk.byteLength);
-  }
 }

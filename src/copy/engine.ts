@@ -10,12 +10,12 @@ import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../o
 import type { ImageDestination, ImageSource } from '../ends/types.ts';
 import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
 import pLimit from 'p-limit';
-import { counted, discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from './blob-upload.ts';
+import { discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from './blob-upload.ts';
 import { uploadEcrLayer, usesEcrLayerApi } from './ecr-layer-upload.ts';
 import type { UploadJournal } from './journal.ts';
 import type { BlobPlacements, UploadLead } from './placements.ts';
 import { abortable } from '../util/abortable.ts';
-import { readVerifiedBlob } from './blob-reader.ts';
+import { counted, readVerifiedBlob } from '../blob/verify.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import { ContentCache } from './content-cache.ts';
 import { TransferLimits } from './limits.ts';

@@ -6,7 +6,7 @@ import { digestOf, type Digest } from '../reference/digest.ts';
 import type { Platform } from '../reference/platform.ts';
 import { MediaType, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.ts';
 import type { FetchedManifest, ImageSource } from '../ends/types.ts';
-import { readVerifiedBlobWhole } from './blob-reader.ts';
+import { readVerifiedBlobWhole } from '../blob/verify.ts';
 import type { ContentCache } from './content-cache.ts';
 import type { ImageOutput } from './types.ts';
 

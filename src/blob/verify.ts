@@ -2,6 +2,7 @@
 // (it resumes with Range from where it stopped) and verifies size and digest as it goes.
 // The last chunk is held back until the digest checks out, so a consumer that forwards the
 // chunks to a registry never completes an upload of unverified bytes.
+// Shared by the copy engine and the ends that read their own bytes (the registry's uploads).
 import { createHash, type Hash } from 'node:crypto';
 import { AbortedError, DigestMismatchError, FerryError, NetworkError } from '../errors.ts';
 import { parseDigest, type Digest } from '../reference/digest.ts';
@@ -165,5 +166,13 @@ export class ChunkCursor {
   }
   async close(): Promise<void> {
     await this.source.return?.(undefined);
+  }
+}
+
+/** The chunks as they are, reporting each one's size once it has been taken. */
+export async function* counted(source: AsyncIterable<Buffer>, onBytes: ((n: number) => void) | undefined): AsyncGenerator<Buffer, void, undefined> {
+  for await (const chunk of source) {
+    yield chunk;
+    onBytes?.(chunk.byteLength);
   }
 }
