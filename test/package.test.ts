@@ -223,7 +223,7 @@ describe('npm run package: single executables', () => {
 
   test('start-up: a copy between registries without a proxy loads neither undici nor node:http nor node:assert', async () => {
     // undici comes in on first use only (src/transport/http.ts), a small blob that cannot take the
-    // pipe goes up as an in-memory body on ferry's own connections (src/copy/blob-upload.ts), the
+    // pipe goes up as an in-memory body on ferry's own connections (src/ends/registry/blob-upload.ts), the
     // agent's health server loads node:http when it starts, and yargs and pino get a stand-in for
     // node:assert (scripts/build.mjs). Each of those, undone, brings the modules back.
     const work = mkdtempSync(join(tmpdir(), 'ferry-modules-'));

@@ -17,8 +17,8 @@ import { parseLocalRegistry, type LocalRegistry } from './plan.ts';
 import { DEFAULT_STATE_DIR } from './state.ts';
 import { checkToken, FileTokenSource, StaticTokenSource, type TokenSource } from './token-source.ts';
 import { isPlainObject } from './validate.ts';
-import { DEFAULT_UPLOAD_TUNING } from '../copy/blob-upload.ts';
-import { transferTuning, type TransferTuning } from '../copy/tuning.ts';
+import { DEFAULT_UPLOAD_TUNING } from '../ends/registry/blob-upload.ts';
+import { transferTuning, type TransferTuning } from '../ends/registry/tuning.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -136,7 +136,7 @@ export interface AgentConfig {
   shutdownGraceS: number;
   exitWhenIdle: boolean;
   configFile: string | undefined;
-  /** FERRY_UPLOAD_CHUNK_BYTES, FERRY_READ_TIMEOUT_SECONDS, FERRY_ECR_*: as for `ferry copy` (src/copy/tuning.ts). */
+  /** FERRY_UPLOAD_CHUNK_BYTES, FERRY_READ_TIMEOUT_SECONDS, FERRY_ECR_*: as for `ferry copy` (src/ends/registry/tuning.ts). */
   transfer: TransferTuning;
   /** Things worth a warning at start (e.g. a world-readable token file). */
   warnings: string[];

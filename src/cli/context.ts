@@ -10,7 +10,7 @@ import { CloudCredentials } from '../auth/cloud/provider.ts';
 import { createLogger, type Logger } from '../log/logger.ts';
 import { HttpTransport } from '../transport/http.ts';
 import { RegistryClient } from '../registry/client.ts';
-import { transferTuning } from '../copy/tuning.ts';
+import { transferTuning } from '../ends/registry/tuning.ts';
 import { USER_AGENT } from '../version.ts';
 import { repeated } from './options.ts';
 

@@ -7,13 +7,14 @@ import type { Logger } from '../log/logger.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import { formatPlatform, platformMatches } from '../reference/platform.ts';
 import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../oci/manifest.ts';
-import type { ImageDestination, ImageSource } from '../ends/types.ts';
-import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
+import type { CopyDestination, CopySource, ImageDestination, ImageSource } from '../ends/types.ts';
+import { RegistryDestination } from '../ends/registry/destination.ts';
+import { RegistrySource } from '../ends/registry/source.ts';
 import pLimit from 'p-limit';
-import { discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from './blob-upload.ts';
-import { uploadEcrLayer, usesEcrLayerApi } from './ecr-layer-upload.ts';
-import type { UploadJournal } from './journal.ts';
-import type { BlobPlacements, UploadLead } from './placements.ts';
+import { discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from '../ends/registry/blob-upload.ts';
+import { uploadEcrLayer, usesEcrLayerApi } from '../ends/registry/ecr-layer-upload.ts';
+import type { UploadJournal } from '../ends/registry/journal.ts';
+import type { BlobPlacements, UploadLead } from '../ends/registry/placements.ts';
 import { abortable } from '../util/abortable.ts';
 import { counted, readVerifiedBlob } from '../blob/verify.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
@@ -21,26 +22,7 @@ import { ContentCache } from './content-cache.ts';
 import { TransferLimits } from './limits.ts';
 import type { CopyProgress, CopyReport, DryRunPlan, ImageOutput, PlatformSelection, TransferStats } from './types.ts';
 
-/** What to read: an end and the tag or digest in it. */
-export interface CopySource {
-  end: ImageSource;
-  /** Tag or digest to read (a digest when the reference pins one). */
-  target: string;
-  /** The pinned digest, if any: the manifest read must hash to it. */
-  digest?: Digest;
-  /** For the report: the reference as the user wrote it, normalized. */
-  name: string;
-}
-
-/** Where to write: an end, and the tag (or digest) to write the image under. */
-export interface CopyDestination {
-  end: ImageDestination;
-  tag?: string;
-  digest?: Digest;
-  name: string;
-  /** The Image output's `repository` (`host/path` for registries, the archive for archives). */
-  repository: string;
-}
+export type { CopyDestination, CopySource } from '../ends/types.ts';
 
 export interface CopyRequest {
   source: CopySource;

@@ -1,7 +1,7 @@
 // `ferry inspect`: read an image's manifests (never its layers) and describe it in the
 // contract's Image shape, plus the layer list.
 import { referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
-import { RegistrySource } from '../ends/registry.ts';
+import { RegistrySource } from '../ends/registry/source.ts';
 import { formatPlatform } from '../reference/platform.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import { ContentCache } from './content-cache.ts';

@@ -63,3 +63,24 @@ export interface ImageDestination {
   /** The copy failed: remove partial output (an archive deletes its temporary file). */
   abort?(): Promise<void>;
 }
+
+/** What to read: an end and the tag or digest in it. */
+export interface CopySource {
+  end: ImageSource;
+  /** Tag or digest to read (a digest when the reference pins one). */
+  target: string;
+  /** The pinned digest, if any: the manifest read must hash to it. */
+  digest?: Digest;
+  /** For the report: the reference as the user wrote it, normalized. */
+  name: string;
+}
+
+/** Where to write: an end, and the tag (or digest) to write the image under. */
+export interface CopyDestination {
+  end: ImageDestination;
+  tag?: string;
+  digest?: Digest;
+  name: string;
+  /** The Image output's `repository` (`host/path` for registries, the archive for archives). */
+  repository: string;
+}

@@ -416,7 +416,7 @@ export class RegistryClient {
 
   /**
    * The next `length` bytes of an upload on ferry's own connection, written by `bytes` (the
-   * pipe from the source, src/copy/blob-pipe.ts): a PATCH at `start`, or with `commit` the PUT
+   * pipe from the source, src/ends/registry/blob-pipe.ts): a PATCH at `start`, or with `commit` the PUT
    * that ends the upload. Answers are judged as `send` judges them.
    */
   async pipeUpload(

@@ -3,7 +3,7 @@
 // credentials come from. ECR's Docker-API endpoint takes blobs only in one PUT (its PATCH never
 // advances: see profile.ts); this API takes a layer in parts of 5–10 MiB that must be contiguous,
 // and tells, when a part does not follow on, the last byte it holds (lastValidByteReceived): that
-// is what makes a large upload resumable (src/copy/ecr-layer-upload.ts). The price is base64 in
+// is what makes a large upload resumable (src/ends/registry/ecr-layer-upload.ts). The price is base64 in
 // JSON: a third more bytes on the wire (docs/resume.md, "ECR").
 //
 // The SDK is loaded only when an ECR destination is used. Nothing secret is logged: the SDK's

@@ -1,7 +1,7 @@
 // ferry's own HTTP/1.1: every request to a registry that goes direct (no proxy) and whose body,
 // if any, is in memory. Three uses:
 //
-// - The pipe (src/copy/blob-pipe.ts): the source's response body is read into one buffer that
+// - The pipe (src/ends/registry/blob-pipe.ts): the source's response body is read into one buffer that
 //   is used again for every read (the socket's `onread`), each piece is shown to the caller (the
 //   hash) and written to the destination's request on a second connection, and reading pauses
 //   while a write is still with the kernel, so the buffer is never overwritten under it.

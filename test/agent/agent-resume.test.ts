@@ -14,7 +14,7 @@ import { startSpecRegistry, type SpecRegistry } from '../harness/spec-registry.t
 import { createRng, seedFor, SUITE_SEED } from '../harness/seed.ts';
 import { recordFault } from '../faults/report.ts';
 import { journalFiles } from '../resume/helpers.ts';
-import { DEFAULT_UPLOAD_TUNING } from '../../src/copy/blob-upload.ts';
+import { DEFAULT_UPLOAD_TUNING } from '../../src/ends/registry/blob-upload.ts';
 import { logLines, mib } from '../resume/helpers.ts';
 import { killAgents, plan, startAgent, startWorld, tempState, waitFor, VENDOR_USER, type AgentWorld, type RunningAgent } from './agent-harness.ts';
 

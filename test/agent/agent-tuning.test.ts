@@ -1,5 +1,5 @@
 // The agent takes the same transfer tuning from the environment as `ferry copy`
-// (src/copy/tuning.ts): here FERRY_UPLOAD_CHUNK_BYTES, seen in the local registry's access log.
+// (src/ends/registry/tuning.ts): here FERRY_UPLOAD_CHUNK_BYTES, seen in the local registry's access log.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pushImage } from '../harness/fixtures.ts';

@@ -1,10 +1,10 @@
 // The agent's jobs share what they put in the local registry: a base layer common to many
-// images goes up once and is mounted into every other repository (src/copy/placements.ts).
+// images goes up once and is mounted into every other repository (src/ends/registry/placements.ts).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MEDIA, pushImage } from '../harness/fixtures.ts';
 import { seededBytes } from '../harness/seed.ts';
-import { BlobPlacements } from '../../src/copy/placements.ts';
+import { BlobPlacements } from '../../src/ends/registry/placements.ts';
 import { plan, startAgent, tempState, worldForSuite } from './agent-harness.ts';
 
 const KiB = 1024;

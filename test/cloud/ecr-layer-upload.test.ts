@@ -16,7 +16,7 @@ import { pushImage, pushLargeImage, type PushedManifest } from '../harness/fixtu
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { createRng, seedFor, SUITE_SEED } from '../harness/seed.ts';
 import { recordFault } from '../faults/report.ts';
-import { encodeEntry } from '../../src/copy/journal.ts';
+import { encodeEntry } from '../../src/ends/registry/journal.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { journalFiles, logLines, spawnFerry } from '../resume/helpers.ts';

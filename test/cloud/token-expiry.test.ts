@@ -19,7 +19,7 @@ const LAYERS = [40_000, 50_000, 60_000, 70_000];
 /**
  * Layers that go up as streamed bodies when they cannot take the pipe (here: behind the proxy).
  * Up to 1 MiB a blob is read whole and sent from memory, a body that is simply sent again with a
- * fresh token; a streamed one cannot be, so its blob starts over (src/copy/blob-upload.ts).
+ * fresh token; a streamed one cannot be, so its blob starts over (src/ends/registry/blob-upload.ts).
  */
 const STREAMED_LAYERS = [1_200_000, 1_300_000];
 const STREAMED = 1024 * 1024;

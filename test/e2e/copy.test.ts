@@ -19,7 +19,7 @@ import {
 } from '../harness/fixtures.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
 import { startProxiedRegistries, type ProxiedRegistries } from './proxied-registries.ts';
-import { DEFAULT_UPLOAD_TUNING } from '../../src/copy/blob-upload.ts';
+import { DEFAULT_UPLOAD_TUNING } from '../../src/ends/registry/blob-upload.ts';
 
 const MiB = 1024 * 1024;
 /** Layer sizes relative to ferry's upload tuning: one past the monolithic limit (a PATCH, then the PUT), and one of three chunks. */

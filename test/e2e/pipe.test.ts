@@ -1,4 +1,4 @@
-// The registry-to-registry pipe (src/copy/blob-pipe.ts, src/transport/raw-http.ts): blobs from
+// The registry-to-registry pipe (src/ends/registry/blob-pipe.ts, src/transport/raw-http.ts): blobs from
 // FERRY_PIPE_MIN_BYTES on (by default every blob between plain-HTTP registries) are read on
 // ferry's own connection and written straight into the destination's upload. These copies go through real distribution registries, with the fault
 // proxy in front to break the source's responses and the destination's requests, and check

@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempStateHome } from '../e2e/ferry-cli.ts';
 import { createRng, seedFor } from '../harness/seed.ts';
-import { JOURNAL_VERSION, UploadJournal, decodeEntry, encodeEntry, type JournalEntry } from '../../src/copy/journal.ts';
+import { JOURNAL_VERSION, UploadJournal, decodeEntry, encodeEntry, type JournalEntry } from '../../src/ends/registry/journal.ts';
 
 const entry: JournalEntry = {
   version: JOURNAL_VERSION,

@@ -13,7 +13,7 @@ import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { layerSeed, pushImage, type PushedManifest } from '../harness/fixtures.ts';
 import { seededBytes } from '../harness/seed.ts';
 import { runFerry, tempStateHome } from '../e2e/ferry-cli.ts';
-import { JOURNAL_VERSION, UploadJournal, encodeEntry, type JournalEntry } from '../../src/copy/journal.ts';
+import { JOURNAL_VERSION, UploadJournal, encodeEntry, type JournalEntry } from '../../src/ends/registry/journal.ts';
 import { MiB, journalFiles, logLines } from './helpers.ts';
 
 const LAYER = 72 * MiB; // past the 64 MiB monolithic limit: chunked

@@ -29,7 +29,7 @@ const LAYER_SIZE = 72 * MiB + 98_765;
 const CHUNK = 4 * MiB;
 // The SIGKILL case uses larger chunks: a kill lands mid-chunk only when the chunk is larger than
 // what ferry has already handed to the kernel at that moment (loopback buffers hold several MiB,
-// delivered after the process is gone), and the registry-to-registry pipe (src/copy/blob-pipe.ts)
+// delivered after the process is gone), and the registry-to-registry pipe (src/ends/registry/blob-pipe.ts)
 // keeps them full.
 const KILL_CHUNK = 16 * MiB;
 const KILLS = 12;

@@ -482,8 +482,8 @@ describe('the read buffer of a pipe', () => {
 
 describe('which blobs take the pipe', () => {
   test('every blob, over plain HTTP and TLS alike; FERRY_PIPE_MIN_BYTES decides when set', async () => {
-    const { pipeMinBytes } = await import('../../src/copy/blob-pipe.ts');
-    const { pipeTuning } = await import('../../src/copy/tuning.ts');
+    const { pipeMinBytes } = await import('../../src/ends/registry/blob-pipe.ts');
+    const { pipeTuning } = await import('../../src/ends/registry/tuning.ts');
     assert.equal(pipeMinBytes(undefined), 0);
     assert.equal(pipeMinBytes(pipeTuning({ FERRY_PIPE_MIN_BYTES: String(32 * MiB) }).pipeMinBytes), 32 * MiB);
     assert.equal(pipeMinBytes(pipeTuning({ FERRY_PIPE_MIN_BYTES: 'off' }).pipeMinBytes), Number.POSITIVE_INFINITY);

@@ -1,6 +1,6 @@
 // Transfer tuning from the environment, the same for `ferry copy`, `ferry sync` and the agent
 // (README, "Transfer tuning"). Bad values are usage errors that name the variable.
-import { UsageError } from '../errors.ts';
+import { UsageError } from '../../errors.ts';
 import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
 import { ecrLayerTuning } from './ecr-layer-upload.ts';
 
@@ -36,7 +36,7 @@ export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
 
 /**
  * FERRY_PIPE_MIN_BYTES: registry-to-registry blobs from this size on move over ferry's own
- * connections, hashed as they pass (src/copy/blob-pipe.ts; default: every blob). `off` sends every
+ * connections, hashed as they pass (src/ends/registry/blob-pipe.ts; default: every blob). `off` sends every
  * blob the regular way.
  */
 export function pipeTuning(env: NodeJS.ProcessEnv): Pick<UploadTuning, 'pipeMinBytes'> {

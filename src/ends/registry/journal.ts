@@ -11,9 +11,9 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { Logger } from '../log/logger.ts';
-import { AbortedError } from '../errors.ts';
-import { TEMP_MARK, atomicWriteFile } from '../util/atomic-file.ts';
+import type { Logger } from '../../log/logger.ts';
+import { AbortedError } from '../../errors.ts';
+import { TEMP_MARK, atomicWriteFile } from '../../util/atomic-file.ts';
 
 /**
  * Abort a copy with this reason to suspend it rather than cancel it: journaled upload sessions
@@ -37,7 +37,7 @@ export interface JournalEntry {
   location: string;
   /** Bytes the registry acknowledged at `location` (or under `upload_id`). */
   offset: number;
-  /** ECR's layer-upload API: the uploadId (src/copy/ecr-layer-upload.ts). Absent for Docker-API uploads. */
+  /** ECR's layer-upload API: the uploadId (src/ends/registry/ecr-layer-upload.ts). Absent for Docker-API uploads. */
   upload_id?: string;
   /** What the copy read from (the source reference as written, normalized). */
   source: string;

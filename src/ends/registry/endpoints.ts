@@ -1,9 +1,10 @@
 // Copy endpoints for registry references: the end, what to read or write, and the names the
 // report uses.
-import { formatReference, referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
-import type { RegistryClient } from '../registry/client.ts';
-import { RegistryDestination, RegistrySource } from '../ends/registry.ts';
-import type { CopyDestination, CopySource } from './engine.ts';
+import { formatReference, referenceTarget, repositoryName, type Reference } from '../../reference/reference.ts';
+import type { RegistryClient } from '../../registry/client.ts';
+import type { CopyDestination, CopySource } from '../types.ts';
+import { RegistryDestination } from './destination.ts';
+import { RegistrySource } from './source.ts';
 
 export function registryCopySource(ref: Reference, client: RegistryClient): CopySource {
   const s: CopySource = { end: new RegistrySource(client, ref.repository), target: ref.digest ?? referenceTarget(ref), name: formatReference(ref) };

@@ -5,13 +5,13 @@
 // digest checks out, and a broken download continues with Range inside the same upload request.
 // Blobs below `pipeMinBytes`, sources that are not registries, proxies and answers that are not
 // plainly the bytes (redirect loops, refusals, chunked encoding) take the regular path.
-import { FerryError, NetworkError } from '../errors.ts';
-import { parseDigest, type Digest } from '../reference/digest.ts';
-import type { RawBodyReader, RawUpload } from '../transport/raw-http.ts';
-import { RegistrySource } from '../ends/registry.ts';
-import type { ImageSource } from '../ends/types.ts';
-import type { RegistryClient } from '../registry/client.ts';
-import { checkDigest, type BlobHasher } from '../blob/verify.ts';
+import { FerryError, NetworkError } from '../../errors.ts';
+import { parseDigest, type Digest } from '../../reference/digest.ts';
+import type { RawBodyReader, RawUpload } from '../../transport/raw-http.ts';
+import { RegistrySource } from './source.ts';
+import type { ImageSource } from '../types.ts';
+import type { RegistryClient } from '../../registry/client.ts';
+import { checkDigest, type BlobHasher } from '../../blob/verify.ts';
 
 /**
  * Blobs from this size on take the pipe: by default every one. ferry's own connections are kept

@@ -5,7 +5,7 @@
 //
 // Knowledge only ever comes from this process's own successful transfers, and a mount the
 // registry refuses just falls back to an upload, so a stale entry costs one request.
-import type { Digest } from '../reference/digest.ts';
+import type { Digest } from '../../reference/digest.ts';
 
 /** A claim on uploading a blob to a registry; the others wait for it, then mount. */
 export interface UploadLead {

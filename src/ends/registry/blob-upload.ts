@@ -4,15 +4,15 @@
 // holds and continues from there, re-reading the source from that offset with the hash
 // state saved at the last chunk boundary (brought forward by hashing the source bytes up to
 // the registry's offset when it kept part of the failed chunk). When the registry has dropped the session, the blob
-// starts over (logged, and counted in the report). With a journal (src/copy/journal.ts) every
+// starts over (logged, and counted in the report). With a journal (src/ends/registry/journal.ts) every
 // acknowledged chunk is recorded, so a later process can continue the upload after a crash.
-import { FerryError, type Side } from '../errors.ts';
-import type { Logger } from '../log/logger.ts';
-import type { Digest } from '../reference/digest.ts';
-import type { RegistryClient } from '../registry/client.ts';
-import type { ImageSource } from '../ends/types.ts';
-import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../transport/retry.ts';
-import { BlobHasher, ChunkCursor, counted, readVerifiedBlob, readVerifiedBlobWhole, type HashCheckpoint } from '../blob/verify.ts';
+import { FerryError, type Side } from '../../errors.ts';
+import type { Logger } from '../../log/logger.ts';
+import type { Digest } from '../../reference/digest.ts';
+import type { RegistryClient } from '../../registry/client.ts';
+import type { ImageSource } from '../types.ts';
+import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../../transport/retry.ts';
+import { BlobHasher, ChunkCursor, counted, readVerifiedBlob, readVerifiedBlobWhole, type HashCheckpoint } from '../../blob/verify.ts';
 import { PipedBlobRead } from './blob-pipe.ts';
 import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
 
@@ -23,11 +23,11 @@ export interface UploadTuning {
   chunkBytes: number;
   /** Whole-blob attempts (a restart after the registry dropped the session counts as one). */
   attempts: number;
-  /** ECR destinations: blobs from this size on go through ECR's layer-upload API (default: src/copy/ecr-layer-upload.ts). */
+  /** ECR destinations: blobs from this size on go through ECR's layer-upload API (default: src/ends/registry/ecr-layer-upload.ts). */
   ecrLayerApiMinBytes?: number;
   /** ECR's layer-upload API: part size (whole MiB, 5–10 MiB). */
   ecrPartBytes?: number;
-  /** Registry-to-registry blobs from this size on move over ferry's own connections (default: src/copy/blob-pipe.ts, by scheme). */
+  /** Registry-to-registry blobs from this size on move over ferry's own connections (default: src/ends/registry/blob-pipe.ts, by scheme). */
   pipeMinBytes?: number;
 }
 
@@ -429,7 +429,7 @@ async function openWholeBlob(req: BlobUploadRequest, pipeAllowed: boolean): Prom
   return { body, close: async () => void (await read.return(undefined).catch(() => undefined)) };
 }
 
-/** The pipe for this blob (src/copy/blob-pipe.ts), from the hasher's offset; undefined: the regular path. */
+/** The pipe for this blob (src/ends/registry/blob-pipe.ts), from the hasher's offset; undefined: the regular path. */
 function startPipe(req: BlobUploadRequest, hasher: BlobHasher): Promise<PipedBlobRead | undefined> {
   return PipedBlobRead.start(
     { source: req.source, destination: req.destination, digest: req.digest, size: req.size, pipeMinBytes: req.tuning.pipeMinBytes, signal: req.signal, onBytes: req.onBytes, onResume: downloadResumed(req.logger, req.digest, req.size) },

@@ -13,11 +13,11 @@
 // lastValidByteReceived and ferry goes on from there. An upload ECR no longer knows
 // (UploadNotFoundException: expired) starts over, logged and counted. The digest is verified by
 // ferry over every byte before the last part leaves, and by ECR at CompleteLayerUpload.
-import { FerryError } from '../errors.ts';
-import type { Digest } from '../reference/digest.ts';
-import { sleep, backoffDelay, DEFAULT_RETRY } from '../transport/retry.ts';
-import { ECR_MAX_PART_BYTES, ECR_MAX_PARTS, ECR_MIN_PART_BYTES, EcrApiError, type EcrLayerApi } from '../registry/ecr-layer-api.ts';
-import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from '../blob/verify.ts';
+import { FerryError } from '../../errors.ts';
+import type { Digest } from '../../reference/digest.ts';
+import { sleep, backoffDelay, DEFAULT_RETRY } from '../../transport/retry.ts';
+import { ECR_MAX_PART_BYTES, ECR_MAX_PARTS, ECR_MIN_PART_BYTES, EcrApiError, type EcrLayerApi } from '../../registry/ecr-layer-api.ts';
+import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from '../../blob/verify.ts';
 import { discardJournaled, hashTo, type BlobUploadRequest, type BlobUploadResult, type UploadTuning } from './blob-upload.ts';
 import { JOURNAL_VERSION, SUSPEND, type JournalEntry } from './journal.ts';
 
