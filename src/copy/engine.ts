@@ -158,8 +158,8 @@ class CopyRun {
       this.log.info({ destination: destination.name, digest: root.digest }, 'destination already up to date');
     }
 
-    // ECR: one BatchCheckLayerAvailability per 100 blobs instead of a HEAD each.
-    if (this.dst instanceof RegistryDestination && blobs.size > 0) this.known = await this.dst.checkBlobs([...blobs.keys()], signal);
+    // Asked in few requests where the end can (ECR: one BatchCheckLayerAvailability per 100 blobs) instead of a HEAD each.
+    if (this.dst.checkBlobs && blobs.size > 0) this.known = await this.dst.checkBlobs([...blobs.keys()], signal);
 
     if (this.req.dryRun) {
       const plan = await this.planDryRun(blobs, [...toWrite, ...referrerRoots]);
@@ -344,12 +344,12 @@ class CopyRun {
   // ---- transfer --------------------------------------------------------------------------
 
   private async planDryRun(blobs: Map<Digest, BlobInfo>, manifests: ManifestNode[]): Promise<DryRunPlan> {
-    const sameRegistry = this.mountFrom() !== undefined;
+    const mountable = this.dst.mountableFrom?.(this.src) === true;
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
         this.req.limits.run(this.dst.description, async () => {
           const have = this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, this.req.signal));
-          const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : sameRegistry ? 'mount' : 'copy';
+          const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : mountable ? 'mount' : 'copy';
           return { digest: b.digest, size: b.size, action };
         }),
       ),

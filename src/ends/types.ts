@@ -1,6 +1,8 @@
 // The two ends of a copy, whatever holds the image: a registry, an OCI image layout
 // directory, an OCI archive or a docker archive. The copy engine speaks only these
-// interfaces; registries get extra paths (mount, chunked resumable uploads) on top.
+// interfaces. It asks a destination what it can do (the optional capabilities below), never
+// what it is, and an end with a protocol of its own (a registry: mounts, resumable uploads)
+// runs that protocol itself. An end without a capability gets the plain path.
 import type { Digest } from '../reference/digest.ts';
 
 export interface FetchedManifest {
@@ -42,7 +44,28 @@ export interface ImageSource {
   close?(): Promise<void>;
 }
 
-export interface ImageDestination {
+/** A blob as the engine names it. */
+export interface BlobRef {
+  digest: Digest;
+  size: number;
+  mediaType: string;
+}
+
+/**
+ * What a destination can do beyond storing verified chunks (writeBlob). Each is optional: the
+ * engine calls one only where the end defines it, and otherwise takes the plain path.
+ */
+export interface DestinationCapabilities {
+  /**
+   * Which of these blobs the end holds, in few requests (ECR: 100 digests a call). Undefined:
+   * no such call, or it failed; the engine then asks hasBlob, blob by blob.
+   */
+  checkBlobs?(digests: Digest[], signal?: AbortSignal): Promise<Map<Digest, boolean> | undefined>;
+  /** Would a blob read from `source` land here without its bytes (a mount)? For a dry run's plan. */
+  mountableFrom?(source: ImageSource): boolean;
+}
+
+export interface ImageDestination extends DestinationCapabilities {
   readonly description: string;
   /** Blob writes this end takes at once (a tar archive: 1). */
   readonly maxConcurrentBlobs: number;

@@ -174,6 +174,17 @@ describe('ferry copy between distribution registries (no auth)', () => {
     assert.equal(r.json.dry_run.bytes_to_copy, r.json.transfer.bytes_total);
     assert.equal(await dstC.headManifest('dry/app', 'v1'), undefined, 'dry run wrote a tag');
   });
+
+  test('--dry-run within one registry plans mounts, and mounts nothing', async () => {
+    await pushImage(srcC, 'dry/mount-a', 'v1', { layerSizes: [3000, 5000] });
+    const r = await runFerry(['copy', '--json', '--dry-run', `${src.host}/dry/mount-a:v1`, `${src.host}/dry/mount-b:v1`], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.json.dry_run.blobs.map((b: { action: string }) => b.action), ['mount', 'mount', 'mount']);
+    assert.equal(r.json.dry_run.bytes_to_copy, 0);
+    assert.equal(await srcC.headManifest('dry/mount-b', 'v1'), undefined, 'dry run wrote a tag');
+    const layer = (await srcC.verifyImage('dry/mount-a', 'v1')).blobs[0]!.digest;
+    assert.equal(await srcC.blobExists('dry/mount-b', layer), false, 'dry run mounted a blob');
+  });
 });
 
 describe('ferry copy through a fault-injecting proxy', () => {

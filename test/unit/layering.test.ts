@@ -70,7 +70,7 @@ const ENGINE_IMPORTS_ALLOWED_FOR_NOW = new Set([
   'copy/inspect.ts → registry/client.ts',
 ]);
 /** `instanceof` of an end's class in src/copy/, today. The ratchet goes down to 0. */
-const ENGINE_INSTANCEOF_ALLOWED_FOR_NOW = 13;
+const ENGINE_INSTANCEOF_ALLOWED_FOR_NOW = 11;
 
 test('the copy engine imports no registry, transport or auth module and no end but the interface', () => {
   const reaching: string[] = [];

@@ -1,12 +1,14 @@
-// A repository in a registry as a copy end. The copy engine recognises these to use what
-// only registries can do: mount across repositories of one registry, and resumable chunked
-// uploads (src/ends/registry/blob-upload.ts).
+// A repository in a registry as the destination of a copy. What only registries can do, the
+// engine asks for through the capabilities (src/ends/types.ts), and this end does it:
+// batch existence checks (ECR), mounts across repositories of one registry, and resumable
+// chunked uploads (blob-upload.ts).
 import type { Digest } from '../../reference/digest.ts';
 import type { RegistryClient } from '../../registry/client.ts';
 import { EcrApiError, ecrLayerApiFor, type EcrLayerApi } from '../../registry/ecr-layer-api.ts';
-import type { ImageDestination, ManifestHead } from '../types.ts';
+import type { DestinationCapabilities, ImageDestination, ImageSource, ManifestHead } from '../types.ts';
+import { RegistrySource } from './source.ts';
 
-export class RegistryDestination implements ImageDestination {
+export class RegistryDestination implements ImageDestination, Required<DestinationCapabilities> {
   readonly client: RegistryClient;
   readonly repository: string;
   readonly description: string;
@@ -56,6 +58,16 @@ export class RegistryDestination implements ImageDestination {
       this.client.logger.warn({ err: (e as Error).message }, 'ecr:BatchCheckLayerAvailability failed; checking blobs one by one');
       return undefined;
     }
+  }
+
+  mountableFrom(source: ImageSource): boolean {
+    return this.mountSource(source) !== undefined;
+  }
+
+  /** The source repository to mount from: both ends in one registry, different repositories. */
+  private mountSource(source: ImageSource): string | undefined {
+    if (!(source instanceof RegistrySource)) return undefined;
+    return source.client.registry === this.client.registry && source.repository !== this.repository ? source.repository : undefined;
   }
 
   /** One POST + PUT. The engine prefers uploadBlob (chunked, resumable) for registries; this serves generic callers. */
