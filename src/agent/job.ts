@@ -214,17 +214,18 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
   await ctx.ensureLocalRepository(destination.registry, destination.repository);
   return copyImage({
     source: registryCopySource(source, sourceClient),
-    destination: registryCopyDestination(destination, ctx.destinationClient(destination.registry)),
+    destination: registryCopyDestination(destination, ctx.destinationClient(destination.registry), {
+      placements: ctx.placements,
+      tuning: ctx.config.transfer.upload,
+      ...(ctx.journal ? { journal: ctx.journal, journalOwner: `job ${jobId}` } : {}),
+    }),
     platforms: plan.platforms,
     referrers: plan.referrers,
     limits: ctx.limits,
     logger: log,
     cache: ctx.cache,
-    placements: ctx.placements,
-    tuning: ctx.config.transfer.upload,
     signal,
     onProgress,
-    ...(ctx.journal ? { journal: ctx.journal, journalOwner: `job ${jobId}` } : {}),
   });
 }
 

@@ -116,6 +116,8 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       const srcClient = makeClient(source!.registry, 'source', makeKeychain('source', source!.registry, args['src-creds'], args, logger, srcCloud), transport, logger);
       copySource = registryCopySource(source!, srcClient);
     }
+    const stateDir = args['state-dir'] ?? defaultStateDir();
+    const tuning = transferTuning(process.env).upload;
     let copyDestination: CopyDestination;
     if (dstArchive) {
       const end = await openArchiveDestination(dstArchive, logger);
@@ -129,10 +131,10 @@ export async function runCopy(args: CopyArgs): Promise<number> {
         // ECR refuses pushes to a repository that does not exist: create it first.
         await dstCloud.ensureEcrRepository(destination!.registry, destination!.repository, ecrRepositorySettings(args));
       }
-      copyDestination = registryCopyDestination(destination!, dstClient);
+      // Open chunked uploads are journaled, so that running the same command again after a crash continues them.
+      copyDestination = registryCopyDestination(destination!, dstClient, { journal: UploadJournal.inStateDir(stateDir, logger), tuning });
     }
     const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
-    const stateDir = args['state-dir'] ?? defaultStateDir();
     const report = await copyImage({
       source: copySource,
       destination: copyDestination,
@@ -141,9 +143,6 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       limits: new TransferLimits(args.concurrency),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
-      // Open chunked uploads, so that running the same command again after a crash continues them.
-      journal: UploadJournal.inStateDir(stateDir, logger),
-      tuning: transferTuning(process.env).upload,
       signal: abort.signal,
       dryRun: args['dry-run'],
       ...(display ? { onProgress: (p) => display.update(p) } : {}),

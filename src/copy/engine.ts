@@ -7,15 +7,8 @@ import type { Logger } from '../log/logger.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import { formatPlatform, platformMatches } from '../reference/platform.ts';
 import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../oci/manifest.ts';
-import type { CopyDestination, CopySource, ImageDestination, ImageSource } from '../ends/types.ts';
-import { RegistryDestination } from '../ends/registry/destination.ts';
-import { RegistrySource } from '../ends/registry/source.ts';
+import type { BlobContext, BlobRef, CopyDestination, CopySource, ImageDestination, ImageSource } from '../ends/types.ts';
 import pLimit from 'p-limit';
-import { discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from '../ends/registry/blob-upload.ts';
-import { uploadEcrLayer, usesEcrLayerApi } from '../ends/registry/ecr-layer-upload.ts';
-import type { UploadJournal } from '../ends/registry/journal.ts';
-import type { BlobPlacements, UploadLead } from '../ends/registry/placements.ts';
-import { abortable } from '../util/abortable.ts';
 import { counted, readVerifiedBlob } from '../blob/verify.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import { ContentCache } from './content-cache.ts';
@@ -31,31 +24,15 @@ export interface CopyRequest {
   referrers: boolean;
   limits: TransferLimits;
   logger: Logger;
-  tuning?: UploadTuning;
   cache?: ContentCache;
   signal?: AbortSignal;
   onProgress?: (p: CopyProgress) => void;
   dryRun?: boolean;
-  /** Journal of open uploads (in the state directory): chunked uploads survive a crash of this process. */
-  journal?: UploadJournal;
-  /** Who the journal records as opening the uploads: `copy` (default) or `job <id>`. */
-  journalOwner?: string;
-  /** Shared by copies running side by side (the agent's jobs): each blob goes up once per registry, then is mounted. */
-  placements?: BlobPlacements;
 }
-
-/** Times a blob waits for another copy's upload of it before uploading it itself. */
-const MAX_FOLLOWS = 3;
 
 /** Referrers of referrers (signatures of attestations): deeper than this is a loop. */
 const MAX_REFERRER_DEPTH = 3;
 
-
-interface BlobInfo {
-  digest: Digest;
-  size: number;
-  mediaType: string;
-}
 
 export async function copyImage(req: CopyRequest): Promise<CopyReport> {
   const started = Date.now();
@@ -81,7 +58,6 @@ class CopyRun {
   private readonly dstLimit: <T>(fn: () => Promise<T>) => Promise<T>;
   private readonly log: Logger;
   private readonly cache: ContentCache;
-  private readonly tuning: UploadTuning;
   private readonly graph: SourceGraph;
   private readonly stats: TransferStats = {
     blobs_copied: 0,
@@ -107,7 +83,6 @@ class CopyRun {
     this.dstLimit = own ? (fn) => own(fn) : (fn) => fn();
     this.log = req.logger;
     this.cache = req.cache ?? new ContentCache();
-    this.tuning = req.tuning ?? DEFAULT_UPLOAD_TUNING;
     this.graph = new SourceGraph(req.source.end, this.cache, req.signal);
   }
 
@@ -167,8 +142,8 @@ class CopyRun {
       return this.report(imageOutput, digestChanged, leftBehind, previousDigest, plan);
     }
 
-    // 5. Blobs, all at once within the limits (after dropping journaled uploads this copy no longer needs).
-    await this.sweepJournal(blobs);
+    // 5. Blobs, all at once within the limits (after the end dropped what it kept for blobs this copy no longer needs).
+    await this.dst.prepareBlobs?.(blobs, { logger: this.log, sourceName: source.name, signal });
     await this.transferBlobs(blobs);
 
     // 6. Manifests children-first, referrers after their subjects, the tag last.
@@ -230,8 +205,8 @@ class CopyRun {
   }
 
   /** Every blob under these manifests, each once. */
-  private collectBlobs(nodes: ManifestNode[]): Map<Digest, BlobInfo> {
-    const blobs = new Map<Digest, BlobInfo>();
+  private collectBlobs(nodes: ManifestNode[]): Map<Digest, BlobRef> {
+    const blobs = new Map<Digest, BlobRef>();
     const add = (d: Descriptor) => {
       const seen = blobs.get(d.digest);
       if (seen && seen.size !== d.size) {
@@ -343,7 +318,7 @@ class CopyRun {
 
   // ---- transfer --------------------------------------------------------------------------
 
-  private async planDryRun(blobs: Map<Digest, BlobInfo>, manifests: ManifestNode[]): Promise<DryRunPlan> {
+  private async planDryRun(blobs: Map<Digest, BlobRef>, manifests: ManifestNode[]): Promise<DryRunPlan> {
     const mountable = this.dst.mountableFrom?.(this.src) === true;
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
@@ -367,7 +342,7 @@ class CopyRun {
     };
   }
 
-  private async transferBlobs(blobs: Map<Digest, BlobInfo>): Promise<void> {
+  private async transferBlobs(blobs: Map<Digest, BlobRef>): Promise<void> {
     // One failure stops the others (their sessions are cancelled), then the first error is thrown.
     const inner = new AbortController();
     const outer = this.req.signal;
@@ -407,10 +382,10 @@ class CopyRun {
    * Whether the destination already has each blob, asked ahead of the transfers: a blob's HEAD
    * then no longer stands between its transfer slot and its first byte (one round trip of the
    * four a blob costs; it tells on a registry far away, test/e2e/round-trips.test.ts). The answer
-   * is as of the check; a blob another copy lands meanwhile is still found by the sibling
-   * placements below.
+   * is as of the check; a blob another copy lands meanwhile is still found by the end's reuse
+   * (a registry's sibling placements).
    */
-  private checkPresence(blobs: Map<Digest, BlobInfo>, signal: AbortSignal): Map<Digest, Promise<boolean>> {
+  private checkPresence(blobs: Map<Digest, BlobRef>, signal: AbortSignal): Map<Digest, Promise<boolean>> {
     const present = new Map<Digest, Promise<boolean>>();
     for (const b of blobs.values()) {
       const known = this.known?.get(b.digest);
@@ -422,7 +397,7 @@ class CopyRun {
     return present;
   }
 
-  private async transferBlob(b: BlobInfo, present: Promise<boolean>, signal: AbortSignal): Promise<void> {
+  private async transferBlob(b: BlobRef, present: Promise<boolean>, signal: AbortSignal): Promise<void> {
     const active = { digest: b.digest, done: 0, size: b.size };
     const finish = (kind: 'copied' | 'skipped' | 'mounted') => {
       this.stats[`blobs_${kind}`]++;
@@ -431,89 +406,20 @@ class CopyRun {
       this.progress.active = this.progress.active.filter((a) => a !== active);
       this.emit();
     };
-    const placements = this.dst instanceof RegistryDestination ? this.req.placements : undefined;
-    const place = (repository: string) => {
-      if (this.dst instanceof RegistryDestination) placements?.record(this.dst.client.registry, b.digest, repository);
-    };
+    const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name };
     if (await present) {
-      // Committed by a process that died before it could drop its journal entry.
-      if (this.req.journal && this.dst instanceof RegistryDestination) {
-        const key = { registry: this.dst.client.registry, repository: this.dst.repository, digest: b.digest };
-        const entry = await this.req.journal.get(key);
-        if (entry) await discardJournaled(this.journalTarget(this.dst), entry, 'the blob is already complete at the destination');
-      }
-      if (this.dst instanceof RegistryDestination) place(this.dst.repository);
+      await this.dst.blobPresent?.(b, copy);
       return finish('skipped');
     }
-    const from = this.mountFrom();
-    if (from !== undefined && this.dst instanceof RegistryDestination) {
-      if (await this.dst.client.mountBlob(this.dst.repository, b.digest, from, signal)) {
-        place(this.dst.repository);
-        return finish('mounted');
-      }
-    }
-    let lead: UploadLead | undefined;
-    if (placements && this.dst instanceof RegistryDestination) {
-      const placed = await this.placeFromSiblings(placements, this.dst, b, signal);
-      if (placed) return finish(placed);
-      for (let follows = 0; follows < MAX_FOLLOWS; follows++) {
-        const claim = placements.begin(this.dst.client.registry, b.digest);
-        if (claim.lead) {
-          lead = claim;
-          break;
-        }
-        // Another copy is uploading this blob to this registry: wait, then mount it from there.
-        this.log.debug({ digest: b.digest }, 'waiting for another copy\'s upload of this blob, to mount it');
-        await abortable(claim.landed, signal);
-        const after = await this.placeFromSiblings(placements, this.dst, b, signal);
-        if (after) return finish(after);
-      }
-    }
-    try {
-      await this.streamBlob(b, signal, active);
-      if (this.dst instanceof RegistryDestination) {
-        place(this.dst.repository);
-        lead?.settle(this.dst.repository);
-      }
-    } finally {
-      lead?.settle(undefined);
-    }
-    finish('copied');
-  }
-
-  /**
-   * Mount a blob this process put into another repository of the destination registry.
-   * Undefined when no sibling holds it or every mount was refused (the caller uploads).
-   */
-  private async placeFromSiblings(placements: BlobPlacements, dst: RegistryDestination, b: BlobInfo, signal: AbortSignal): Promise<'mounted' | 'skipped' | undefined> {
-    const registry = dst.client.registry;
-    for (const holder of placements.holders(registry, b.digest)) {
-      if (holder === dst.repository) {
-        // Another copy into this same repository finished it.
-        if (await dst.hasBlob(b.digest, b.size, signal)) return 'skipped';
-        placements.forget(registry, b.digest, holder);
-        continue;
-      }
-      let mounted = false;
-      try {
-        mounted = await dst.client.mountBlob(dst.repository, b.digest, holder, signal);
-      } catch (e) {
-        // Credentials that may push here but not pull from there: upload instead.
-        if (signal.aborted || !(e instanceof FerryError) || e.retryable) throw e;
-        this.log.debug({ digest: b.digest, from: holder, code: e.code }, 'mount from a sibling repository refused; uploading');
-      }
-      if (mounted) {
-        placements.record(registry, b.digest, dst.repository);
-        return 'mounted';
-      }
-      placements.forget(registry, b.digest, holder);
-    }
-    return undefined;
+    // Without its bytes where the end can: a mount from the source, or from where another copy put it.
+    const reused = await this.dst.reuseBlob?.(b, this.src, copy);
+    if (reused) return finish(reused);
+    finish(await this.streamBlob(b, copy, active));
   }
 
   /** Read the blob from the source, verified, and write it to the destination. */
-  private async streamBlob(b: BlobInfo, signal: AbortSignal, active: { digest: Digest; done: number; size: number }): Promise<void> {
-    this.progress.active.push(active);
+  private async streamBlob(b: BlobRef, copy: BlobContext, active: { digest: Digest; done: number; size: number }): Promise<'copied' | 'mounted' | 'skipped'> {
+    const onStart = () => void this.progress.active.push(active);
     // Small blobs the engine already read (image configs, for the report) come from the cache,
     // not from a second source request; the reader verifies them all the same.
     const cached = await this.cache.get(b.digest);
@@ -526,61 +432,20 @@ class CopyRun {
       }
       this.emit();
     };
-    if (this.dst instanceof RegistryDestination) {
-      // Registries get the resumable path: chunked uploads that continue from the acknowledged offset;
-      // large layers to ECR go through ECR's own layer-upload API (resumable where its Docker API is not).
-      const upload: BlobUploadRequest = {
-        source,
-        destination: this.dst.client,
-        destinationRepository: this.dst.repository,
-        digest: b.digest,
-        size: b.size,
-        tuning: this.tuning,
-        logger: this.log,
-        signal,
-        onBytes,
-        journal: this.req.journal,
-        sourceName: this.req.source.name,
-        journalOwner: this.req.journalOwner,
-      };
-      const ecr = usesEcrLayerApi(b.size, this.tuning) ? await this.dst.ecrLayerApi() : undefined;
-      const result = ecr ? await uploadEcrLayer(upload, ecr) : await uploadBlob(upload);
+    if (this.dst.putBlob) {
+      // An end with an upload protocol of its own (a registry: chunked uploads that continue from
+      // the acknowledged offset, the pipe, ECR's layer API) reads the source itself.
+      const result = await this.dst.putBlob(b, source, { ...copy, onStart, onBytes });
       this.stats.blobs_restarted += result.restarts;
       if (result.resumes > 0) this.stats.blobs_resumed++;
       this.stats.bytes_resent += result.bytesResent;
       this.stats.bytes_reread_for_hash += result.bytesRereadForHash;
-    } else {
-      const chunks = counted(readVerifiedBlob({ source, digest: b.digest, size: b.size, signal }), onBytes);
-      await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, signal);
+      return result.outcome;
     }
-  }
-
-  private journalTarget(dst: RegistryDestination) {
-    return { destination: dst.client, destinationRepository: dst.repository, journal: this.req.journal, logger: this.log };
-  }
-
-  /**
-   * Journaled uploads to this repository from this same source whose blob this copy does not
-   * need: the source changed since (its tag points at another image). Their sessions are deleted.
-   */
-  private async sweepJournal(blobs: Map<Digest, BlobInfo>): Promise<void> {
-    const journal = this.req.journal;
-    if (!journal || !(this.dst instanceof RegistryDestination)) return;
-    const entries = await journal.list(this.dst.client.registry, this.dst.repository);
-    for (const entry of entries) {
-      if (entry.source !== this.req.source.name) continue;
-      const wanted = blobs.get(entry.digest as Digest);
-      if (wanted && wanted.size === entry.size) continue;
-      await discardJournaled(this.journalTarget(this.dst), entry, 'the source changed: this copy no longer needs the blob');
-    }
-  }
-
-  /** The source repository to mount from: both ends in one registry, different repositories. */
-  private mountFrom(): string | undefined {
-    const src = this.src;
-    const dst = this.dst;
-    if (!(src instanceof RegistrySource) || !(dst instanceof RegistryDestination)) return undefined;
-    return src.client.registry === dst.client.registry && src.repository !== dst.repository ? src.repository : undefined;
+    onStart();
+    const chunks = counted(readVerifiedBlob({ source, digest: b.digest, size: b.size, signal: copy.signal }), onBytes);
+    await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, copy.signal);
+    return 'copied';
   }
 
   private emit(): void {

@@ -3,6 +3,7 @@
 // interfaces. It asks a destination what it can do (the optional capabilities below), never
 // what it is, and an end with a protocol of its own (a registry: mounts, resumable uploads)
 // runs that protocol itself. An end without a capability gets the plain path.
+import type { Logger } from '../log/logger.ts';
 import type { Digest } from '../reference/digest.ts';
 
 export interface FetchedManifest {
@@ -63,6 +64,61 @@ export interface DestinationCapabilities {
   checkBlobs?(digests: Digest[], signal?: AbortSignal): Promise<Map<Digest, boolean> | undefined>;
   /** Would a blob read from `source` land here without its bytes (a mount)? For a dry run's plan. */
   mountableFrom?(source: ImageSource): boolean;
+  /**
+   * Called once before the transfers (never in a dry run) with every blob the copy needs: the
+   * end drops state it keeps across processes that this copy no longer needs (a journaled
+   * upload from this source of a blob the source no longer has).
+   */
+  prepareBlobs?(blobs: ReadonlyMap<Digest, BlobRef>, copy: CopyContext): Promise<void>;
+  /** The engine's existence check found the blob here (nothing to write); the end may tidy up and remember it. */
+  blobPresent?(blob: BlobRef, copy: BlobContext): Promise<void>;
+  /**
+   * Place the blob without its bytes: a mount from `source`'s repository, or from where this
+   * process put it before. Undefined: it has to be written.
+   */
+  reuseBlob?(blob: BlobRef, source: ImageSource, copy: BlobContext): Promise<'mounted' | 'skipped' | undefined>;
+  /**
+   * Write the blob, reading it from `source` as often and from where the end needs (a resumed
+   * upload re-reads from an offset). It must verify every byte before the last one leaves
+   * (readVerifiedBlob, src/blob/verify.ts), leave nothing under the digest unless complete, and
+   * on failure cancel what it opened, unless the signal's reason is SUSPEND (kept to resume).
+   * Without it the engine streams verified chunks into writeBlob.
+   */
+  putBlob?(blob: BlobRef, source: ImageSource, o: PutBlobOptions): Promise<PutBlobResult>;
+}
+
+/** The copy an end is working for. */
+export interface CopyContext {
+  /** The copy's logger (the agent's carries the job id). */
+  logger: Logger;
+  /** The source as the copy names it (CopySource.name): state an end keeps for another source is stale. */
+  sourceName: string;
+  signal?: AbortSignal | undefined;
+}
+
+/** The copy a blob belongs to, while its transfer runs. */
+export interface BlobContext extends CopyContext {
+  signal: AbortSignal;
+}
+
+export interface PutBlobOptions extends BlobContext {
+  /** Call just before the first byte moves (not while waiting for another copy's upload). */
+  onStart(): void;
+  /** Bytes sent (bytes sent again count again). */
+  onBytes(n: number): void;
+}
+
+export interface PutBlobResult {
+  /** `copied`, or `mounted`/`skipped` when the blob landed meanwhile (another copy's upload of it). */
+  outcome: 'copied' | 'mounted' | 'skipped';
+  /** Times the blob started over from byte 0. */
+  restarts: number;
+  /** Times the upload continued from an acknowledged offset (in this process or a previous one's). */
+  resumes: number;
+  /** Bytes sent again that the destination had acknowledged before. */
+  bytesResent: number;
+  /** Source bytes read again only to rebuild a hash state (nothing sent). */
+  bytesRereadForHash: number;
 }
 
 export interface ImageDestination extends DestinationCapabilities {

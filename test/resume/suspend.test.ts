@@ -51,13 +51,11 @@ describe('suspending a copy keeps its journaled uploads; cancelling deletes them
     const d = parseReference(`${dst.host}/${repo}:v1`);
     return copyImage({
       source: registryCopySource(s, client(s.registry, 'source')),
-      destination: registryCopyDestination(d, client(d.registry, 'destination')),
+      destination: registryCopyDestination(d, client(d.registry, 'destination'), { tuning, journal }),
       platforms: 'all',
       referrers: false,
       limits: new TransferLimits(4),
       logger,
-      tuning,
-      journal,
       signal,
     });
   }

@@ -3,7 +3,7 @@
 import { formatReference, referenceTarget, repositoryName, type Reference } from '../../reference/reference.ts';
 import type { RegistryClient } from '../../registry/client.ts';
 import type { CopyDestination, CopySource } from '../types.ts';
-import { RegistryDestination } from './destination.ts';
+import { RegistryDestination, type RegistryDestinationOptions } from './destination.ts';
 import { RegistrySource } from './source.ts';
 
 export function registryCopySource(ref: Reference, client: RegistryClient): CopySource {
@@ -12,8 +12,8 @@ export function registryCopySource(ref: Reference, client: RegistryClient): Copy
   return s;
 }
 
-export function registryCopyDestination(ref: Reference, client: RegistryClient): CopyDestination {
-  const d: CopyDestination = { end: new RegistryDestination(client, ref.repository), name: formatReference(ref), repository: repositoryName(ref) };
+export function registryCopyDestination(ref: Reference, client: RegistryClient, options?: RegistryDestinationOptions): CopyDestination {
+  const d: CopyDestination = { end: new RegistryDestination(client, ref.repository, options), name: formatReference(ref), repository: repositoryName(ref) };
   if (ref.tag !== undefined) d.tag = ref.tag;
   if (ref.digest !== undefined) d.digest = ref.digest;
   return d;
