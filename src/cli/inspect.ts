@@ -2,6 +2,7 @@
 import { exitCodeFor, toFerryError } from '../errors.ts';
 import { parseReference } from '../reference/reference.ts';
 import { inspectImage } from '../copy/inspect.ts';
+import { RegistrySource } from '../ends/registry/source.ts';
 import { makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { formatBytes } from './progress.ts';
 
@@ -16,7 +17,7 @@ export async function runInspect(args: InspectArgs): Promise<number> {
   try {
     const ref = parseReference(args.reference);
     const client = makeClient(ref.registry, 'source', makeKeychain('source', ref.registry, args.creds, args, logger), transport, logger);
-    const info = await inspectImage(client, ref);
+    const info = await inspectImage(new RegistrySource(client, ref.repository), ref);
     if (args.json) {
       process.stdout.write(`${JSON.stringify(info)}\n`);
       return 0;

@@ -1,9 +1,8 @@
 // `ferry inspect`: read an image's manifests (never its layers) and describe it in the
 // contract's Image shape, plus the layer list.
 import { referenceTarget, repositoryName, type Reference } from '../reference/reference.ts';
-import { RegistrySource } from '../ends/registry/source.ts';
+import type { ImageSource } from '../ends/types.ts';
 import { formatPlatform } from '../reference/platform.ts';
-import type { RegistryClient } from '../registry/client.ts';
 import { ContentCache } from './content-cache.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
 import type { ImageOutput } from './types.ts';
@@ -12,8 +11,9 @@ export interface InspectResult extends ImageOutput {
   layers: Array<{ digest: string; size: number; media_type: string; platform?: string }>;
 }
 
-export async function inspectImage(client: RegistryClient, ref: Reference, cache = new ContentCache(), signal?: AbortSignal): Promise<InspectResult> {
-  const graph = new SourceGraph(new RegistrySource(client, ref.repository), cache, signal);
+/** `source` holds `ref` (a registry's RegistrySource for ref.repository). */
+export async function inspectImage(source: ImageSource, ref: Reference, cache = new ContentCache(), signal?: AbortSignal): Promise<InspectResult> {
+  const graph = new SourceGraph(source, cache, signal);
   const root = await graph.fetchNode(referenceTarget(ref), undefined);
   await graph.expand(root, 0, new Set());
   const image = await graph.imageOutput(root, [], { repository: repositoryName(ref), tag: ref.tag });
