@@ -81,7 +81,8 @@ export interface DestinationCapabilities {
    * Write the blob, reading it from `source` as often and from where the end needs (a resumed
    * upload re-reads from an offset). It must verify every byte before the last one leaves
    * (readVerifiedBlob, src/blob/verify.ts), leave nothing under the digest unless complete, and
-   * on failure cancel what it opened, unless the signal's reason is SUSPEND (kept to resume).
+   * on failure cancel what it opened, unless the signal's reason is SUSPEND (the caller stops
+   * for now: what the end journaled stays to be resumed; src/ends/registry/journal.ts).
    * Without it the engine streams verified chunks into writeBlob.
    */
   putBlob?(blob: BlobRef, source: ImageSource, o: PutBlobOptions): Promise<PutBlobResult>;
