@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import type { Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
-import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
+import { hostOf, isLoopbackHost, checkRedirectTarget, parseUrlFrom } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
 import { RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type RawGetDeclined, type ResponseBodyStream } from './raw-http.ts';
 
@@ -145,10 +145,14 @@ export class HttpTransport {
     return RawUpload.open(method, req, contentLength, this.raw, signal);
   }
 
-  /** Plain HTTP only to loopback and the hosts named with --plain-http. */
+  /**
+   * Plain HTTP only to loopback and the hosts named with --plain-http. Every URL ferry builds
+   * itself is checked before this; one that gets here came from a registry (a Location, a Link):
+   * the serving side's fault (the registry client blames the destination when it sent it).
+   */
   private checkScheme(url: URL): void {
     if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
-      throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
+      throw new FerryError('SOURCE_INVALID', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
     }
   }
 
@@ -231,7 +235,7 @@ export class HttpTransport {
     if (typeof location !== 'string') {
       throw new FerryError('SOURCE_INVALID', `redirect ${status} from ${from.host} without a Location`);
     }
-    const next = new URL(location, from);
+    const next = parseUrlFrom(location, from, `redirect ${status}'s Location`);
     checkRedirectTarget(from, next);
     if (next.protocol === 'http:' && !this.allowsPlainHttp(next.host)) {
       throw new FerryError('SOURCE_INVALID', `redirect from ${from.host} to plain-HTTP host ${next.host}; refusing: only loopback and hosts named with --plain-http may use plain HTTP`);
