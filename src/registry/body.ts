@@ -55,8 +55,9 @@ export function parseRegistryErrors(text: string): { codes: string[]; message: s
     const doc = JSON.parse(text) as RegistryErrorBody;
     if (Array.isArray(doc.errors)) {
       const codes = doc.errors.map((e) => String(e.code ?? '')).filter(Boolean);
+      // A string detail says what happened (distribution: "write …/data: no space left on device").
       const message = doc.errors
-        .map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': '))
+        .map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': ') + (typeof e.detail === 'string' && e.detail && e.detail !== e.message ? ` (${e.detail})` : ''))
         .filter(Boolean)
         .join('; ');
       return { codes, message: message.slice(0, 500) };

@@ -72,7 +72,7 @@ interface Answer {
 
 /** The attempt an answer is to: what was asked, with which credentials, how often already. */
 interface Attempt {
-  opts: Pick<SendOptions, 'accept' | 'scopes' | 'what' | 'signal'>;
+  opts: Pick<SendOptions, 'method' | 'accept' | 'scopes' | 'what' | 'signal'>;
   authorization: string | undefined;
   /** Credential renewals so far for this request (shared by its attempts). */
   authAttempts: { count: number };
@@ -483,7 +483,7 @@ export class RegistryClient {
     }
     const verdict = await this.judge(
       { status: answer.status, headers: answer.headers, discard: async () => undefined, readText: async () => answer.body },
-      { opts: { accept, scopes, what, signal }, authorization, authAttempts: { count: 0 }, replayable: false, url, failures: 0 },
+      { opts: { method, accept, scopes, what, signal }, authorization, authAttempts: { count: 0 }, replayable: false, url, failures: 0 },
     );
     if (verdict !== 'accept') throw new FerryError('INTERNAL', `unexpected verdict on ${what}`);
     return { location: this.uploadLocation({ headers: answer.headers, url }, repository, location), acknowledged: rangeEnd(answer.headers.range) };
@@ -651,12 +651,23 @@ export class RegistryClient {
         this.logger.info({ what: opts.what, status, delay_ms: delay }, 'registry busy or failing; retrying');
         return { delay };
       }
-      const unavailable = new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
-        side: this.side,
-        status,
-        registryCodes: parsed.codes,
-        retryable: true,
-      });
+      const detail = parsed.message ? `: ${parsed.message}` : '';
+      // A write the destination answered 500 (distribution's answer when its storage fails, a
+      // full disk among them) did reach it: the registry failed to store it, and no network
+      // check will help. Still retryable: a blob upload starts over, in case it was passing.
+      const storeFailed = this.side === 'destination' && status === 500 && (opts.method === 'PUT' || opts.method === 'PATCH' || opts.method === 'POST');
+      const unavailable = storeFailed
+        ? new RegistryError(
+            'DESTINATION_REJECTED',
+            `${this.registry} failed to store the data: it answered HTTP 500 to ${opts.what}${detail}. The registry could not write what it was sent (a full disk, a quota, a failing storage backend): check its storage and its logs`,
+            { side: this.side, status, registryCodes: parsed.codes, retryable: true },
+          )
+        : new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${status} to ${opts.what}${detail}`, {
+            side: this.side,
+            status,
+            registryCodes: parsed.codes,
+            retryable: true,
+          });
       // A streamed body is retried by the caller (the blob uploader): it must wait as long too.
       if (retryAfter !== undefined && !tooLong) Object.assign(unavailable, { retryAfterMs: retryAfter });
       throw unavailable;

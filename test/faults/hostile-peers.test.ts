@@ -232,6 +232,32 @@ describe('a descriptor whose size lies', () => {
   });
 });
 
+describe('a destination that fails to store the data', () => {
+  test('distribution 2.8 whose storage writes fail (a file-size limit, as on a full disk): DESTINATION_REJECTED, saying to check its storage and logs', async (t: TestContext) => {
+    // Every file distribution writes stops at 1 MiB (prlimit --fsize): the 3 MiB layer's upload fails
+    // in its storage driver, and distribution answers 500 UNKNOWN, as it does for a full disk.
+    const full = await startDistribution({ fileSizeLimitBytes: 1024 * 1024 });
+    try {
+      const img = served('store-fails', { layers: 1, layerSize: 3 * 1024 * 1024 });
+      const run = await ferryCopy(`${reg.host}/store-fails:v1`, `${full.host}/peers/store-fails:v1`);
+      failed(run, 'DESTINATION_REJECTED', /failed to store the data: it answered HTTP 500 to .*file too large.*check its storage and its logs/);
+      assert.doesNotMatch(run.json.error.message, /connectivity|proxy/i);
+      assert.match(full.logs(), /file too large/, 'the registry did not fail to store: the case checked nothing');
+      assert.equal(await clientFor(full).headManifest('peers/store-fails', 'v1'), undefined);
+      assert.ok(img.layers.length === 1);
+      recordFault(t, {
+        suite: 'hostile',
+        fault: 'destination (distribution 2.8) fails to write its storage ("file too large", as a full disk): 500 UNKNOWN',
+        action: 'retried the blob, then gave up naming the registry’s storage and logs',
+        bytesResent: 0,
+        outcome: 'DESTINATION_REJECTED, exit 1; no tag',
+      });
+    } finally {
+      await full.stop();
+    }
+  });
+});
+
 describe('the agent reports what failed, not INTERNAL', () => {
   test('a job whose source manifest answer always breaks off fails with REGISTRY_UNAVAILABLE', async (t: TestContext) => {
     served('agent-cut');
