@@ -86,7 +86,6 @@ interface Attempt {
 export class RegistryClient {
   readonly registry: string;
   readonly side: Side;
-  readonly baseUrl: URL;
   readonly profile: RegistryProfile;
   readonly logger: Logger;
   /** Where this client's credentials come from (the ECR layer-upload API finds the AWS identity here). */
@@ -95,6 +94,11 @@ export class RegistryClient {
   private readonly auth: RegistryAuth;
   private readonly retry: RetryPolicy;
   private readonly onRequest: ((method: string, path: string) => void) | undefined;
+  /** `host[:port]` of the registry's API. */
+  private readonly endpoint: string;
+  /** The API's URL once its scheme is settled (a loopback registry is asked whether it speaks TLS). */
+  private settled: URL | undefined;
+  private settling: Promise<URL> | undefined;
 
   constructor(opts: RegistryClientOptions) {
     this.registry = opts.registry;
@@ -104,8 +108,7 @@ export class RegistryClient {
     this.retry = opts.retry ?? DEFAULT_RETRY;
     this.onRequest = opts.onRequest;
     this.credentials = opts.credentials;
-    const endpoint = registryEndpoint(opts.registry);
-    this.baseUrl = new URL(`${opts.transport.schemeFor(endpoint)}://${endpoint}`);
+    this.endpoint = registryEndpoint(opts.registry);
     this.profile = registryProfile(opts.registry);
     this.auth = new RegistryAuth({
       registry: opts.registry,
@@ -116,6 +119,27 @@ export class RegistryClient {
       side: opts.side,
       logger: opts.logger,
     });
+  }
+
+  /**
+   * The registry API's root URL. Every request settles the scheme first (base()); before the
+   * first one this is the scheme known without asking (plain HTTP for loopback).
+   */
+  get baseUrl(): URL {
+    return this.settled ?? new URL(`${this.transport.schemeFor(this.endpoint)}://${this.endpoint}`);
+  }
+
+  /** The API's root URL, its scheme settled: for a loopback registry, HTTPS when it speaks TLS, else plain HTTP. */
+  private base(): Promise<URL> {
+    if (this.settled) return Promise.resolve(this.settled);
+    this.settling ??= this.transport.resolveScheme(this.endpoint).then((probe) => {
+      const url = new URL(`${probe.scheme}://${this.endpoint}`);
+      this.settling = undefined;
+      if (probe.decided) this.settled = url;
+      if (probe.why !== 'not loopback') this.logger.debug({ registry: this.registry, scheme: probe.scheme, why: probe.why }, `speaking ${probe.scheme === 'https' ? 'HTTPS' : 'plain HTTP'} to ${this.registry}`);
+      return url;
+    });
+    return this.settling;
   }
 
   // ---- manifests -------------------------------------------------------------------------
@@ -200,7 +224,7 @@ export class RegistryClient {
     const pages: Buffer[] = [];
     let path: string | URL = `/v2/${repository}/referrers/${digest}`;
     // A Link back to a page already read is a loop: say so rather than reading it 20 times.
-    const visited = new Set<string>([new URL(path, this.baseUrl).href]);
+    const visited = new Set<string>([new URL(path, await this.base()).href]);
     for (let page = 0; page < 20; page++) {
       const pagePath: string | URL = path;
       const ask = (): Promise<HttpResponse> =>
@@ -302,7 +326,7 @@ export class RegistryClient {
     if (!this.transport.rawConnections() || offset >= size) return undefined;
     const scopes = [repositoryScope(repository, ['pull'])];
     const authorization = await this.authorization(scopes, signal);
-    const url = new URL(`/v2/${repository}/blobs/${digest}`, this.baseUrl);
+    const url = new URL(`/v2/${repository}/blobs/${digest}`, await this.base());
     const headers: Record<string, string> = {};
     if (authorization) headers.authorization = authorization;
     if (offset > 0) headers.range = `bytes=${offset}-${size - 1}`;
@@ -559,7 +583,7 @@ export class RegistryClient {
 
   /** Send a request with auth and retries; throws a FerryError for statuses not in `accept`. */
   async send(opts: SendOptions): Promise<HttpResponse> {
-    const url = typeof opts.path === 'string' ? new URL(opts.path, this.baseUrl) : opts.path;
+    const url = typeof opts.path === 'string' ? new URL(opts.path, await this.base()) : opts.path;
     const replayable = opts.body === undefined || opts.body instanceof Uint8Array;
     const authAttempts = { count: 0 };
     let failures = 0;
