@@ -203,7 +203,8 @@ export class RegistryAuth {
       throw this.authError(`token server ${realm.host} sent a response that is not JSON`, false);
     }
     const token = typeof doc.token === 'string' && doc.token ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : '';
-    if (!token || token.length > 64 * 1024) throw this.authError(`token server ${realm.host} sent no usable token`, false);
+    // A token goes into a header: visible ASCII only (a line break in it would be refused on the wire, and retried as an outage).
+    if (!token || token.length > 64 * 1024 || !/^[\x21-\x7e]+$/.test(token)) throw this.authError(`token server ${realm.host} sent no usable token`, false);
     registerSecret(token);
     const expiresIn = typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : 60;
     // Refresh a little early so a token never expires in the middle of a request.

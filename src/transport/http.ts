@@ -232,7 +232,7 @@ export class HttpTransport {
               ...(req.method === 'HEAD' ? { reset: false } : {}),
             }));
       } catch (e) {
-        throw networkError(e, url);
+        throw networkError(e, url, req.signal);
       }
       if (!follow || res.statusCode < 300 || res.statusCode >= 400 || res.statusCode === 304) {
         return { status: res.statusCode, headers: res.headers, body: res.body, url };
@@ -358,9 +358,17 @@ const TLS_CODES = new Set([
   'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
 ]);
 
-function networkError(e: unknown, url: URL): FerryError {
+function networkError(e: unknown, url: URL, signal?: AbortSignal): FerryError {
   if (e instanceof FerryError) return e;
   const err = e as Error & { code?: string; cause?: { code?: string } };
+  // undici also says UND_ERR_ABORTED when nobody cancelled: a proxy that refused the tunnel.
+  const tunnel = /^Proxy response \((\d{3})\) !== 200/.exec(err.message ?? '');
+  if (tunnel && !signal?.aborted) {
+    return new NetworkError(`the proxy refused to open a tunnel to ${url.host} (HTTP ${tunnel[1]}): check HTTPS_PROXY / NO_PROXY and what the proxy allows`, {
+      cause: e,
+      retryable: tunnel[1] === '502' || tunnel[1] === '503' || tunnel[1] === '504',
+    });
+  }
   if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') {
     const ab = new FerryError('INTERNAL', `request to ${url.host} was cancelled`, { cause: e });
     ab.name = 'AbortedError';

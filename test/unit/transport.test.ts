@@ -210,3 +210,57 @@ describe('redirects and token realms', () => {
     await assert.rejects(t.request({ method: 'GET', url: new URL('http://registry.example.com/v2/') }), (e: FerryError) => e.code === 'SOURCE_INVALID' && /refusing plain HTTP/.test(e.message));
   });
 });
+
+describe('failures that are not bugs in ferry are never INTERNAL', () => {
+  test('a proxy that refuses the tunnel: REGISTRY_UNAVAILABLE naming the proxy, not INTERNAL "cancelled"', async () => {
+    const { startConnectProxy } = await import('../harness/cloud-registry.ts');
+    const proxy = await startConnectProxy();
+    const saved = process.env.HTTPS_PROXY;
+    process.env.HTTPS_PROXY = proxy.url;
+    const t = new HttpTransport({});
+    try {
+      await assert.rejects(t.request({ method: 'GET', url: new URL('https://refused.example/v2/') }), (e: FerryError) => {
+        assert.equal(e.code, 'REGISTRY_UNAVAILABLE', e.message);
+        assert.match(e.message, /the proxy refused to open a tunnel to refused\.example \(HTTP 403\): check HTTPS_PROXY \/ NO_PROXY/);
+        assert.equal(e.retryable, false);
+        return true;
+      });
+      assert.deepEqual(proxy.connects.map((c) => c.target), ['refused.example:443']);
+    } finally {
+      if (saved === undefined) delete process.env.HTTPS_PROXY;
+      else process.env.HTTPS_PROXY = saved;
+      await t.close();
+      await proxy.stop();
+    }
+  });
+
+  test('hostile registry answers: a token with a line break, a referrers Link that is not a URL, a refused mount whose Location is not a URL', async () => {
+    let token = 'abc\r\nx-evil: 1';
+    let link = '';
+    const digest = `sha256:${'d'.repeat(64)}`;
+    const { server, port } = await listen((req, res) => {
+      if (req.url!.startsWith('/token')) return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token }));
+      if (!req.headers.authorization) return res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="x"` }).end();
+      if (req.url!.includes('/referrers/')) {
+        const body = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] });
+        return res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', link, 'content-length': Buffer.byteLength(body) }).end(body);
+      }
+      if (req.method === 'POST' && req.url!.includes('mount=')) return res.writeHead(202, { location: 'http://[::1', 'content-length': 0 }).end();
+      res.writeHead(404, { 'content-length': 0 }).end();
+    });
+    const c = (side: 'source' | 'destination' = 'source') =>
+      new RegistryClient({ registry: `127.0.0.1:${port}`, side, transport: new HttpTransport({}), credentials: new StaticCredentials({ kind: 'anonymous' }, undefined, 'none'), logger: silentLogger() });
+    try {
+      await assert.rejects(c().headManifest('a/b', 'v1'), (e: FerryError) => e.code === 'SOURCE_AUTH' && /sent no usable token/.test(e.message));
+      token = 'good-token';
+      link = '<http://[::1>; rel="next"';
+      await assert.rejects(c().getReferrers('a/b', digest as never), (e: FerryError) => e.code === 'SOURCE_INVALID' && /referrers pagination Link from 127\.0\.0\.1:\d+ is not a URL/.test(e.message));
+      link = `<http://localhost:${port}/v2/a/b/referrers/${digest}?page=2>; rel="next"`;
+      await assert.rejects(c().getReferrers('a/b', digest as never), (e: FerryError) => e.code === 'SOURCE_INVALID' && /another host/.test(e.message));
+      // A mount the registry refused (202): its session's Location is checked before it is deleted; not a URL: left alone, not INTERNAL.
+      assert.equal(await c('destination').mountBlob('a/b', digest as never, 'c/d'), false);
+    } finally {
+      server.close();
+    }
+  });
+});
