@@ -11,7 +11,7 @@ export const globalOptions = {
   json: { type: 'boolean', describe: 'print one JSON document on stdout (on failure too)' },
   'plain-http': {
     type: 'string',
-    describe: 'HOST[:PORT] that speaks plain HTTP (repeatable; loopback registries always may)',
+    describe: 'HOST[:PORT] to speak plain HTTP to (repeatable); a loopback registry not named is tried in HTTPS first, plain HTTP if it does not speak TLS',
   },
   'ca-file': { type: 'string', describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)' },
   authfile: { type: 'string', describe: 'docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)' },

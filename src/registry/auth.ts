@@ -3,12 +3,13 @@
 // tokens per scope set until shortly before they expire, and widens scopes on
 // `insufficient_scope`. No ping: the first real request discovers the scheme, so a warm sync
 // costs one request per registry.
-import { FerryError, type Side } from '../errors.ts';
+import { FerryError, NetworkError, type Side } from '../errors.ts';
 import type { Credential, CredentialProvider } from '../auth/credentials.ts';
 import { registerSecret, type Logger } from '../log/logger.ts';
 import type { HttpTransport } from '../transport/http.ts';
 import { mergeScopes, type Challenge } from '../transport/challenge.ts';
 import { checkRedirectTarget } from '../transport/address.ts';
+import { DEFAULT_RETRY, backoffDelay, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
 import { readBounded } from './body.ts';
 
 type Scheme = { kind: 'unknown' } | { kind: 'none' } | { kind: 'basic' } | { kind: 'bearer'; realm: URL; service: string | undefined };
@@ -28,16 +29,19 @@ export class RegistryAuth {
   /** Scopes the registry asked for beyond ours (from insufficient_scope challenges). */
   private readonly extraScopes = new Set<string>();
   private readonly registry: string;
-  private readonly registryUrl: URL;
+  /** The registry's API root (its scheme may be settled only once the first request goes out). */
+  private readonly registryUrl: () => URL;
   private readonly transport: HttpTransport;
+  private readonly retry: RetryPolicy;
   private readonly credentials: CredentialProvider;
   private readonly side: Side;
   private readonly logger: Logger;
 
-  constructor(opts: { registry: string; registryUrl: URL; transport: HttpTransport; credentials: CredentialProvider; side: Side; logger: Logger }) {
+  constructor(opts: { registry: string; registryUrl: () => URL; transport: HttpTransport; credentials: CredentialProvider; side: Side; logger: Logger; retry?: RetryPolicy }) {
     this.registry = opts.registry;
     this.registryUrl = opts.registryUrl;
     this.transport = opts.transport;
+    this.retry = opts.retry ?? DEFAULT_RETRY;
     this.credentials = opts.credentials;
     this.side = opts.side;
     this.logger = opts.logger;
@@ -76,7 +80,7 @@ export class RegistryAuth {
       } catch {
         throw this.authError(`registry ${this.registry} sent an invalid token realm "${bearer.params.realm}"`, false);
       }
-      checkRedirectTarget(this.registryUrl, realm, 'token realm');
+      checkRedirectTarget(this.registryUrl(), realm, 'token realm');
       if (realm.protocol === 'http:' && !this.transport.allowsPlainHttp(realm.host)) {
         throw this.authError(`registry ${this.registry} sent a plain-HTTP token realm ${realm.host}; refusing`, false);
       }
@@ -180,8 +184,8 @@ export class RegistryAuth {
       if (cred.kind === 'basic') headers.authorization = basicHeader(cred.username, cred.password);
     }
     const started = Date.now();
-    const res = await this.transport.request({ method, url, headers, body, signal, followRedirects: true });
-    const text = (await readBounded(res.body, MAX_TOKEN_RESPONSE, `token response from ${realm.host}`, this.side)).toString('utf8');
+    const res = await this.tokenAnswer(method, url, headers, body, realm, signal);
+    const { text } = res;
     if (res.status === 401 || res.status === 403) {
       throw this.authError(`token server ${realm.host} refused the credentials for ${this.registry} (HTTP ${res.status}; ${this.credentials.description})`, true);
     }
@@ -199,13 +203,41 @@ export class RegistryAuth {
       throw this.authError(`token server ${realm.host} sent a response that is not JSON`, false);
     }
     const token = typeof doc.token === 'string' && doc.token ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : '';
-    if (!token || token.length > 64 * 1024) throw this.authError(`token server ${realm.host} sent no usable token`, false);
+    // A token goes into a header: visible ASCII only (a line break in it would be refused on the wire, and retried as an outage).
+    if (!token || token.length > 64 * 1024 || !/^[\x21-\x7e]+$/.test(token)) throw this.authError(`token server ${realm.host} sent no usable token`, false);
     registerSecret(token);
     const expiresIn = typeof doc.expires_in === 'number' && doc.expires_in > 0 ? doc.expires_in : 60;
     // Refresh a little early so a token never expires in the middle of a request.
     const margin = Math.min(30, expiresIn * 0.1) * 1000;
     this.logger.debug({ registry: this.registry, scopes, expires_in: expiresIn }, 'registry token obtained');
     return { token, expiresAt: started + expiresIn * 1000 - margin };
+  }
+
+  /**
+   * The token server's answer: its status and body. Asked again, with backoff as the registry
+   * client asks again, when the request or its body breaks off (a reset, a chunked body cut short
+   * or malformed) or the server answers 5xx / 429: a token stands before every request, and one
+   * broken answer must not fail a copy. Gives up with the last problem once the attempts are spent.
+   */
+  private async tokenAnswer(method: 'GET' | 'POST', url: URL, headers: Record<string, string>, body: Uint8Array | undefined, realm: URL, signal: AbortSignal | undefined): Promise<{ status: number; text: string }> {
+    for (let failures = 1; ; failures++) {
+      let problem: FerryError;
+      let asked = 0;
+      try {
+        const res = await this.transport.request({ method, url, headers, body, signal, followRedirects: true });
+        const text = (await readBounded(res.body, MAX_TOKEN_RESPONSE, `token response from ${realm.host}`, this.side)).toString('utf8');
+        if (res.status !== 429 && res.status < 500) return { status: res.status, text };
+        problem = new FerryError('REGISTRY_UNAVAILABLE', `token server ${realm.host} answered HTTP ${res.status}`, { side: this.side, status: res.status, retryable: true });
+        asked = parseRetryAfter(res.headers['retry-after']) ?? 0;
+      } catch (e) {
+        if (!(e instanceof NetworkError) || !e.retryable || signal?.aborted) throw e;
+        problem = e;
+      }
+      if (failures >= this.retry.attempts || asked > this.retry.maxRetryAfterMs) throw problem;
+      const delay = Math.max(asked, backoffDelay(this.retry, failures));
+      this.logger.info({ registry: this.registry, err: problem.message, delay_ms: delay }, 'token request failed; retrying');
+      await sleep(delay, signal);
+    }
   }
 }
 

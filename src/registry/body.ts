@@ -1,20 +1,38 @@
 // Reading response bodies from untrusted servers: always bounded.
-import { FerryError, type Side } from '../errors.ts';
+import { AbortedError, FerryError, NetworkError, type Side } from '../errors.ts';
 
-/** Read a whole body, failing as soon as it grows past `limit` bytes. */
+/**
+ * Read a whole body, failing as soon as it grows past `limit` bytes. A body that breaks off (the
+ * connection closed or reset in the middle, a chunked body cut short or malformed) is a
+ * retryable NetworkError: the answer can be asked for again.
+ */
 export async function readBounded(body: AsyncIterable<Uint8Array>, limit: number, what: string, side: Side): Promise<Buffer> {
   const parts: Buffer[] = [];
   let total = 0;
-  for await (const chunk of body) {
-    total += chunk.byteLength;
-    if (total > limit) {
-      // Stop reading; destroying the stream frees the connection.
-      (body as { destroy?: () => void }).destroy?.();
-      throw new FerryError(side === 'source' ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED', `${what} is larger than the ${limit}-byte limit`, { side });
+  try {
+    for await (const chunk of body) {
+      total += chunk.byteLength;
+      if (total > limit) {
+        // Stop reading; destroying the stream frees the connection.
+        (body as { destroy?: () => void }).destroy?.();
+        throw new FerryError(side === 'source' ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED', `${what} is larger than the ${limit}-byte limit`, { side });
+      }
+      parts.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     }
-    parts.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+  } catch (e) {
+    throw bodyError(e, what, side);
   }
   return Buffer.concat(parts, total);
+}
+
+/** Why reading a body failed, as a FerryError: a cancel stays a cancel, anything else from the connection is a network failure. */
+export function bodyError(e: unknown, what: string, side: Side | undefined): FerryError {
+  if (e instanceof FerryError) return e;
+  const err = e as Error & { code?: string };
+  if (err?.name === 'AbortError' || err?.code === 'UND_ERR_ABORTED') return new AbortedError(`reading ${what} was cancelled`, { cause: e });
+  // undici: UND_ERR_SOCKET ("other side closed"), HTTPParserError (a malformed chunk size), …
+  const why = err?.code && !err.message?.includes(err.code) ? `${err.code}: ${err.message}` : (err?.message ?? String(e));
+  return new NetworkError(`${what} broke off or was malformed (${why})`, { side, cause: e });
 }
 
 /** Discard a body we do not need, so the connection can be reused. */
@@ -37,8 +55,9 @@ export function parseRegistryErrors(text: string): { codes: string[]; message: s
     const doc = JSON.parse(text) as RegistryErrorBody;
     if (Array.isArray(doc.errors)) {
       const codes = doc.errors.map((e) => String(e.code ?? '')).filter(Boolean);
+      // A string detail says what happened (distribution: "write …/data: no space left on device").
       const message = doc.errors
-        .map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': '))
+        .map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': ') + (typeof e.detail === 'string' && e.detail && e.detail !== e.message ? ` (${e.detail})` : ''))
         .filter(Boolean)
         .join('; ');
       return { codes, message: message.slice(0, 500) };

@@ -10,6 +10,7 @@ import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES } from '../oci/manifest.ts';
 import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
 import { RawBodyReader, type RawUpload } from '../transport/raw-http.ts';
 import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
+import { checkRedirectTarget, isMetadataOrLinkLocal, parseUrlFrom } from '../transport/address.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
 import { RegistryAuth } from './auth.ts';
 import { abortable } from '../util/abortable.ts';
@@ -71,7 +72,7 @@ interface Answer {
 
 /** The attempt an answer is to: what was asked, with which credentials, how often already. */
 interface Attempt {
-  opts: Pick<SendOptions, 'accept' | 'scopes' | 'what' | 'signal'>;
+  opts: Pick<SendOptions, 'method' | 'accept' | 'scopes' | 'what' | 'signal'>;
   authorization: string | undefined;
   /** Credential renewals so far for this request (shared by its attempts). */
   authAttempts: { count: number };
@@ -85,7 +86,6 @@ interface Attempt {
 export class RegistryClient {
   readonly registry: string;
   readonly side: Side;
-  readonly baseUrl: URL;
   readonly profile: RegistryProfile;
   readonly logger: Logger;
   /** Where this client's credentials come from (the ECR layer-upload API finds the AWS identity here). */
@@ -94,6 +94,11 @@ export class RegistryClient {
   private readonly auth: RegistryAuth;
   private readonly retry: RetryPolicy;
   private readonly onRequest: ((method: string, path: string) => void) | undefined;
+  /** `host[:port]` of the registry's API. */
+  private readonly endpoint: string;
+  /** The API's URL once its scheme is settled (a loopback registry is asked whether it speaks TLS). */
+  private settled: URL | undefined;
+  private settling: Promise<URL> | undefined;
 
   constructor(opts: RegistryClientOptions) {
     this.registry = opts.registry;
@@ -103,17 +108,38 @@ export class RegistryClient {
     this.retry = opts.retry ?? DEFAULT_RETRY;
     this.onRequest = opts.onRequest;
     this.credentials = opts.credentials;
-    const endpoint = registryEndpoint(opts.registry);
-    this.baseUrl = new URL(`${opts.transport.schemeFor(endpoint)}://${endpoint}`);
+    this.endpoint = registryEndpoint(opts.registry);
     this.profile = registryProfile(opts.registry);
     this.auth = new RegistryAuth({
       registry: opts.registry,
-      registryUrl: this.baseUrl,
+      registryUrl: () => this.baseUrl,
       transport: opts.transport,
+      retry: this.retry,
       credentials: opts.credentials,
       side: opts.side,
       logger: opts.logger,
     });
+  }
+
+  /**
+   * The registry API's root URL. Every request settles the scheme first (base()); before the
+   * first one this is the scheme known without asking (plain HTTP for loopback).
+   */
+  get baseUrl(): URL {
+    return this.settled ?? new URL(`${this.transport.schemeFor(this.endpoint)}://${this.endpoint}`);
+  }
+
+  /** The API's root URL, its scheme settled: for a loopback registry, HTTPS when it speaks TLS, else plain HTTP. */
+  private base(): Promise<URL> {
+    if (this.settled) return Promise.resolve(this.settled);
+    this.settling ??= this.transport.resolveScheme(this.endpoint).then((probe) => {
+      const url = new URL(`${probe.scheme}://${this.endpoint}`);
+      this.settling = undefined;
+      if (probe.decided) this.settled = url;
+      if (probe.why !== 'not loopback') this.logger.debug({ registry: this.registry, scheme: probe.scheme, why: probe.why }, `speaking ${probe.scheme === 'https' ? 'HTTPS' : 'plain HTTP'} to ${this.registry}`);
+      return url;
+    });
+    return this.settling;
   }
 
   // ---- manifests -------------------------------------------------------------------------
@@ -134,17 +160,20 @@ export class RegistryClient {
 
   /** GET a manifest's exact bytes, bounded, and verify them when asked for by digest. */
   async getManifest(repository: string, target: string, signal?: AbortSignal): Promise<FetchedManifest | undefined> {
-    const res = await this.readManifest('GET', repository, target, signal);
-    if (res.status === 404) {
-      await drain(res.body);
-      return undefined;
-    }
-    const declaredLength = Number(header(res, 'content-length') ?? '0');
-    if (declaredLength > MAX_MANIFEST_BYTES) {
-      await drain(res.body);
-      throw this.invalid(`manifest ${repository}:${target} is ${declaredLength} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`);
-    }
-    const bytes = await readBounded(res.body, MAX_MANIFEST_BYTES, `manifest ${repository}:${target}`, this.side);
+    const read = await this.readAgainIfCut(signal, () => this.readManifest('GET', repository, target, signal), async (res) => {
+      if (res.status === 404) {
+        await drain(res.body);
+        return undefined;
+      }
+      const declaredLength = Number(header(res, 'content-length') ?? '0');
+      if (declaredLength > MAX_MANIFEST_BYTES) {
+        await drain(res.body);
+        throw this.invalid(`manifest ${repository}:${target} is ${declaredLength} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`);
+      }
+      return { res, bytes: await readBounded(res.body, MAX_MANIFEST_BYTES, `manifest ${repository}:${target}`, this.side) };
+    });
+    if (!read) return undefined;
+    const { res, bytes } = read;
     const mediaType = header(res, 'content-type')?.split(';')[0]?.trim() ?? '';
     const expected = isDigest(target) ? target : header(res, 'docker-content-digest');
     const algorithm = expected?.startsWith('sha512:') ? 'sha512' : 'sha256';
@@ -195,28 +224,39 @@ export class RegistryClient {
     const pages: Buffer[] = [];
     let path: string | URL = `/v2/${repository}/referrers/${digest}`;
     // A Link back to a page already read is a loop: say so rather than reading it 20 times.
-    const visited = new Set<string>([new URL(path, this.baseUrl).href]);
+    const visited = new Set<string>([new URL(path, await this.base()).href]);
     for (let page = 0; page < 20; page++) {
-      const res = await this.send({
-        method: 'GET',
-        path,
-        scopes: [repositoryScope(repository, ['pull'])],
-        headers: { accept: 'application/vnd.oci.image.index.v1+json' },
-        accept: [200, 404, 400, 405],
-        what: `referrers of ${repository}@${digest}`,
-        signal,
+      const pagePath: string | URL = path;
+      const ask = (): Promise<HttpResponse> =>
+        this.send({
+          method: 'GET',
+          path: pagePath,
+          scopes: [repositoryScope(repository, ['pull'])],
+          headers: { accept: 'application/vnd.oci.image.index.v1+json' },
+          accept: [200, 404, 400, 405],
+          what: `referrers of ${repository}@${digest}`,
+          signal,
+        });
+      const { res, bytes }: { res: HttpResponse; bytes: Buffer | undefined } = await this.readAgainIfCut(signal, ask, async (res) => {
+        if (res.status !== 200) {
+          await drain(res.body);
+          return { res, bytes: undefined };
+        }
+        return { res, bytes: await readBounded(res.body, MAX_MANIFEST_BYTES, `referrers of ${repository}@${digest}`, this.side) };
       });
-      if (res.status !== 200) {
-        await drain(res.body);
-        return page === 0 ? undefined : pages;
-      }
+      if (!bytes) return page === 0 ? undefined : pages;
       const ct = header(res, 'content-type') ?? '';
-      const bytes = await readBounded(res.body, MAX_MANIFEST_BYTES, `referrers of ${repository}@${digest}`, this.side);
       if (!ct.includes('application/vnd.oci.image.index.v1+json')) return page === 0 ? undefined : pages;
       pages.push(bytes);
       const next = nextLink(header(res, 'link'));
       if (!next) return pages;
-      const nextUrl = new URL(next, res.url);
+      let nextUrl: URL;
+      try {
+        nextUrl = parseUrlFrom(next, res.url, 'referrers pagination Link');
+        checkRedirectTarget(res.url, nextUrl, 'referrers pagination Link');
+      } catch (e) {
+        throw this.blame(e);
+      }
       if (nextUrl.host !== res.url.host) throw this.invalid(`referrers pagination of ${repository} points at another host (${nextUrl.host})`);
       if (visited.has(nextUrl.href)) {
         throw this.invalid(`referrers pagination of ${repository}@${digest} loops: page ${page + 1} links back to ${nextUrl.pathname}${nextUrl.search}, a page already read`);
@@ -266,6 +306,13 @@ export class RegistryClient {
       // The server ignored Range: the caller must skip the prefix itself.
       (res as HttpResponse & { ignoredRange?: boolean }).ignoredRange = true;
     }
+    // A blob whose size is not what its descriptor says (1 TiB declared, 200 KB served) is the
+    // source's fault, not a download to resume until the retries run out.
+    const served = size === undefined ? undefined : res.status === 200 ? contentLength(res) : totalOfContentRange(header(res, 'content-range'));
+    if (served !== undefined && served !== size) {
+      res.body.destroy();
+      throw this.invalid(`blob ${digest} in ${repository} is ${served} bytes at the registry, but its descriptor says ${size}; refusing to copy it`);
+    }
     return res;
   }
 
@@ -279,7 +326,7 @@ export class RegistryClient {
     if (!this.transport.rawConnections() || offset >= size) return undefined;
     const scopes = [repositoryScope(repository, ['pull'])];
     const authorization = await this.authorization(scopes, signal);
-    const url = new URL(`/v2/${repository}/blobs/${digest}`, this.baseUrl);
+    const url = new URL(`/v2/${repository}/blobs/${digest}`, await this.base());
     const headers: Record<string, string> = {};
     if (authorization) headers.authorization = authorization;
     if (offset > 0) headers.range = `bytes=${offset}-${size - 1}`;
@@ -329,8 +376,14 @@ export class RegistryClient {
     });
     await drain(res.body);
     if (res.status === 201) return true;
-    const location = header(res, 'location');
-    if (location) await this.cancelUpload(repository, new URL(location, res.url)).catch(() => undefined);
+    // The session the registry opened instead is deleted, if its Location passes the checks every Location gets.
+    let session: URL | undefined;
+    try {
+      session = header(res, 'location') ? this.uploadLocation(res, repository) : undefined;
+    } catch (e) {
+      this.logger.debug({ err: (e as Error).message }, 'not deleting the upload session a refused mount opened');
+    }
+    if (session) await this.cancelUpload(repository, session);
     return false;
   }
 
@@ -454,7 +507,7 @@ export class RegistryClient {
     }
     const verdict = await this.judge(
       { status: answer.status, headers: answer.headers, discard: async () => undefined, readText: async () => answer.body },
-      { opts: { accept, scopes, what, signal }, authorization, authAttempts: { count: 0 }, replayable: false, url, failures: 0 },
+      { opts: { method, accept, scopes, what, signal }, authorization, authAttempts: { count: 0 }, replayable: false, url, failures: 0 },
     );
     if (verdict !== 'accept') throw new FerryError('INTERNAL', `unexpected verdict on ${what}`);
     return { location: this.uploadLocation({ headers: answer.headers, url }, repository, location), acknowledged: rangeEnd(answer.headers.range) };
@@ -476,24 +529,61 @@ export class RegistryClient {
     }
   }
 
+  /**
+   * Where an upload goes on, from the registry's Location. That is the registry's word, checked
+   * before any connection or lookup as a redirect is: a URL, not at a link-local or metadata
+   * address, not taking an HTTPS registry's bytes to plain HTTP.
+   */
   private uploadLocation(res: Pick<HttpResponse, 'headers' | 'url'>, repository: string, previous?: URL): URL {
     const location = header(res, 'location');
     if (!location) {
       if (previous) return previous;
       throw new RegistryError('DESTINATION_REJECTED', `registry ${this.registry} opened an upload to ${repository} without a Location`, { side: this.side });
     }
-    const url = new URL(location, res.url);
-    if (url.host !== res.url.host && url.protocol === 'http:' && !this.transport.allowsPlainHttp(url.host)) {
-      throw new RegistryError('DESTINATION_REJECTED', `upload Location points at plain-HTTP host ${url.host}; refusing`, { side: this.side });
+    const refuse = (why: string) => this.invalid(`registry ${this.registry} gave the upload to ${repository} a Location ${why}; refusing`);
+    let url: URL;
+    try {
+      url = new URL(location, res.url);
+    } catch {
+      throw refuse(`that is not a URL (${JSON.stringify(location.slice(0, 200))})`);
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw refuse(`with the unsupported scheme ${url.protocol}`);
+    if (isMetadataOrLinkLocal(url.hostname)) throw refuse(`at a link-local/metadata address (${url.host})`);
+    if (res.url.protocol === 'https:' && url.protocol === 'http:') {
+      throw refuse(`over plain HTTP (${url.origin}) although the registry speaks HTTPS: the image's bytes would travel unencrypted`);
+    }
+    if (url.protocol === 'http:' && !this.transport.allowsPlainHttp(url.host)) {
+      throw refuse(`at plain-HTTP host ${url.host}: only loopback and hosts named with --plain-http may use plain HTTP`);
     }
     return url;
   }
 
   // ---- the request path ------------------------------------------------------------------
 
+  /**
+   * `ask` (send a request), then `read` its answer's body; asked again when the body broke off:
+   * a connection closed or reset in the middle, a chunked body cut short or malformed. `send`
+   * retries what fails before the answer; this does the same, with the same policy, for what
+   * fails after it. Anything else (a refusal, a size limit) is final.
+   */
+  private async readAgainIfCut<T>(signal: AbortSignal | undefined, ask: () => Promise<HttpResponse>, read: (res: HttpResponse) => Promise<T>): Promise<T> {
+    for (let failures = 1; ; failures++) {
+      const res = await ask();
+      try {
+        return await read(res);
+      } catch (e) {
+        const err = this.blame(e);
+        if (!(err instanceof NetworkError) || !err.retryable || signal?.aborted || failures >= this.retry.attempts) throw err;
+        const delay = backoffDelay(this.retry, failures);
+        this.logger.info({ registry: this.registry, err: err.message, delay_ms: delay }, 'an answer broke off; asking again');
+        await sleep(delay, signal);
+      }
+    }
+  }
+
   /** Send a request with auth and retries; throws a FerryError for statuses not in `accept`. */
   async send(opts: SendOptions): Promise<HttpResponse> {
-    const url = typeof opts.path === 'string' ? new URL(opts.path, this.baseUrl) : opts.path;
+    const url = typeof opts.path === 'string' ? new URL(opts.path, await this.base()) : opts.path;
     const replayable = opts.body === undefined || opts.body instanceof Uint8Array;
     const authAttempts = { count: 0 };
     let failures = 0;
@@ -585,12 +675,23 @@ export class RegistryClient {
         this.logger.info({ what: opts.what, status, delay_ms: delay }, 'registry busy or failing; retrying');
         return { delay };
       }
-      const unavailable = new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${status} to ${opts.what}${parsed.message ? `: ${parsed.message}` : ''}`, {
-        side: this.side,
-        status,
-        registryCodes: parsed.codes,
-        retryable: true,
-      });
+      const detail = parsed.message ? `: ${parsed.message}` : '';
+      // A write the destination answered 500 (distribution's answer when its storage fails, a
+      // full disk among them) did reach it: the registry failed to store it, and no network
+      // check will help. Still retryable: a blob upload starts over, in case it was passing.
+      const storeFailed = this.side === 'destination' && status === 500 && (opts.method === 'PUT' || opts.method === 'PATCH' || opts.method === 'POST');
+      const unavailable = storeFailed
+        ? new RegistryError(
+            'DESTINATION_REJECTED',
+            `${this.registry} failed to store the data: it answered HTTP 500 to ${opts.what}${detail}. The registry could not write what it was sent (a full disk, a quota, a failing storage backend): check its storage and its logs`,
+            { side: this.side, status, registryCodes: parsed.codes, retryable: true },
+          )
+        : new RegistryError('REGISTRY_UNAVAILABLE', `${this.registry} answered HTTP ${status} to ${opts.what}${detail}`, {
+            side: this.side,
+            status,
+            registryCodes: parsed.codes,
+            retryable: true,
+          });
       // A streamed body is retried by the caller (the blob uploader): it must wait as long too.
       if (retryAfter !== undefined && !tooLong) Object.assign(unavailable, { retryAfterMs: retryAfter });
       throw unavailable;
@@ -698,6 +799,18 @@ export function rangeEnd(value: string | undefined): number | undefined {
   // assuming empty only costs re-sending one byte.
   if (m[1] === '0' && m[2] === '0') return 0;
   return Number(m[2]) + 1;
+}
+
+/** A Content-Length that is one plain integer, else undefined. */
+function contentLength(res: Pick<HttpResponse, 'headers'>): number | undefined {
+  const v = header(res, 'content-length');
+  return v !== undefined && /^\d{1,16}$/.test(v) ? Number(v) : undefined;
+}
+
+/** `bytes 100-199/1000` → 1000; undefined when absent, `*` or malformed. */
+function totalOfContentRange(value: string | undefined): number | undefined {
+  const m = value ? /^bytes \d+-\d+\/(\d{1,16})$/.exec(value.trim()) : null;
+  return m ? Number(m[1]) : undefined;
 }
 
 /** `<url>; rel="next"` from a Link header. */

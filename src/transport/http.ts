@@ -8,12 +8,13 @@
 import { readFileSync } from 'node:fs';
 import type { Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
-import { hostOf, isLoopbackHost, checkRedirectTarget } from './address.ts';
+import { hostOf, isLoopbackHost, checkRedirectTarget, parseUrlFrom } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
+import { probeScheme, type SchemeProbe } from './scheme-probe.ts';
 import { RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type RawGetDeclined, type ResponseBodyStream } from './raw-http.ts';
 
 export interface TransportOptions {
-  /** Hosts (host or host:port) that speak plain HTTP. Loopback hosts always may. */
+  /** Hosts (host or host:port) that speak plain HTTP, never asked. Loopback hosts are asked (resolveScheme) and may use it. */
   plainHttp?: string[];
   /** PEM files with extra CA certificates (on top of the system roots and NODE_EXTRA_CA_CERTS). */
   caFiles?: string[];
@@ -58,11 +59,15 @@ export class HttpTransport {
   private readonly background = new Set<Promise<void>>();
   private readonly raw: RawConnectOptions | undefined;
   private readonly rawPool = new RawConnectionPool();
+  /** Loopback hosts (host:port) a probe found speaking TLS or plain HTTP. */
+  private readonly probed = new Map<string, Promise<SchemeProbe>>();
+  private readonly connectTimeoutMs: number;
   readonly userAgent: string;
 
   constructor(opts: TransportOptions = {}) {
     this.plainHttp = new Set((opts.plainHttp ?? []).map((h) => h.toLowerCase()));
     this.userAgent = opts.userAgent ?? 'ferry';
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
     const connect: Record<string, unknown> = { timeout: opts.connectTimeoutMs ?? 30_000 };
     const extraCa = loadCaFiles(opts.caFiles ?? []);
     if (extraCa.length > 0) {
@@ -108,11 +113,44 @@ export class HttpTransport {
     return (this.undici ??= this.makeDispatcher());
   }
 
-  /** `http` for loopback and named plain-HTTP hosts, `https` for everything else. */
+  /** Named with --plain-http (as host or host:port)? */
+  private namedPlain(h: string): boolean {
+    return this.plainHttp.has(h) || this.plainHttp.has(hostOf(h));
+  }
+
+  /**
+   * The scheme for a registry host as far as it is known without asking the host: `http` for
+   * hosts named with --plain-http, `https` for every other host but loopback ones (asked by
+   * resolveScheme), `http` for those.
+   */
   schemeFor(host: string): 'http' | 'https' {
+    return this.fixedScheme(host.toLowerCase()) ?? 'http';
+  }
+
+  private fixedScheme(h: string): 'http' | 'https' | undefined {
+    if (this.namedPlain(h)) return 'http';
+    return isLoopbackHost(hostOf(h)) ? undefined : 'https';
+  }
+
+  /**
+   * The scheme to speak to a registry host in. A loopback host not named with --plain-http is
+   * asked whether it speaks TLS (src/transport/scheme-probe.ts): HTTPS first, plain HTTP when it
+   * does not. A non-loopback host is never asked and never falls back. Answers are kept for the
+   * process; a probe that got no answer (`decided` false) is made again next time.
+   */
+  async resolveScheme(host: string): Promise<SchemeProbe> {
     const h = host.toLowerCase();
-    if (this.plainHttp.has(h) || this.plainHttp.has(hostOf(h))) return 'http';
-    return isLoopbackHost(hostOf(h)) ? 'http' : 'https';
+    const fixed = this.fixedScheme(h);
+    if (fixed) return { scheme: fixed, decided: true, why: fixed === 'http' ? 'named with --plain-http' : 'not loopback' };
+    let probe = this.probed.get(h);
+    if (!probe) {
+      const url = new URL(`https://${h}`);
+      probe = probeScheme(url.hostname.replace(/^\[|\]$/g, ''), Number(url.port) || 443, Math.min(this.connectTimeoutMs, 5_000));
+      this.probed.set(h, probe);
+    }
+    const answer = await probe;
+    if (!answer.decided && this.probed.get(h) === probe) this.probed.delete(h);
+    return answer;
   }
 
   /** How to open ferry's own connections for moving blob bytes; undefined when they must not be used (a proxy is configured). */
@@ -145,16 +183,21 @@ export class HttpTransport {
     return RawUpload.open(method, req, contentLength, this.raw, signal);
   }
 
-  /** Plain HTTP only to loopback and the hosts named with --plain-http. */
+  /**
+   * Plain HTTP only to loopback and the hosts named with --plain-http. Every URL ferry builds
+   * itself is checked before this; one that gets here came from a registry (a Location, a Link):
+   * the serving side's fault (the registry client blames the destination when it sent it).
+   */
   private checkScheme(url: URL): void {
     if (url.protocol === 'http:' && !this.allowsPlainHttp(url.host)) {
-      throw new FerryError('INTERNAL', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
+      throw new FerryError('SOURCE_INVALID', `refusing plain HTTP to ${url.host}: only loopback and hosts named with --plain-http may use it`);
     }
   }
 
-  /** May this host be spoken to in plain HTTP? */
+  /** May this host be spoken to in plain HTTP? Loopback hosts and those named with --plain-http. */
   allowsPlainHttp(host: string): boolean {
-    return this.schemeFor(host) === 'http';
+    const h = host.toLowerCase();
+    return this.namedPlain(h) || isLoopbackHost(hostOf(h));
   }
 
   async request(req: HttpRequest): Promise<HttpResponse> {
@@ -189,7 +232,7 @@ export class HttpTransport {
               ...(req.method === 'HEAD' ? { reset: false } : {}),
             }));
       } catch (e) {
-        throw networkError(e, url);
+        throw networkError(e, url, req.signal);
       }
       if (!follow || res.statusCode < 300 || res.statusCode >= 400 || res.statusCode === 304) {
         return { status: res.statusCode, headers: res.headers, body: res.body, url };
@@ -231,7 +274,7 @@ export class HttpTransport {
     if (typeof location !== 'string') {
       throw new FerryError('SOURCE_INVALID', `redirect ${status} from ${from.host} without a Location`);
     }
-    const next = new URL(location, from);
+    const next = parseUrlFrom(location, from, `redirect ${status}'s Location`);
     checkRedirectTarget(from, next);
     if (next.protocol === 'http:' && !this.allowsPlainHttp(next.host)) {
       throw new FerryError('SOURCE_INVALID', `redirect from ${from.host} to plain-HTTP host ${next.host}; refusing: only loopback and hosts named with --plain-http may use plain HTTP`);
@@ -315,9 +358,17 @@ const TLS_CODES = new Set([
   'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
 ]);
 
-function networkError(e: unknown, url: URL): FerryError {
+function networkError(e: unknown, url: URL, signal?: AbortSignal): FerryError {
   if (e instanceof FerryError) return e;
   const err = e as Error & { code?: string; cause?: { code?: string } };
+  // undici also says UND_ERR_ABORTED when nobody cancelled: a proxy that refused the tunnel.
+  const tunnel = /^Proxy response \((\d{3})\) !== 200/.exec(err.message ?? '');
+  if (tunnel && !signal?.aborted) {
+    return new NetworkError(`the proxy refused to open a tunnel to ${url.host} (HTTP ${tunnel[1]}): check HTTPS_PROXY / NO_PROXY and what the proxy allows`, {
+      cause: e,
+      retryable: tunnel[1] === '502' || tunnel[1] === '503' || tunnel[1] === '504',
+    });
+  }
   if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') {
     const ab = new FerryError('INTERNAL', `request to ${url.host} was cancelled`, { cause: e });
     ab.name = 'AbortedError';
@@ -325,7 +376,9 @@ function networkError(e: unknown, url: URL): FerryError {
   }
   const code = err.code ?? err.cause?.code ?? '';
   if (TLS_CODES.has(code)) {
-    return new FerryError('REGISTRY_UNAVAILABLE', `TLS verification failed for ${url.host} (${code}): add its CA with --ca-file or NODE_EXTRA_CA_CERTS`, {
+    // On loopback too: a registry that speaks TLS is never tried again in plain HTTP.
+    const loopback = isLoopbackHost(url.hostname) ? ' (it speaks TLS, so ferry does not fall back to plain HTTP)' : '';
+    return new FerryError('REGISTRY_UNAVAILABLE', `TLS verification failed for ${url.host} (${code}): add its CA with --ca-file or NODE_EXTRA_CA_CERTS${loopback}`, {
       cause: e,
       retryable: false,
     });

@@ -156,24 +156,48 @@ function requestHead(method: string, req: PreparedRequest, userAgent: string, co
   return `${head}\r\n`;
 }
 
-/** Parses a response head; undefined until the blank line has arrived. */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** Control characters other than HTAB: llhttp refuses them in a status line or a header value. */
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/**
+ * Parses a response head; undefined until the blank line after the final head has arrived.
+ * Interim answers before it (100 Continue, 103 Early Hints: any 1xx but 101) are skipped, as
+ * RFC 9110 §15.2 asks of every client; `bodyStart` is past all of them. Otherwise as strict as
+ * llhttp: a malformed status line or header line, a control character, a Content-Length that is
+ * not one number, or one beside Transfer-Encoding, is a NetworkError.
+ */
 function parseHead(bytes: Buffer): { head: ResponseHead; bodyStart: number; keepAlive: boolean } | undefined {
-  const end = bytes.indexOf('\r\n\r\n');
-  if (end < 0) return undefined;
-  const lines = bytes.subarray(0, end).toString('latin1').split('\r\n');
-  const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(lines[0] ?? '');
-  if (!status) throw new NetworkError(`not an HTTP/1.1 response: ${JSON.stringify((lines[0] ?? '').slice(0, 80))}`);
-  const headers: Record<string, string> = {};
-  for (const line of lines.slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw new NetworkError(`malformed response header line ${JSON.stringify(line.slice(0, 80))}`);
-    const name = line.slice(0, colon).trim().toLowerCase();
-    const value = line.slice(colon + 1).trim();
-    headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
+  for (let start = 0; ; ) {
+    const end = bytes.indexOf('\r\n\r\n', start);
+    if (end < 0) return undefined;
+    const lines = bytes.subarray(start, end).toString('latin1').split('\r\n');
+    const statusLine = lines[0] ?? '';
+    const status = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(statusLine);
+    if (!status || CONTROL.test(statusLine)) throw new NetworkError(`not an HTTP/1.1 response: ${JSON.stringify(statusLine.slice(0, 80))}`);
+    const headers: Record<string, string> = {};
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(':');
+      const name = line.slice(0, Math.max(colon, 0));
+      const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+      if (colon <= 0 || !HEADER_NAME.test(name) || CONTROL.test(value)) throw new NetworkError(`malformed response header line ${JSON.stringify(line.slice(0, 80))}`);
+      const lower = name.toLowerCase();
+      headers[lower] = headers[lower] === undefined ? value : `${headers[lower]}, ${value}`;
+    }
+    const code = Number(status[2]);
+    if (code === 101) throw new NetworkError('the server switched protocols (HTTP 101) without being asked to');
+    if (code < 200) {
+      start = end + 4;
+      continue;
+    }
+    const length = headers['content-length'];
+    if (length !== undefined && (!/^\d{1,16}$/.test(length) || headers['transfer-encoding'] !== undefined)) {
+      throw new NetworkError(`malformed response: Content-Length ${JSON.stringify(length.slice(0, 40))}${headers['transfer-encoding'] !== undefined ? ' beside Transfer-Encoding' : ''}`);
+    }
+    // HTTP/1.1 keeps a connection open unless either side says `close`; HTTP/1.0 closes it.
+    const keepAlive = status[1] === '1' && !/(^|,)\s*close\s*(,|$)/i.test(headers.connection ?? '');
+    return { head: { status: code, headers }, bodyStart: end + 4, keepAlive };
   }
-  // HTTP/1.1 keeps a connection open unless either side says `close`; HTTP/1.0 closes it.
-  const keepAlive = status[1] === '1' && !/(^|,)\s*close\s*(,|$)/i.test(headers.connection ?? '');
-  return { head: { status: Number(status[2]), headers }, bodyStart: end + 4, keepAlive };
 }
 
 /**
@@ -209,7 +233,7 @@ export function contentLengthOf(head: ResponseHead): number | undefined {
   return Number(v);
 }
 
-/** An answer's whole body once it has all arrived (Content-Length, chunked, or none by status), else undefined. */
+/** An answer's whole body once it has all arrived (Content-Length, chunked, or none by status), else undefined; a NetworkError when its chunked framing is malformed. */
 function completeBody(head: ResponseHead, body: Buffer): Buffer | undefined {
   if (head.status === 204 || head.status === 304 || head.status < 200) return Buffer.alloc(0);
   if ((head.headers['transfer-encoding'] ?? '').toLowerCase().includes('chunked')) return dechunk(body);
@@ -218,20 +242,62 @@ function completeBody(head: ResponseHead, body: Buffer): Buffer | undefined {
   return undefined;
 }
 
-/** A chunked body decoded, once its last chunk has arrived; undefined until then (or if malformed). */
+/** completeBody, a malformed body given back as the error to fail with, its sender named. */
+function wholeBody(head: ResponseHead, body: Buffer, host: string): Buffer | undefined | NetworkError {
+  try {
+    return completeBody(head, body);
+  } catch (e) {
+    return new NetworkError(`answer from ${host}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** A chunk-size line: hex digits (at most 13: 2^52), then optional extensions; no spaces, as llhttp. */
+const CHUNK_SIZE = /^([0-9A-Fa-f]{1,13})(;[^\x00-\x08\x0a-\x1f\x7f]*)?$/;
+/** What a chunk-size line may start as while the rest is on its way. */
+const CHUNK_SIZE_SO_FAR = /^[0-9A-Fa-f]{0,13}(;[^\x00-\x08\x0a-\x1f\x7f]*)?\r?$/;
+
+/**
+ * A chunked body decoded, once its last chunk (and trailers) have arrived; undefined until then.
+ * Malformed framing (a chunk size that is not hex, data not followed by CRLF, a bad trailer
+ * line) throws a NetworkError at once, as llhttp would: waiting for more would only time out.
+ */
 export function dechunk(bytes: Buffer): Buffer | undefined {
+  const malformed = (why: string) => new NetworkError(`malformed chunked body: ${why}`);
   const parts: Buffer[] = [];
   let at = 0;
   for (;;) {
     const eol = bytes.indexOf('\r\n', at);
-    if (eol < 0) return undefined;
-    const size = Number.parseInt(bytes.subarray(at, eol).toString('latin1').split(';')[0]!.trim(), 16);
-    if (!Number.isSafeInteger(size) || size < 0) return undefined;
-    // The last chunk, then optional trailers and the blank line that ends them.
-    if (size === 0) return bytes.indexOf('\r\n\r\n', eol) >= 0 ? Buffer.concat(parts) : undefined;
-    if (bytes.byteLength < eol + 2 + size + 2) return undefined;
-    parts.push(bytes.subarray(eol + 2, eol + 2 + size));
-    at = eol + 2 + size + 2;
+    if (eol < 0) {
+      const soFar = bytes.subarray(at, at + 4096).toString('latin1');
+      if (!CHUNK_SIZE_SO_FAR.test(soFar)) throw malformed(`chunk size ${JSON.stringify(soFar.slice(0, 40))}`);
+      return undefined;
+    }
+    const line = bytes.subarray(at, eol).toString('latin1');
+    const m = CHUNK_SIZE.exec(line);
+    if (!m) throw malformed(`chunk size ${JSON.stringify(line.slice(0, 40))}`);
+    const size = Number.parseInt(m[1]!, 16);
+    if (size === 0) return trailersEnd(bytes, eol + 2, malformed) ? Buffer.concat(parts) : undefined;
+    const dataEnd = eol + 2 + size;
+    if (bytes.byteLength < dataEnd + 2) {
+      if (bytes.byteLength > dataEnd && bytes[dataEnd] !== 0x0d) throw malformed('chunk data not followed by CRLF');
+      return undefined;
+    }
+    if (bytes[dataEnd] !== 0x0d || bytes[dataEnd + 1] !== 0x0a) throw malformed('chunk data not followed by CRLF');
+    parts.push(bytes.subarray(eol + 2, dataEnd));
+    at = dataEnd + 2;
+  }
+}
+
+/** After the last chunk: trailer lines, then a blank line. True once that blank line is in. */
+function trailersEnd(bytes: Buffer, at: number, malformed: (why: string) => Error): boolean {
+  for (;;) {
+    const eol = bytes.indexOf('\r\n', at);
+    if (eol < 0) return false;
+    if (eol === at) return true;
+    const line = bytes.subarray(at, eol).toString('latin1');
+    const colon = line.indexOf(':');
+    if (colon <= 0 || !HEADER_NAME.test(line.slice(0, colon)) || CONTROL.test(line.slice(colon + 1))) throw malformed(`trailer line ${JSON.stringify(line.slice(0, 40))}`);
+    at = eol + 2;
   }
 }
 
@@ -517,7 +583,8 @@ export class RawBodyReader {
       /** The refusal's body, once it is all in (or all there will be: `ended`). */
       const refusalBody = (ended: boolean): void => {
         const r = refusal!;
-        const whole = completeBody(r.head, r.body);
+        const whole = wholeBody(r.head, r.body, req.url.host);
+        if (whole instanceof Error) return fail(whole);
         const framed = contentLengthOf(r.head) !== undefined || r.head.headers['transfer-encoding'] !== undefined;
         const truncated = r.body.byteLength >= MAX_ERROR_BODY_BYTES;
         if (!whole && !truncated && !ended) return;
@@ -934,7 +1001,8 @@ export class RawUpload {
         if (this.answer.parsed) {
           const { head, keepAlive } = this.answer.parsed;
           const body = this.answer.body;
-          const complete = completeBody(head, body);
+          const complete = wholeBody(head, body, this.url.host);
+          if (complete instanceof Error) throw complete;
           if (complete) {
             reusable = keepAlive && !this.closed && this.written === this.contentLength && answerEndsCleanly(head, body);
             return { ...head, body: complete };
@@ -991,7 +1059,11 @@ function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | u
         if (!parsed) return true;
         const rest = incoming.body;
         // A HEAD's answer has no body, whatever its Content-Length says.
-        const whole = method === 'HEAD' ? Buffer.alloc(0) : completeBody(parsed.head, rest);
+        const whole = method === 'HEAD' ? Buffer.alloc(0) : wholeBody(parsed.head, rest, req.url.host);
+        if (whole instanceof Error) {
+          settle(whole);
+          return false;
+        }
         if (whole) settle(undefined, { ...parsed.head, body: whole }, parsed.keepAlive && (method === 'HEAD' ? rest.byteLength === 0 : answerEndsCleanly(parsed.head, rest)));
         return true;
       },

@@ -383,7 +383,7 @@ describe('fault injection: ferry copy against distribution 2.8 and crane\'s regi
   ];
 
   for (const status of [507, 500] as const) {
-    test(`disk full: every write answered ${status} → ${status === 507 ? 'DESTINATION_REJECTED' : 'REGISTRY_UNAVAILABLE'}, exit 1, no tag, sessions cleaned up`, async (t: TestContext) => {
+    test(`disk full: every write answered ${status} → DESTINATION_REJECTED, exit 1, no tag, sessions cleaned up`, async (t: TestContext) => {
     const { SRC, DST } = await rig(t);
       const repo = `full${status}/app`;
       const img = await pushImage(SRC.client, repo, 'v1', { layerSizes: [512 * KiB, 3 * MiB] });
@@ -394,12 +394,18 @@ describe('fault injection: ferry copy against distribution 2.8 and crane\'s regi
       const sent = uploadMeter(DST.proxy);
       const r = await copy(SRC, DST, repo, { env: { FERRY_UPLOAD_CHUNK_BYTES: String(MiB) } });
       for (const x of rules) x.remove();
-      const code = status === 507 ? 'DESTINATION_REJECTED' : 'REGISTRY_UNAVAILABLE';
+      const code = 'DESTINATION_REJECTED';
       await assertFailedCleanly(r, code, DST, repo);
       const message: string = r.json.error.message;
       assert.match(message, new RegExp(`HTTP ${status}`));
       if (status === 507) assert.match(message, /out of storage/, 'the message does not say the registry is out of storage');
-      else assert.match(message, /no space left on device/, 'the registry\'s own words are not in the message');
+      else {
+        assert.match(message, /no space left on device/, 'the registry\'s own words are not in the message');
+        // What to do: the registry's storage and logs, not the network.
+        assert.match(message, /failed to store the data/);
+        assert.match(message, /check its storage and its logs/);
+        assert.doesNotMatch(message, /connectivity|proxy/i);
+      }
       const log = DST.proxy.requests.slice(first);
       const posts = log.filter((q) => q.method === 'POST').length;
       const deletes = log.filter((q) => q.method === 'DELETE' && UPLOAD_RE.test(q.path)).length;

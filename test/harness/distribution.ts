@@ -1,5 +1,6 @@
 // A real CNCF distribution registry (Debian's docker-registry, 2.8.x) per test: filesystem
-// storage in a temp dir, deletes enabled, and anonymous, htpasswd or token auth.
+// storage in a temp dir, deletes enabled, and anonymous, htpasswd or token auth; plain HTTP, or
+// TLS served by distribution itself (http.tls) with a certificate from a test CA.
 import bcrypt from 'bcryptjs';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -25,6 +26,13 @@ export interface DistributionOptions {
    * restart(); null leaves it unset (random per start), as a misconfigured replica would.
    */
   httpSecret?: string | null;
+  /** Serve TLS with this certificate and key (PEM files), e.g. from makeTestPki with IP:127.0.0.1. */
+  tls?: { certPath: string; keyPath: string; caPath: string };
+  /**
+   * Run under `prlimit --fsize`: any file the registry writes stops at this many bytes, and the
+   * write fails ("file too large"), as on a full disk: distribution answers that upload with 500.
+   */
+  fileSizeLimitBytes?: number;
 }
 
 export interface DistributionRegistry extends RegistryHandle {
@@ -58,7 +66,7 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
   const configPath = join(dir, 'config.yml');
   const port = opts.port ?? (await freePort());
   const host = `127.0.0.1:${port}`;
-  const url = `http://${host}`;
+  const url = `${opts.tls ? 'https' : 'http'}://${host}`;
 
   let tokenServer: TokenServer | undefined;
   const ownsTokenServer = auth === 'token' && !opts.tokenServer;
@@ -90,14 +98,18 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
     `  maintenance:\n    uploadpurging:\n      enabled: false\n` +
     `http:\n  addr: ${q(host)}\n` +
     (secret === null ? '' : `  secret: ${q(secret)}\n`) +
+    (opts.tls ? `  tls:\n    certificate: ${q(opts.tls.certPath)}\n    key: ${q(opts.tls.keyPath)}\n` : '') +
     `  headers:\n    X-Content-Type-Options: [nosniff]\n` +
     authYaml;
   writeFileSync(configPath, config);
 
   const lifecycle = await manageRegistry(
     async () => {
-      const proc = startProcess(binary, ['serve', configPath], { logFile, cwd: dir });
-      await waitForRegistry(url, proc, logFile);
+      const proc =
+        opts.fileSizeLimitBytes === undefined
+          ? startProcess(binary, ['serve', configPath], { logFile, cwd: dir })
+          : startProcess(findOnPath('prlimit') ?? 'prlimit', [`--fsize=${opts.fileSizeLimitBytes}`, binary, 'serve', configPath], { logFile, cwd: dir });
+      await waitForRegistry(url, proc, logFile, undefined, opts.tls?.caPath);
       return proc;
     },
     async () => {

@@ -1,6 +1,7 @@
 // A reverse proxy in front of a real registry that injects network and server faults on
 // matching requests: error statuses, connections cut mid-download or mid-upload, a flipped byte,
-// a stalled body. Bodies stream through both ways, so it works for multi-hundred-MiB blobs.
+// a stalled body, interim answers (100 Continue, 103 Early Hints) before the registry's own.
+// Bodies stream through both ways, so it works for multi-hundred-MiB blobs.
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
@@ -46,6 +47,10 @@ export type FaultRule = RuleMatch &
         /** Forward the request at once, but hold the registry's answer `ms` before passing it on (a slow round trip). */
         action: 'delay';
         ms: number;
+      }
+    | {
+        /** Send 100 Continue and 103 Early Hints (RFC 9110 §15.2) as soon as the request arrives, then the registry's answer. */
+        action: 'interim';
       }
     | {
         /** Send the response headers (and the first `afterBytes` of the body), then nothing for `ms`; then cut the connection (default) or carry on. */
@@ -177,6 +182,10 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
     }
 
     // The registry sees the proxy's own host, so the absolute Locations it builds point back here.
+    if (rule?.action === 'interim') {
+      res.writeContinue();
+      res.writeEarlyHints({ link: '</v2/>; rel=preconnect' });
+    }
     const upstream = httpRequest({
       host: target.hostname,
       port: target.port,

@@ -3,6 +3,10 @@
 // digest asked for, a lying Docker-Content-Digest, oversized manifests, unknown media types,
 // referrers responses that loop, token challenges whose realm points at a cloud metadata
 // address or at plain HTTP, and blob downloads redirected to such places or to another host.
+// As a destination it opens upload sessions with whatever Location a test gives it. Faults on
+// the wire (`fault`): a chunked answer cut in the middle or with a malformed chunk size, on
+// manifests and tokens alike; and interim answers (100 Continue, 103 Early Hints) before every
+// answer about a repository (`interim`).
 //
 // It answers on two names per scheme, told apart by the Host header:
 //   - the registry: `127.0.0.1:PORT` over HTTP, or `hostile-registry.test` over HTTPS;
@@ -157,6 +161,10 @@ export class HostileRepo {
   dynamicReferrers: ((subject: string) => Content | undefined) | undefined;
   /** The token realm of this repository's challenges, instead of the registry's own `/token`. */
   realm: string | undefined;
+  /** As a destination: the Location of every upload session opened here (POST /blobs/uploads/ → 202). */
+  uploadLocation: string | undefined;
+  /** Send 100 Continue and 103 Early Hints before every answer about this repository. */
+  interim = false;
   /** Requests to this repository (method and path), in order. */
   readonly requests: Array<{ method: string; path: string }> = [];
 
@@ -203,6 +211,27 @@ export interface HostileRequest {
   headers: IncomingMessage['headers'];
 }
 
+/** A broken answer on the wire, in place of a 200 the registry would have sent. */
+export type WireFault =
+  /** Chunked, the connection closed after part of the first chunk. */
+  | 'cut-chunked'
+  /** Chunked, with a chunk size that is not hex; the connection then stays open, silent. */
+  | 'bad-chunk-size';
+
+export interface FaultRule {
+  kind: WireFault;
+  /** Which answers: by method and path (with query). Only answers that would have been a 200 are broken. */
+  match: (method: string, path: string) => boolean;
+  /** How many answers to break; default every one. */
+  times?: number;
+}
+
+export interface ActiveFault {
+  /** Answers broken so far. */
+  hits(): number;
+  remove(): void;
+}
+
 export interface HostileRegistryOptions {
   /** Also listen with TLS (for `hostile-registry.test` and `cdn.hostile-cdn.test` through a proxy). */
   tls?: { cert: Buffer; key: Buffer };
@@ -222,10 +251,13 @@ export interface HostileRegistry {
   /** Every request, in order. */
   readonly requests: HostileRequest[];
   repo(name: string): HostileRepo;
+  /** Break matching answers on the wire (tried in the order added). */
+  fault(rule: FaultRule): ActiveFault;
   stop(): Promise<void>;
 }
 
 const V2 = /^\/v2\/(.+?)\/(manifests|blobs|referrers)\/([^/]+)$/;
+const UPLOADS = /^\/v2\/(.+?)\/blobs\/uploads\/?$/;
 
 export async function startHostileRegistry(opts: HostileRegistryOptions = {}): Promise<HostileRegistry> {
   const user = 'hostile-puller';
@@ -235,6 +267,30 @@ export async function startHostileRegistry(opts: HostileRegistryOptions = {}): P
   const valid = new Set<string>();
   const requests: HostileRequest[] = [];
   const repos = new Map<string, HostileRepo>();
+  const faults: Array<FaultRule & { hits: number; removed: boolean }> = [];
+
+  /** The fault to apply to this answer, if any (counted). */
+  const faultFor = (method: string, path: string): WireFault | undefined => {
+    const f = faults.find((x) => !x.removed && (x.times === undefined || x.hits < x.times) && x.match(method, path));
+    if (!f) return undefined;
+    f.hits += 1;
+    return f.kind;
+  };
+
+  /** Write a broken chunked 200 straight to the socket (node:http would frame it correctly). */
+  const breakAnswer = (res: ServerResponse, kind: WireFault, contentType: string, body: Buffer): void => {
+    const socket = res.socket!;
+    res.detachSocket(socket);
+    const head = `HTTP/1.1 200 OK\r\ncontent-type: ${contentType}\r\ntransfer-encoding: chunked\r\n\r\n`;
+    if (kind === 'cut-chunked') {
+      const part = body.subarray(0, Math.max(1, Math.floor(body.byteLength / 2)));
+      socket.write(`${head}${body.byteLength.toString(16)}\r\n`);
+      socket.write(part, () => socket.destroy());
+    } else {
+      socket.write(`${head}zz\r\n`);
+      socket.write(body);
+    }
+  };
 
   const handler = (scheme: 'http' | 'https') => (req: IncomingMessage, res: ServerResponse) => {
     const hostHeader = String(req.headers.host ?? '');
@@ -262,10 +318,13 @@ export async function startHostileRegistry(opts: HostileRegistryOptions = {}): P
       const token = `hostile-token-${seededBytes(seedFor(`hostile/token/${issuedTokens.length}`), 18).toString('base64url')}`;
       issuedTokens.push(token);
       valid.add(token);
-      return end(res, 200, { 'content-type': 'application/json' }, JSON.stringify({ token, expires_in: 300 }));
+      const answer = Buffer.from(JSON.stringify({ token, expires_in: 300 }));
+      const broken = faultFor(method, url.pathname + url.search);
+      if (broken) return breakAnswer(res, broken, 'application/json', answer);
+      return end(res, 200, { 'content-type': 'application/json' }, answer);
     }
 
-    const m = V2.exec(url.pathname);
+    const m = V2.exec(url.pathname) ?? UPLOADS.exec(url.pathname);
     const repo = m ? repos.get(m[1]!) : undefined;
     repo?.requests.push({ method, path: url.pathname + url.search });
     const auth = req.headers.authorization;
@@ -282,12 +341,22 @@ export async function startHostileRegistry(opts: HostileRegistryOptions = {}): P
     }
     if (url.pathname === '/v2/' || url.pathname === '/v2') return end(res, 200, { 'content-type': 'application/json' }, '{}');
     if (!m || !repo) return notFound(res, 'NAME_UNKNOWN', head);
+    if (repo.interim) {
+      res.writeContinue();
+      res.writeEarlyHints({ link: '</v2/>; rel=preconnect' });
+    }
+    if (UPLOADS.test(url.pathname)) {
+      if (method !== 'POST' || repo.uploadLocation === undefined) return end(res, 405, {}, undefined);
+      return end(res, 202, { location: repo.uploadLocation, range: '0-0', 'content-length': '0', 'docker-upload-uuid': 'hostile' }, undefined);
+    }
     const [, , kind, ref] = m as unknown as [string, string, string, string];
 
     if (kind === 'manifests') {
       const served = repo.manifests.get(ref);
       if (!served) return notFound(res, 'MANIFEST_UNKNOWN', head);
       const headers: Record<string, string> = { 'content-type': served.contentType, 'docker-content-digest': served.headerDigest ?? sha256(served.bytes) };
+      const broken = head ? undefined : faultFor(method, url.pathname + url.search);
+      if (broken) return breakAnswer(res, broken, served.contentType, served.bytes);
       if (!served.chunked) headers['content-length'] = String(served.bytes.byteLength);
       if (head || !served.chunked) return end(res, 200, headers, head ? undefined : served.bytes);
       // Chunked: written in pieces, with no length up front.
@@ -364,6 +433,16 @@ export async function startHostileRegistry(opts: HostileRegistryOptions = {}): P
     password,
     issuedTokens,
     requests,
+    fault(rule) {
+      const f = { ...rule, hits: 0, removed: false };
+      faults.push(f);
+      return {
+        hits: () => f.hits,
+        remove: () => {
+          f.removed = true;
+        },
+      };
+    },
     repo(name) {
       let r = repos.get(name);
       if (!r) {

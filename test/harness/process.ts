@@ -2,6 +2,7 @@
 // killed by the test that started them, and never left behind when the test process dies.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -140,7 +141,7 @@ export function readLog(logFile: string, maxChars = Infinity): string {
  * Poll `GET <url>/v2/` until the registry answers (200, or 401 when auth is on). Fails early if
  * the process exits, with the end of its log in the message.
  */
-export async function waitForRegistry(url: string, proc: ManagedProcess, logFile: string, timeoutMs = 15_000): Promise<void> {
+export async function waitForRegistry(url: string, proc: ManagedProcess, logFile: string, timeoutMs = 15_000, caPath?: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
   while (Date.now() < deadline) {
@@ -148,10 +149,10 @@ export async function waitForRegistry(url: string, proc: ManagedProcess, logFile
       throw new Error(`registry process exited (${await proc.exited}) before it was ready:\n${readLog(logFile, 4000)}`);
     }
     try {
-      const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      if (res.status === 200 || res.status === 401) return;
-      lastError = `GET /v2/ answered ${res.status}`;
+      // Over TLS with a test CA: node:https, which takes the CA (fetch does not).
+      const status = caPath ? await httpsStatus(`${url}/v2/`, caPath) : await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) }).then(async (res) => (await res.arrayBuffer(), res.status));
+      if (status === 200 || status === 401) return;
+      lastError = `GET /v2/ answered ${status}`;
     } catch (e) {
       lastError = (e as Error).message;
     }
@@ -159,6 +160,18 @@ export async function waitForRegistry(url: string, proc: ManagedProcess, logFile
   }
   await proc.stop();
   throw new Error(`registry at ${url} not ready after ${timeoutMs} ms (${lastError}):\n${readLog(logFile, 4000)}`);
+}
+
+/** The status of a GET over HTTPS, trusting the CA in `caPath`. */
+function httpsStatus(url: string, caPath: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpsGet(url, { ca: readFileSync(caPath), timeout: 1000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', reject);
+  });
 }
 
 /** `name` looked up on PATH (then in /usr/bin and /usr/local/bin). */

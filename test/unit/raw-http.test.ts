@@ -11,7 +11,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { HttpTransport } from '../../src/transport/http.ts';
 import { FerryError } from '../../src/errors.ts';
-import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, RawConnectionPool, ReadBuffer, rawExchange, type RawUpload } from '../../src/transport/raw-http.ts';
+import { PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES, RawBodyReader, RawConnectionPool, RawUpload, ReadBuffer, rawExchange } from '../../src/transport/raw-http.ts';
 import { makeTestPki, type TestPki } from '../harness/cloud-registry.ts';
 import { seededBytes } from '../harness/seed.ts';
 import { waitFor } from '../harness/wait.ts';
@@ -233,7 +233,7 @@ describe('answers to an upload', () => {
     assert.equal(dechunk(Buffer.from('5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n'))?.toString(), 'hello world');
     assert.equal(dechunk(Buffer.from('5\r\nhello\r\n0\r\nx-trailer: 1\r\n\r\n'))?.toString(), 'hello');
     assert.equal(dechunk(Buffer.from('5\r\nhello\r\n')), undefined, 'not finished yet');
-    assert.equal(dechunk(Buffer.from('zz\r\n')), undefined);
+    assert.throws(() => dechunk(Buffer.from('zz\r\n')), /malformed chunked body: chunk size "zz"/);
 
     // A server that keeps every connection open and answers in these shapes.
     const answers: Record<string, string> = {
@@ -651,6 +651,136 @@ describe('GETs on ferry\'s own connections (HttpTransport.request)', () => {
       await assert.rejects(collect(reset.body), (e: Error & { retryable?: boolean }) => e instanceof FerryError && e.retryable === true && /ECONNRESET|short/.test(e.message));
     } finally {
       await transport.close();
+      server.close();
+    }
+  });
+});
+
+describe('interim answers and framing, as strict as llhttp', () => {
+  /**
+   * A server that answers each request's head with `answer(firstLine)`: raw bytes, so it can send
+   * what node:http would not (interim answers before any final one, broken framing). It keeps
+   * every connection open, so a client that waited for more would wait until its timeout.
+   */
+  async function rawServer(answer: (firstLine: string, socket: import('node:net').Socket, bodySoFar: number) => void): Promise<{ origin: string; close: () => void }> {
+    const sockets = new Set<import('node:net').Socket>();
+    const server = createNetServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      let head = '';
+      socket.on('data', (d: Buffer) => {
+        if (head.includes('\r\n\r\n')) return;
+        head += d.toString('latin1');
+        if (head.includes('\r\n\r\n')) answer(head.slice(0, head.indexOf('\r\n')), socket, head.length - head.indexOf('\r\n\r\n') - 4);
+      });
+    });
+    const port = await new Promise<number>((r) => server.listen(0, '127.0.0.1', () => r((server.address() as AddressInfo).port)));
+    return {
+      origin: `http://127.0.0.1:${port}`,
+      close: () => {
+        for (const s of sockets) s.destroy();
+        server.close();
+      },
+    };
+  }
+  const opts = { connectTimeoutMs: 5_000, headersTimeoutMs: 60_000, idleTimeoutMs: 60_000, userAgent: 'ferry-test' };
+  const INTERIM = 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n';
+
+  test('100 Continue and 103 Early Hints before the answer are skipped (RFC 9110 §15.2): exchanges, GETs and uploads', async () => {
+    const server = await rawServer((line, socket, bodySoFar) => {
+      if (line.startsWith('POST')) socket.write(`${INTERIM}HTTP/1.1 202 Accepted\r\nlocation: /v2/a/blobs/uploads/1\r\ncontent-length: 0\r\n\r\n`);
+      else if (line.startsWith('HEAD')) socket.write(`${INTERIM}HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n`);
+      else if (line.startsWith('GET /missing')) socket.write(`${INTERIM}HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found`);
+      else if (line.startsWith('GET')) socket.write(`${INTERIM}HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nmanifst`);
+      else if (line.startsWith('PUT')) {
+        // 100 Continue at once, as a server that reads the body only then would; the final answer after the body.
+        socket.write('HTTP/1.1 100 Continue\r\n\r\n');
+        let got = bodySoFar;
+        const done = () => socket.write('HTTP/1.1 201 Created\r\nlocation: /v2/a/blobs/x\r\ncontent-length: 0\r\n\r\n');
+        if (got >= 5) return done();
+        socket.on('data', (d: Buffer) => {
+          got += d.byteLength;
+          if (got >= 5) done();
+        });
+      }
+    });
+    try {
+      const posted = await rawExchange('POST', { url: new URL(`${server.origin}/v2/a/blobs/uploads/`), headers: {} }, undefined, opts);
+      assert.equal(posted.status, 202);
+      assert.equal(posted.headers.location, '/v2/a/blobs/uploads/1');
+      assert.equal(posted.headers.link, undefined, "an interim answer's headers are not the final answer's");
+      const head = await rawExchange('HEAD', { url: new URL(`${server.origin}/v2/a/manifests/v1`), headers: {} }, undefined, opts);
+      assert.equal(head.status, 200);
+      const got = await RawBodyReader.open({ url: new URL(`${server.origin}/v2/a/manifests/v1`), headers: {} }, opts);
+      assert.ok(got instanceof RawBodyReader, 'the GET was declined');
+      assert.equal(got.head.status, 200);
+      const pieces: Uint8Array[] = [];
+      for await (const p of got.stream()) pieces.push(p);
+      assert.equal(Buffer.concat(pieces).toString(), 'manifst');
+      const missing = await RawBodyReader.open({ url: new URL(`${server.origin}/missing`), headers: {} }, opts);
+      assert.ok(!(missing instanceof RawBodyReader) && typeof missing.declined !== 'string');
+      assert.equal(missing.declined.status, 404);
+      assert.equal(missing.body?.toString(), 'not found');
+      const upload = await RawUpload.open('PUT', { url: new URL(`${server.origin}/v2/a/blobs/uploads/1?digest=x`), headers: {} }, 5, opts);
+      await new Promise<void>((resolve, reject) => upload.write(Buffer.from('hello'), (e) => (e ? reject(e) : resolve())));
+      const answer = await upload.response();
+      assert.equal(answer.status, 201, 'the 100 Continue was taken for the final answer');
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a malformed chunked answer fails at once as a retryable network error, instead of waiting for more', async () => {
+    const bodies: Record<string, string> = {
+      '/bad-size': 'zz\r\n{"errors":[]}\r\n0\r\n\r\n',
+      '/space-in-size': '5 \r\nhello\r\n0\r\n\r\n',
+      '/signed-size': '+5\r\nhello\r\n0\r\n\r\n',
+      '/overflow': 'fffffffffffffffff\r\nhello',
+      '/no-crlf-after-data': '5\r\nhelloXX0\r\n\r\n',
+      '/bare-lf': '5\nhello\n0\n\n',
+      '/bad-trailer': '5\r\nhello\r\n0\r\nno colon here\r\n\r\n',
+    };
+    const server = await rawServer((line, socket) => {
+      const path = line.split(' ')[1]!;
+      socket.write(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${bodies[path]}`);
+    });
+    try {
+      for (const path of Object.keys(bodies)) {
+        for (const method of ['POST', 'GET'] as const) {
+          const url = new URL(`${server.origin}${path}`);
+          const asked = method === 'POST' ? rawExchange('POST', { url, headers: {} }, Buffer.from('x'), opts) : RawBodyReader.open({ url, headers: {} }, opts);
+          await assert.rejects(asked, (e: Error & { retryable?: boolean }) => {
+            assert.ok(e instanceof FerryError && e.code === 'REGISTRY_UNAVAILABLE' && e.retryable, `${method} ${path}: ${e.message}`);
+            assert.match(e.message, /malformed chunked body/, `${method} ${path}`);
+            assert.match(e.message, /127\.0\.0\.1:\d+/, 'the message names who sent it');
+            return true;
+          });
+        }
+      }
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a malformed head is refused: a space before the colon, a control character, Content-Length beside Transfer-Encoding or not a number, an unasked 101', async () => {
+    const heads: Record<string, string> = {
+      '/space-before-colon': 'HTTP/1.1 200 OK\r\ncontent-length : 2\r\n\r\n{}',
+      '/control-in-value': 'HTTP/1.1 200 OK\r\nx-a: b\x01c\r\ncontent-length: 2\r\n\r\n{}',
+      '/cl-and-te': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+      '/cl-twice': 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}',
+      '/cl-not-a-number': 'HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\n{}',
+      '/switching': 'HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n',
+    };
+    const server = await rawServer((line, socket) => socket.write(heads[line.split(' ')[1]!]!));
+    try {
+      for (const path of Object.keys(heads)) {
+        await assert.rejects(rawExchange('POST', { url: new URL(`${server.origin}${path}`), headers: {} }, Buffer.from('x'), opts), (e: Error) => {
+          assert.ok(e instanceof FerryError && e.code === 'REGISTRY_UNAVAILABLE', `${path}: ${e.message}`);
+          assert.match(e.message, /malformed|switched protocols/, path);
+          return true;
+        });
+      }
+    } finally {
       server.close();
     }
   });

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { HttpTransport } from '../../src/transport/http.ts';
 import { parseChallenges, mergeScopes } from '../../src/transport/challenge.ts';
 import { parseRetryAfter, backoffDelay, DEFAULT_RETRY } from '../../src/transport/retry.ts';
-import { isLoopbackHost, isMetadataOrLinkLocal } from '../../src/transport/address.ts';
+import { classifyHost, isLoopbackHost, isMetadataOrLinkLocal } from '../../src/transport/address.ts';
 import { RegistryClient, rangeEnd } from '../../src/registry/client.ts';
 import { readBounded } from '../../src/registry/body.ts';
 import { StaticCredentials } from '../../src/auth/credentials.ts';
@@ -64,6 +64,37 @@ describe('challenges and scopes', () => {
     assert.ok(!isLoopbackHost('10.0.0.1'));
     assert.ok(isMetadataOrLinkLocal('169.254.169.254') && isMetadataOrLinkLocal('fd00:ec2::254') && isMetadataOrLinkLocal('fe80::1'));
     assert.ok(!isMetadataOrLinkLocal('8.8.8.8'));
+  });
+
+  test('every spelling of a metadata or link-local address is one: numeric IPv4 forms, IPv4 inside IPv6, zones, case, a trailing dot', () => {
+    const metadata = [
+      '169.254.169.254',
+      '2852039166', // decimal
+      '0xa9fea9fe', // hex
+      '0xA9.0xFE.0xA9.0xFE',
+      '0251.0376.0251.0376', // octal
+      '169.254.43518', // three parts
+      '169.16689662', // two parts
+      '169.254.169.254.',
+      '::ffff:169.254.169.254', // IPv4-mapped
+      '[::ffff:a9fe:a9fe]',
+      '::ffff:0:169.254.169.254', // IPv4-translated
+      '::169.254.169.254', // IPv4-compatible
+      '64:ff9b::169.254.169.254', // NAT64
+      'fd00:ec2::254',
+      '[FD00:EC2:0:0:0:0:0:254]',
+      'metadata.google.internal',
+      'metadata.google.internal.',
+      'METADATA.Google.Internal.',
+      'metadata',
+      'instance-data.ec2.internal.',
+      '100.100.100.200',
+      '%31%36%39.254.169.254', // percent-encoded, as the URL parser decodes it
+    ];
+    for (const h of metadata) assert.equal(classifyHost(h), 'metadata', h);
+    for (const h of ['169.254.1.1', 'fe80::1', 'fe80::1%eth0', '[fe80::1%25eth0]', 'FEBF::1', '::ffff:169.254.0.1']) assert.equal(classifyHost(h), 'link-local', h);
+    for (const h of ['127.0.0.1', '127.1', '::1', '[0:0:0:0:0:0:0:1]', '::ffff:127.0.0.1', 'LOCALHOST.', 'registry.localhost']) assert.equal(classifyHost(h), 'loopback', h);
+    for (const h of ['registry.example.com', 'metadata.example.com', '10.0.0.1', '::', '8.8.8.8', '169.255.0.1', 'fec0::1']) assert.equal(classifyHost(h), 'other', h);
   });
 });
 
@@ -124,6 +155,40 @@ describe('redirects and token realms', () => {
     await assert.rejects(client().openBlob('a/b', `sha256:${'b'.repeat(64)}`, 0), (e: FerryError) => e.code === 'SOURCE_INVALID' && /metadata/.test(e.message));
   });
 
+  test('a redirect to another spelling of a metadata address is refused before any connection', async () => {
+    const targets = [
+      'http://[::ffff:169.254.169.254]/latest/meta-data/',
+      'http://metadata.google.internal./computeMetadata/v1/',
+      'http://METADATA.GOOGLE.INTERNAL/computeMetadata/v1/',
+      'http://2852039166/latest/meta-data/',
+      'http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/',
+      'http://[64:ff9b::a9fe:a9fe]/latest/meta-data/',
+      'http://[fe80::1]/',
+    ];
+    for (const target of targets) {
+      redirectTarget = target;
+      await assert.rejects(client().openBlob('a/b', `sha256:${'b'.repeat(64)}`, 0), (e: FerryError) => e.code === 'SOURCE_INVALID' && /link-local\/metadata address/.test(e.message), target);
+    }
+  });
+
+  test('a redirect whose Location is not a URL is SOURCE_INVALID, not INTERNAL', async () => {
+    redirectTarget = 'http://[::1';
+    await assert.rejects(client().openBlob('a/b', `sha256:${'c'.repeat(64)}`, 0), (e: FerryError) => e.code === 'SOURCE_INVALID' && /Location from 127\.0\.0\.1:\d+ is not a URL: "http:\/\/\[::1"/.test(e.message));
+  });
+
+  test('a token realm at a metadata name with a trailing dot is refused', async () => {
+    realm = 'Bearer realm="http://metadata.google.internal./token",service="x"';
+    const c = new RegistryClient({
+      registry: `127.0.0.1:${registry.port}`,
+      side: 'source',
+      transport: new HttpTransport({}),
+      credentials: new StaticCredentials({ kind: 'anonymous' }, undefined, 'none'),
+      logger: silentLogger(),
+    });
+    await assert.rejects(c.headManifest('a/b', 'v1'), (e: FerryError) => e.code === 'SOURCE_INVALID' && /token realm .* link-local\/metadata address \(metadata\.google\.internal\.\)/.test(e.message));
+    realm = '';
+  });
+
   test('a token realm at a metadata address is refused', async () => {
     realm = 'Bearer realm="http://169.254.169.254/token",service="x"';
     const c = new RegistryClient({
@@ -142,6 +207,60 @@ describe('redirects and token realms', () => {
     assert.equal(t.schemeFor('registry.example.com'), 'https');
     assert.equal(t.schemeFor('127.0.0.1:5000'), 'http');
     assert.equal(new HttpTransport({ plainHttp: ['registry.lan:5000'] }).schemeFor('registry.lan:5000'), 'http');
-    await assert.rejects(t.request({ method: 'GET', url: new URL('http://registry.example.com/v2/') }), /refusing plain HTTP/);
+    await assert.rejects(t.request({ method: 'GET', url: new URL('http://registry.example.com/v2/') }), (e: FerryError) => e.code === 'SOURCE_INVALID' && /refusing plain HTTP/.test(e.message));
+  });
+});
+
+describe('failures that are not bugs in ferry are never INTERNAL', () => {
+  test('a proxy that refuses the tunnel: REGISTRY_UNAVAILABLE naming the proxy, not INTERNAL "cancelled"', async () => {
+    const { startConnectProxy } = await import('../harness/cloud-registry.ts');
+    const proxy = await startConnectProxy();
+    const saved = process.env.HTTPS_PROXY;
+    process.env.HTTPS_PROXY = proxy.url;
+    const t = new HttpTransport({});
+    try {
+      await assert.rejects(t.request({ method: 'GET', url: new URL('https://refused.example/v2/') }), (e: FerryError) => {
+        assert.equal(e.code, 'REGISTRY_UNAVAILABLE', e.message);
+        assert.match(e.message, /the proxy refused to open a tunnel to refused\.example \(HTTP 403\): check HTTPS_PROXY \/ NO_PROXY/);
+        assert.equal(e.retryable, false);
+        return true;
+      });
+      assert.deepEqual(proxy.connects.map((c) => c.target), ['refused.example:443']);
+    } finally {
+      if (saved === undefined) delete process.env.HTTPS_PROXY;
+      else process.env.HTTPS_PROXY = saved;
+      await t.close();
+      await proxy.stop();
+    }
+  });
+
+  test('hostile registry answers: a token with a line break, a referrers Link that is not a URL, a refused mount whose Location is not a URL', async () => {
+    let token = 'abc\r\nx-evil: 1';
+    let link = '';
+    const digest = `sha256:${'d'.repeat(64)}`;
+    const { server, port } = await listen((req, res) => {
+      if (req.url!.startsWith('/token')) return res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token }));
+      if (!req.headers.authorization) return res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="x"` }).end();
+      if (req.url!.includes('/referrers/')) {
+        const body = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [] });
+        return res.writeHead(200, { 'content-type': 'application/vnd.oci.image.index.v1+json', link, 'content-length': Buffer.byteLength(body) }).end(body);
+      }
+      if (req.method === 'POST' && req.url!.includes('mount=')) return res.writeHead(202, { location: 'http://[::1', 'content-length': 0 }).end();
+      res.writeHead(404, { 'content-length': 0 }).end();
+    });
+    const c = (side: 'source' | 'destination' = 'source') =>
+      new RegistryClient({ registry: `127.0.0.1:${port}`, side, transport: new HttpTransport({}), credentials: new StaticCredentials({ kind: 'anonymous' }, undefined, 'none'), logger: silentLogger() });
+    try {
+      await assert.rejects(c().headManifest('a/b', 'v1'), (e: FerryError) => e.code === 'SOURCE_AUTH' && /sent no usable token/.test(e.message));
+      token = 'good-token';
+      link = '<http://[::1>; rel="next"';
+      await assert.rejects(c().getReferrers('a/b', digest as never), (e: FerryError) => e.code === 'SOURCE_INVALID' && /referrers pagination Link from 127\.0\.0\.1:\d+ is not a URL/.test(e.message));
+      link = `<http://localhost:${port}/v2/a/b/referrers/${digest}?page=2>; rel="next"`;
+      await assert.rejects(c().getReferrers('a/b', digest as never), (e: FerryError) => e.code === 'SOURCE_INVALID' && /another host/.test(e.message));
+      // A mount the registry refused (202): its session's Location is checked before it is deleted; not a URL: left alone, not INTERNAL.
+      assert.equal(await c('destination').mountBlob('a/b', digest as never, 'c/d'), false);
+    } finally {
+      server.close();
+    }
   });
 });
