@@ -166,6 +166,15 @@ export interface RegistryCredentials {
   registry: string;
   expires_at: string;
   expiresAtMs: number;
+  /** When the answer arrived (the client's clock). */
+  receivedAt: number;
+  /**
+   * How long they are valid from receivedAt: expires_at less the control plane's `Date` when it
+   * sent one (so a clock of the agent's that runs behind does not stretch them), or less the
+   * agent's clock, whichever is shorter; the control plane's alone when the agent's clock is
+   * so far ahead that they look expired already. Negative only if they came expired.
+   */
+  lifetimeMs: number;
   credential: Extract<Credential, { kind: 'basic' } | { kind: 'bearer' }>;
 }
 
@@ -429,13 +438,15 @@ export class ControlPlaneClient {
     this.expect(res, [200, 201]);
     const body = this.check(res, checkCredentialsBody);
     const expiresAtMs = Date.parse(body.expires_at);
+    const receivedAt = this.now();
     const registry = body.registry.toLowerCase();
+    const timing = { expires_at: body.expires_at, expiresAtMs, receivedAt, lifetimeMs: credentialLifetime(expiresAtMs, receivedAt, res.headers.date) };
     if ('token' in body) {
       registerSecret(body.token);
-      return { registry, expires_at: body.expires_at, expiresAtMs, credential: { kind: 'bearer', token: body.token } };
+      return { registry, ...timing, credential: { kind: 'bearer', token: body.token } };
     }
     registerSecret(body.password);
-    return { registry, expires_at: body.expires_at, expiresAtMs, credential: { kind: 'basic', username: body.username, password: body.password } };
+    return { registry, ...timing, credential: { kind: 'basic', username: body.username, password: body.password } };
   }
 
   /** `PATCH …/executions/{exec}` with a status; also extends the lease. */
@@ -621,6 +632,15 @@ export class ControlPlaneClient {
       cause: e,
     });
   }
+}
+
+/** See RegistryCredentials.lifetimeMs. `date`: the response's Date header (1-second resolution). */
+export function credentialLifetime(expiresAtMs: number, receivedAt: number, date: string | string[] | undefined): number {
+  const local = expiresAtMs - receivedAt;
+  const sent = Date.parse((Array.isArray(date) ? date[0] : date) ?? '');
+  if (!Number.isFinite(sent)) return local;
+  const remote = expiresAtMs - sent;
+  return local > 0 ? Math.min(local, remote) : remote;
 }
 
 function kindForStatus(status: number): ControlPlaneErrorKind {

@@ -659,7 +659,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
 
   const send = (res: ServerResponse, reply: Reply, rec: RequestRecord) => {
     rec.status = reply.status;
-    const headers: Record<string, string> = { ...reply.headers };
+    // Date on the server's own clock (advanceClock moves it too), as a real server's would be.
+    const headers: Record<string, string> = { date: new Date(now()).toUTCString(), ...reply.headers };
     if (reply.body === undefined || reply.status === 204) {
       res.writeHead(reply.status, headers);
       res.end();

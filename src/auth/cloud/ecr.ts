@@ -18,7 +18,7 @@ import { authCode, awsAuthError, classifyAwsError } from './aws-errors.ts';
 import { awsRequestHandler } from './aws-http.ts';
 import { fetchGcpIdentityToken } from './gcp-metadata.ts';
 import { normalizeHost, parseEcrHost, type EcrHost } from './hosts.ts';
-import { refreshMargin } from './expiry.ts';
+import { renewalTime } from '../renewal.ts';
 
 /** AWS credentials as the SDK consumes them. */
 export interface AwsCredentials {
@@ -65,8 +65,6 @@ interface CachedToken {
   expiresAt: number;
   refreshAt: number;
 }
-
-export { refreshMargin };
 
 /** A valid STS RoleSessionName (2–64 of `[\w+=,.@-]`) from any string. */
 export function sanitizeSessionName(name: string): string {
@@ -143,6 +141,9 @@ export class EcrCredentials implements CredentialProvider {
     if (this.only !== undefined && this.only !== host.host) return undefined;
     const key = host.host;
     if (req.refresh) {
+      const cached = this.tokens.get(key);
+      // Refused, but another request has renewed it since: that one is the answer (no storm of renewals).
+      if (cached && req.rejected !== undefined && cached.credential !== req.rejected) return cached.credential;
       this.tokens.delete(key);
       // The registry refused what we had: re-establish the role session too.
       this.roleCreds.delete(this.stsRegion(host));
@@ -289,7 +290,7 @@ export class EcrCredentials implements CredentialProvider {
     };
     const now = Date.now();
     const exp = out.Expiration?.getTime() ?? now + 3600_000;
-    this.roleCreds.set(region, { creds, refreshAt: exp - refreshMargin(exp - now) });
+    this.roleCreds.set(region, { creds, refreshAt: renewalTime(now, exp) });
     return creds;
   }
 
@@ -321,8 +322,7 @@ export class EcrCredentials implements CredentialProvider {
     const password = decoded.slice(colon + 1);
     registerSecret(password);
     const expiresAt = data.expiresAt?.getTime() ?? started + 12 * 3600_000;
-    const lifetime = Math.max(0, expiresAt - started);
-    const refreshAt = expiresAt - refreshMargin(lifetime);
+    const refreshAt = renewalTime(started, expiresAt);
     // expiresAt tells the registry client when to ask again; this provider then renews the token.
     const credential = { kind: 'basic' as const, username, password, expiresAt: refreshAt };
     this.tokens.set(host.host, { credential, expiresAt, refreshAt });
