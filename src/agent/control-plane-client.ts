@@ -1,4 +1,4 @@
-// The agent's client for the control-plane contract (/work/shared/design/control-plane.md):
+// The agent's client for the control-plane contract (docs/control-plane.md, v1.1):
 // one typed method per endpoint. Every request carries `User-Agent: ferry/<version>`, a fresh
 // `X-Request-Id` and the runner token; every response is read to a bound and checked for
 // shape, so a broken or hostile control plane yields a ControlPlaneError, never a crash.
@@ -19,8 +19,12 @@ import {
   checkJobState,
   checkJobSummary,
   checkOpenExecution,
-  checkProgressBody,
+  checkHeartbeatBody,
+  checkProgressRequest,
   checkResultBody,
+  checkResultRequest,
+  checkStatusRequest,
+  SERVER_ERROR_CODES,
   type Execution,
   type ExecutionUpdateStatus,
   type JobState,
@@ -102,6 +106,14 @@ export class ControlPlaneError extends FerryError {
 
 export function isControlPlaneError(e: unknown, kind?: ControlPlaneErrorKind): e is ControlPlaneError {
   return e instanceof ControlPlaneError && (kind === undefined || e.kind === kind);
+}
+
+/**
+ * 409 EXECUTION_NOT_HELD: another instance attached the execution (this one's lease ran out while
+ * it was frozen or cut off). Stop the job at once and report nothing more.
+ */
+export function isNotHeld(e: unknown): e is ControlPlaneError {
+  return e instanceof ControlPlaneError && e.status === 409 && e.serverCode === SERVER_ERROR_CODES.executionNotHeld;
 }
 
 /** One request's outcome, for metrics. */
@@ -449,32 +461,34 @@ export class ControlPlaneClient {
     return { registry, ...timing, credential: { kind: 'basic', username: body.username, password: body.password } };
   }
 
-  /** `PATCH …/executions/{exec}` with a status; also extends the lease. */
+  /**
+   * `PATCH …/executions/{exec}` with a status and this instance; also extends the lease. 409
+   * EXECUTION_NOT_HELD (isNotHeld) when another instance holds the execution now.
+   */
   async updateStatus(jobId: string, execId: string, status: ExecutionUpdateStatus, opts: CallOptions = {}): Promise<void> {
     if (!EXECUTION_UPDATE_STATUSES.includes(status)) throw new FerryError('INTERNAL', `updateStatus: "${String(status)}" is not a settable execution status`);
-    const res = await this.send({
-      name: 'status',
-      method: 'PATCH',
-      path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}`,
-      body: { status },
-      signal: opts.signal,
-    });
+    const body = ownBody(checkStatusRequest, { status, instance_id: this.instanceId }, 'status');
+    const res = await this.send({ name: 'status', method: 'PATCH', path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}`, body, signal: opts.signal });
     this.expect(res, [200, 201, 202, 204]);
   }
 
-  /** `POST …/executions/{exec}/progress`; also extends the lease. Throttling is the caller's. */
+  /** `POST …/executions/{exec}/progress` from this instance; also extends the lease. Throttling is the caller's. */
   async reportProgress(jobId: string, execId: string, progress: ProgressBody, opts: CallOptions = {}): Promise<void> {
-    const body = ownBody(checkProgressBody, { bytes_done: progress.bytes_done, bytes_total: progress.bytes_total, blobs_done: progress.blobs_done, blobs_total: progress.blobs_total }, 'progress');
+    const body = ownBody(
+      checkProgressRequest,
+      { instance_id: this.instanceId, bytes_done: progress.bytes_done, bytes_total: progress.bytes_total, blobs_done: progress.blobs_done, blobs_total: progress.blobs_total },
+      'progress',
+    );
     const res = await this.send({ name: 'progress', method: 'POST', path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}/progress`, body, signal: opts.signal });
     this.expect(res, [200, 201, 202, 204]);
   }
 
   /**
-   * `POST …/executions/{exec}/result`. Final; repeating an identical result is accepted. A
-   * failure needs an error_code; error_message is cut to 8 KiB.
+   * `POST …/executions/{exec}/result` from this instance. Final; repeating an identical result
+   * is accepted. A failure needs an error_code; error_message is cut to 8 KiB.
    */
   async reportResult(jobId: string, execId: string, result: ResultBody, opts: CallOptions = {}): Promise<void> {
-    const body = normalizeResult(result);
+    const body = ownBody(checkResultRequest, { instance_id: this.instanceId, ...normalizeResult(result) }, 'result');
     const res = await this.send({ name: 'result', method: 'POST', path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}/result`, body, signal: opts.signal });
     this.expect(res, [200, 201, 202, 204]);
   }
@@ -492,7 +506,11 @@ export class ControlPlaneClient {
       name: 'heartbeat',
       method: 'POST',
       path: `/v1/runners/${seg(this.runnerId)}/heart-beats`,
-      body: { instance_id: this.instanceId, alive_time_s: Math.max(0, Math.floor(h.alive_time_s)), version: this.version, jobs_running: Math.max(0, Math.floor(h.jobs_running)) },
+      body: ownBody(
+        checkHeartbeatBody,
+        { instance_id: this.instanceId, alive_time_s: Math.max(0, Math.floor(h.alive_time_s)), version: this.version, jobs_running: Math.max(0, Math.floor(h.jobs_running)) },
+        'heart-beat',
+      ),
       signal: opts.signal,
     });
     this.expect(res, [200, 201, 202, 204]);
