@@ -308,7 +308,7 @@ export class EcrCredentials implements CredentialProvider {
         action: 'ecr:GetAuthorizationToken',
         ...(this.opts.roleArn ? { roleArn: this.opts.roleArn } : {}),
         hint: `Allow ecr:GetAuthorizationToken (resource "*") for ${this.opts.roleArn ? `role ${this.opts.roleArn}` : "the agent's IAM identity"}` +
-          `, plus ${side === 'source' ? 'ecr:BatchGetImage and ecr:GetDownloadUrlForLayer' : 'ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage'} on the repositories.`,
+          `, plus ${side === 'source' ? 'ecr:BatchGetImage and ecr:GetDownloadUrlForLayer' : 'ecr:BatchGetImage, ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage'} on the repositories.`,
       });
     }
     if (!data?.authorizationToken) {
@@ -352,6 +352,8 @@ export interface EnsureEcrRepositoryOptions {
 
 export interface EnsuredEcrRepository {
   created: boolean;
+  /** Neither described nor created (both denied): taken to exist, which the push will show. */
+  assumed?: boolean;
   repositoryName: string;
   repositoryUri?: string;
   repositoryArn?: string;
@@ -371,7 +373,8 @@ function ensured(repo: Repository | undefined, name: string, created: boolean): 
 /**
  * Make sure an ECR repository exists: DescribeRepositories, and CreateRepository when it is
  * missing (or when describing is not permitted). A repository created concurrently by someone
- * else counts as existing. Failures to create are DESTINATION_REJECTED naming the permission.
+ * else counts as existing. Failures to create are DESTINATION_REJECTED naming the permission;
+ * when describing and creating are both denied, the repository is taken to exist.
  */
 export async function ensureEcrRepository(opts: EnsureEcrRepositoryOptions): Promise<EnsuredEcrRepository> {
   const { client, registryId, repositoryName: name } = opts;
@@ -436,10 +439,13 @@ export async function ensureEcrRepository(opts: EnsureEcrRepositoryOptions): Pro
   } catch (e) {
     const f = classifyAwsError(e);
     if (f.code === 'RepositoryAlreadyExistsException') return ensured(undefined, name, false);
-    const err = await opErr(e, 'ecr:CreateRepository');
     if (describeDenied && f.kind === 'denied') {
-      err.message += ' (ecr:DescribeRepositories was denied as well)';
+      // An identity with only the push permissions (the README's least-privilege list) can
+      // neither look nor create: the repository may well exist. The push finds out, and a
+      // missing one fails there with NAME_UNKNOWN, saying how to create it.
+      log.warn({ code: f.code }, 'may neither describe nor create the ECR repository (no ecr:DescribeRepositories, no ecr:CreateRepository): assuming it exists');
+      return { ...ensured(undefined, name, false), assumed: true };
     }
-    throw err;
+    throw await opErr(e, 'ecr:CreateRepository');
   }
 }
