@@ -50,6 +50,8 @@ export class Agent {
   private readonly localCloud: CloudCredentials;
   private wake: (() => void) | undefined;
   private started = Date.now();
+  /** When the control plane last accepted a heart-beat (it extends every lease this instance holds). */
+  private lastHeartbeatAt: number | undefined;
   /** Outcomes of the jobs this process ran, for tests and the exit summary. */
   readonly outcomes: Array<{ job_id: string; outcome: JobOutcome }> = [];
   health: HealthServer | undefined;
@@ -105,8 +107,8 @@ export class Agent {
       userAgent: USER_AGENT,
       ...(cfg.transfer.bodyTimeoutMs !== undefined ? { bodyTimeoutMs: cfg.transfer.bodyTimeoutMs } : {}),
     });
-    const ctx = this.jobContext(client, state, transport);
     const settings = await this.settings(client);
+    const ctx = this.jobContext(client, state, transport, settings);
     const heartbeat = this.heartbeatLoop(client, settings.heartbeat_interval_s * 1000);
     try {
       void flushPendingResults(client, state.pendingResults, { logger: this.log, signal: this.hardStop.signal }).catch((e) =>
@@ -125,7 +127,7 @@ export class Agent {
     }
   }
 
-  private jobContext(client: ControlPlaneClient, state: AgentState, transport: HttpTransport): JobContext {
+  private jobContext(client: ControlPlaneClient, state: AgentState, transport: HttpTransport, settings: RunnerSettings): JobContext {
     const cfg = this.config;
     const destinations = new Map<string, RegistryClient>();
     const credentials = this.localCredentials();
@@ -154,6 +156,8 @@ export class Agent {
       metrics: this.metrics,
       logger: this.log,
       hardStop: this.hardStop.signal,
+      leaseMs: settings.lease_s * 1000,
+      lastHeartbeatAt: () => this.lastHeartbeatAt,
       destinationClient: (registry) => {
         let c = destinations.get(registry);
         if (!c) {
@@ -289,7 +293,9 @@ export class Agent {
   private async heartbeatLoop(client: ControlPlaneClient, interval: number): Promise<void> {
     while (!this.hardStop.signal.aborted) {
       try {
-        await client.heartbeat({ alive_time_s: (Date.now() - this.started) / 1000, jobs_running: this.running.size }, { signal: this.hardStop.signal });
+        const sent = Date.now();
+        await client.heartbeat({ alive_time_s: (sent - this.started) / 1000, jobs_running: this.running.size }, { signal: this.hardStop.signal });
+        this.lastHeartbeatAt = sent;
       } catch (e) {
         if (this.hardStop.signal.aborted) return;
         this.log.debug({ problem: (e as Error).message }, 'heartbeat failed');

@@ -1,6 +1,8 @@
-// The control-plane contract's wire shapes (docs: /work/shared/design/control-plane.md), shared
-// by the agent's client and the repository's reference control plane, with the checks the
-// client applies to every response. Field names are the wire's (snake_case) on purpose.
+// The control-plane contract's wire shapes (docs/control-plane.md), as the agent's client sends
+// and reads them, with the checks the client applies to every response and to its own requests.
+// Field names are the wire's (snake_case) on purpose. The reference control plane
+// (test/harness/control-plane.ts) has its own schema, written from the contract, so a shape
+// mistake here is caught there.
 import { CONTRACT_CODES, type ContractCode } from '../errors.ts';
 import type { ImageOutput } from '../copy/types.ts';
 import { arrayOf, bool, int, num, object, oneOf, ShapeError, str, timestamp, type Check } from './validate.ts';
@@ -72,6 +74,12 @@ export interface ResultBody {
   outputs?: { image: ImageOutput };
 }
 
+/**
+ * PATCH, progress and result carry the sending instance (v1.1): the control plane answers
+ * 409 EXECUTION_NOT_HELD to one that no longer holds the execution, and that instance stops the job.
+ */
+export type FromInstance<T> = T & { instance_id: string };
+
 export interface JobState {
   id: string;
   status: JobStatus;
@@ -100,6 +108,7 @@ export const SERVER_ERROR_CODES = {
   jobNotAvailable: 'JOB_NOT_AVAILABLE',
   leaseHeld: 'LEASE_HELD',
   executionClosed: 'EXECUTION_CLOSED',
+  executionNotHeld: 'EXECUTION_NOT_HELD',
   jobCancelled: 'JOB_CANCELLED',
   jobTimedOut: 'JOB_TIMED_OUT',
   resultConflict: 'RESULT_CONFLICT',
@@ -139,7 +148,11 @@ export const checkCredentialsBody: Check<RegistryCredentialsBody> = (v, path) =>
   throw new ShapeError(path, 'needs either username and password, or token');
 };
 
-export const checkProgressBody: Check<ProgressBody> = object({ bytes_done: nonNegInt, bytes_total: nonNegInt, blobs_done: nonNegInt, blobs_total: nonNegInt });
+const PROGRESS_FIELDS = { bytes_done: nonNegInt, bytes_total: nonNegInt, blobs_done: nonNegInt, blobs_total: nonNegInt };
+export const checkProgressBody: Check<ProgressBody> = object(PROGRESS_FIELDS);
+export const checkProgressRequest: Check<FromInstance<ProgressBody>> = object({ instance_id: id, ...PROGRESS_FIELDS });
+
+export const checkStatusRequest: Check<FromInstance<{ status: ExecutionUpdateStatus }>> = object({ instance_id: id, status: oneOf(EXECUTION_UPDATE_STATUSES) });
 
 export const checkHeartbeatBody: Check<HeartbeatBody> = object({
   instance_id: id,
@@ -165,11 +178,11 @@ export const checkImageOutput: Check<ImageOutput> = object(
   { tag: str({ min: 1, max: 128 }) },
 );
 
-/** A result body: what the agent sends and the reference control plane accepts. */
-export const checkResultBody: Check<ResultBody> = object(
-  { success: bool },
-  { error_code: oneOf(CONTRACT_CODES), error_message: str({ max: 8192 }), outputs: object({ image: checkImageOutput }) },
-);
+const RESULT_OPTIONAL = { error_code: oneOf(CONTRACT_CODES), error_message: str({ max: 8192 }), outputs: object({ image: checkImageOutput }) };
+/** A result as the agent keeps it (pending results in the state directory). */
+export const checkResultBody: Check<ResultBody> = object({ success: bool }, RESULT_OPTIONAL);
+/** A result as the agent sends it. */
+export const checkResultRequest: Check<FromInstance<ResultBody>> = object({ instance_id: id, success: bool }, RESULT_OPTIONAL);
 
 export function isFinalJobStatus(s: JobStatus): boolean {
   return FINAL_JOB_STATUSES.includes(s);

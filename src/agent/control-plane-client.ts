@@ -1,4 +1,4 @@
-// The agent's client for the control-plane contract (/work/shared/design/control-plane.md):
+// The agent's client for the control-plane contract (docs/control-plane.md, v1.1):
 // one typed method per endpoint. Every request carries `User-Agent: ferry/<version>`, a fresh
 // `X-Request-Id` and the runner token; every response is read to a bound and checked for
 // shape, so a broken or hostile control plane yields a ControlPlaneError, never a crash.
@@ -19,8 +19,12 @@ import {
   checkJobState,
   checkJobSummary,
   checkOpenExecution,
-  checkProgressBody,
+  checkHeartbeatBody,
+  checkProgressRequest,
   checkResultBody,
+  checkResultRequest,
+  checkStatusRequest,
+  SERVER_ERROR_CODES,
   type Execution,
   type ExecutionUpdateStatus,
   type JobState,
@@ -104,6 +108,14 @@ export function isControlPlaneError(e: unknown, kind?: ControlPlaneErrorKind): e
   return e instanceof ControlPlaneError && (kind === undefined || e.kind === kind);
 }
 
+/**
+ * 409 EXECUTION_NOT_HELD: another instance attached the execution (this one's lease ran out while
+ * it was frozen or cut off). Stop the job at once and report nothing more.
+ */
+export function isNotHeld(e: unknown): e is ControlPlaneError {
+  return e instanceof ControlPlaneError && e.status === 409 && e.serverCode === SERVER_ERROR_CODES.executionNotHeld;
+}
+
 /** One request's outcome, for metrics. */
 export interface RequestEvent {
   /** Short endpoint name: settings, jobs, claim, executions, attach, plan, registry-credentials, status, progress, result, job, heartbeat. */
@@ -166,6 +178,15 @@ export interface RegistryCredentials {
   registry: string;
   expires_at: string;
   expiresAtMs: number;
+  /** When the answer arrived (the client's clock). */
+  receivedAt: number;
+  /**
+   * How long they are valid from receivedAt: expires_at less the control plane's `Date` when it
+   * sent one (so a clock of the agent's that runs behind does not stretch them), or less the
+   * agent's clock, whichever is shorter; the control plane's alone when the agent's clock is
+   * so far ahead that they look expired already. Negative only if they came expired.
+   */
+  lifetimeMs: number;
   credential: Extract<Credential, { kind: 'basic' } | { kind: 'bearer' }>;
 }
 
@@ -429,41 +450,45 @@ export class ControlPlaneClient {
     this.expect(res, [200, 201]);
     const body = this.check(res, checkCredentialsBody);
     const expiresAtMs = Date.parse(body.expires_at);
+    const receivedAt = this.now();
     const registry = body.registry.toLowerCase();
+    const timing = { expires_at: body.expires_at, expiresAtMs, receivedAt, lifetimeMs: credentialLifetime(expiresAtMs, receivedAt, res.headers.date) };
     if ('token' in body) {
       registerSecret(body.token);
-      return { registry, expires_at: body.expires_at, expiresAtMs, credential: { kind: 'bearer', token: body.token } };
+      return { registry, ...timing, credential: { kind: 'bearer', token: body.token } };
     }
     registerSecret(body.password);
-    return { registry, expires_at: body.expires_at, expiresAtMs, credential: { kind: 'basic', username: body.username, password: body.password } };
+    return { registry, ...timing, credential: { kind: 'basic', username: body.username, password: body.password } };
   }
 
-  /** `PATCH …/executions/{exec}` with a status; also extends the lease. */
+  /**
+   * `PATCH …/executions/{exec}` with a status and this instance; also extends the lease. 409
+   * EXECUTION_NOT_HELD (isNotHeld) when another instance holds the execution now.
+   */
   async updateStatus(jobId: string, execId: string, status: ExecutionUpdateStatus, opts: CallOptions = {}): Promise<void> {
     if (!EXECUTION_UPDATE_STATUSES.includes(status)) throw new FerryError('INTERNAL', `updateStatus: "${String(status)}" is not a settable execution status`);
-    const res = await this.send({
-      name: 'status',
-      method: 'PATCH',
-      path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}`,
-      body: { status },
-      signal: opts.signal,
-    });
+    const body = ownBody(checkStatusRequest, { status, instance_id: this.instanceId }, 'status');
+    const res = await this.send({ name: 'status', method: 'PATCH', path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}`, body, signal: opts.signal });
     this.expect(res, [200, 201, 202, 204]);
   }
 
-  /** `POST …/executions/{exec}/progress`; also extends the lease. Throttling is the caller's. */
+  /** `POST …/executions/{exec}/progress` from this instance; also extends the lease. Throttling is the caller's. */
   async reportProgress(jobId: string, execId: string, progress: ProgressBody, opts: CallOptions = {}): Promise<void> {
-    const body = ownBody(checkProgressBody, { bytes_done: progress.bytes_done, bytes_total: progress.bytes_total, blobs_done: progress.blobs_done, blobs_total: progress.blobs_total }, 'progress');
+    const body = ownBody(
+      checkProgressRequest,
+      { instance_id: this.instanceId, bytes_done: progress.bytes_done, bytes_total: progress.bytes_total, blobs_done: progress.blobs_done, blobs_total: progress.blobs_total },
+      'progress',
+    );
     const res = await this.send({ name: 'progress', method: 'POST', path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}/progress`, body, signal: opts.signal });
     this.expect(res, [200, 201, 202, 204]);
   }
 
   /**
-   * `POST …/executions/{exec}/result`. Final; repeating an identical result is accepted. A
-   * failure needs an error_code; error_message is cut to 8 KiB.
+   * `POST …/executions/{exec}/result` from this instance. Final; repeating an identical result
+   * is accepted. A failure needs an error_code; error_message is cut to 8 KiB.
    */
   async reportResult(jobId: string, execId: string, result: ResultBody, opts: CallOptions = {}): Promise<void> {
-    const body = normalizeResult(result);
+    const body = ownBody(checkResultRequest, { instance_id: this.instanceId, ...normalizeResult(result) }, 'result');
     const res = await this.send({ name: 'result', method: 'POST', path: `/v1/runner-jobs/${seg(jobId)}/executions/${seg(execId)}/result`, body, signal: opts.signal });
     this.expect(res, [200, 201, 202, 204]);
   }
@@ -481,7 +506,11 @@ export class ControlPlaneClient {
       name: 'heartbeat',
       method: 'POST',
       path: `/v1/runners/${seg(this.runnerId)}/heart-beats`,
-      body: { instance_id: this.instanceId, alive_time_s: Math.max(0, Math.floor(h.alive_time_s)), version: this.version, jobs_running: Math.max(0, Math.floor(h.jobs_running)) },
+      body: ownBody(
+        checkHeartbeatBody,
+        { instance_id: this.instanceId, alive_time_s: Math.max(0, Math.floor(h.alive_time_s)), version: this.version, jobs_running: Math.max(0, Math.floor(h.jobs_running)) },
+        'heart-beat',
+      ),
       signal: opts.signal,
     });
     this.expect(res, [200, 201, 202, 204]);
@@ -621,6 +650,15 @@ export class ControlPlaneClient {
       cause: e,
     });
   }
+}
+
+/** See RegistryCredentials.lifetimeMs. `date`: the response's Date header (1-second resolution). */
+export function credentialLifetime(expiresAtMs: number, receivedAt: number, date: string | string[] | undefined): number {
+  const local = expiresAtMs - receivedAt;
+  const sent = Date.parse((Array.isArray(date) ? date[0] : date) ?? '');
+  if (!Number.isFinite(sent)) return local;
+  const remote = expiresAtMs - sent;
+  return local > 0 ? Math.min(local, remote) : remote;
 }
 
 function kindForStatus(status: number): ControlPlaneErrorKind {

@@ -3,6 +3,13 @@
 // the engine with progress reports, watch the job's status every second so that a cancel
 // stops the transfers, and report the outcome. A cancelled or timed-out job reports nothing
 // more; a job interrupted by shutdown reports nothing either and stays open to be resumed.
+//
+// A job whose execution another instance now holds (409 EXECUTION_NOT_HELD to a PATCH, a
+// progress report or the result: this process was frozen or cut off past its lease, and a
+// replica attached) stops at once and reports nothing: its transfers stop, its upload sessions
+// are deleted (the replica that holds the job has no journal of them; blobs already in the
+// local registry stay, and it finds them there). When nothing has extended the lease for
+// longer than the lease lasts, the job asks with a PATCH before it goes on.
 import { AbortedError, FerryError, contractCode, toFerryError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { Keychain, type CredentialProvider } from '../auth/credentials.ts';
@@ -19,7 +26,7 @@ import type { HttpTransport } from '../transport/http.ts';
 import { Backoff, sleep } from './backoff.ts';
 import type { AgentConfig } from './config.ts';
 import { shouldStop, type ResultBody } from './contract.ts';
-import { ControlPlaneError, type ControlPlaneClient } from './control-plane-client.ts';
+import { ControlPlaneError, isNotHeld, type ControlPlaneClient } from './control-plane-client.ts';
 import { ExecutionCredentials } from './credentials.ts';
 import type { AgentMetrics } from './metrics.ts';
 import type { Plan } from './plan.ts';
@@ -46,9 +53,22 @@ export interface JobContext {
   ensureLocalRepository: (registry: string, repository: string) => Promise<void>;
   /** Aborts when the agent must stop now (second signal, grace period over): leave the job open. */
   hardStop: AbortSignal;
+  /** How long a lease lasts (the runner settings' lease_s). */
+  leaseMs: number;
+  /** When the last heart-beat the control plane accepted went out (it extends the leases this instance holds). */
+  lastHeartbeatAt: () => number | undefined;
 }
 
-export type JobOutcome = 'succeeded' | 'failed' | 'cancelled' | 'timed-out' | 'abandoned';
+export type JobOutcome = 'succeeded' | 'failed' | 'cancelled' | 'timed-out' | 'abandoned' | 'not-held';
+type StoppedBy = 'cancelled' | 'timed-out' | 'not-held';
+
+/** What the job knows about its execution's lease, and how it learns it was taken over. */
+interface Lease {
+  /** When the control plane last extended it for this job (a PATCH or progress accepted). */
+  extendedAt: number;
+  /** Answered EXECUTION_NOT_HELD: stop the job now. */
+  lost(e: ControlPlaneError): void;
+}
 
 const STATUS_WATCH_MS = 1000;
 const PROGRESS_EVERY_MS = 2000;
@@ -61,26 +81,42 @@ export async function runJob(ctx: JobContext, jobId: string, execId: string, res
   // A hard stop suspends the copy: journaled upload sessions stay open for whoever resumes the job.
   const onHardStop = () => work.abort(SUSPEND);
   ctx.hardStop.addEventListener('abort', onHardStop, { once: true });
-  let stoppedBy: 'cancelled' | 'timed-out' | undefined;
-  const watcher = watchStatus(ctx, jobId, work, log, (s) => (stoppedBy = s));
+  let stoppedBy: StoppedBy | undefined;
+  const stop = (s: StoppedBy) => {
+    if (stoppedBy) return;
+    stoppedBy = s;
+    work.abort();
+  };
+  const lease: Lease = {
+    extendedAt: Date.now(),
+    lost: (e) => {
+      if (!stoppedBy) log.warn({ problem: e.message }, 'another instance holds this execution now (this one was frozen or cut off past its lease): stopping the job');
+      stop('not-held');
+    },
+  };
+  const watcher = watchStatus(ctx, jobId, execId, work, lease, log, stop);
   ctx.metrics.jobsRunning.inc();
   try {
     log.info({ resumed }, resumed ? 'resuming job' : 'starting job');
-    void sendStatus(ctx, jobId, execId, 'initializing', log, work.signal);
+    void sendStatus(ctx, jobId, execId, 'initializing', lease, log, work.signal);
     const plan = await fetchPlan(ctx, jobId, work.signal, log);
     let report: CopyReport | undefined;
     let failure: FerryError | undefined;
     try {
-      report = await copyForPlan(ctx, plan, jobId, execId, work.signal, log);
+      report = await copyForPlan(ctx, plan, jobId, execId, work.signal, lease, log);
     } catch (e) {
       failure = toFerryError(e);
     }
     if (stoppedBy) return finishStopped(ctx, stoppedBy, log);
     if (ctx.hardStop.aborted) return abandon(ctx, log);
     if (failure instanceof AbortedError) return abandon(ctx, log);
-    if (failure) return fail(ctx, jobId, execId, failure, log);
+    if (failure) return fail(ctx, jobId, execId, failure, lease, log);
     const result: ResultBody = { success: true, outputs: { image: report!.image } };
-    await reportResult(ctx.client, ctx.state.pendingResults, jobId, execId, result, { logger: log, signal: ctx.hardStop });
+    const delivery = await reportResult(ctx.client, ctx.state.pendingResults, jobId, execId, result, { logger: log, signal: ctx.hardStop });
+    if (!delivery.delivered && isNotHeld(delivery.error)) {
+      lease.lost(delivery.error);
+      return finishStopped(ctx, 'not-held', log);
+    }
     ctx.metrics.recordJob('succeeded', { transfer: report!.transfer });
     log.info({ digest: report!.image.digest, transfer: report!.transfer, duration_ms: Date.now() - started }, 'job finished');
     return 'succeeded';
@@ -88,7 +124,7 @@ export async function runJob(ctx: JobContext, jobId: string, execId: string, res
     const err = toFerryError(e);
     if (stoppedBy) return finishStopped(ctx, stoppedBy, log);
     if (ctx.hardStop.aborted || err instanceof AbortedError) return abandon(ctx, log);
-    return fail(ctx, jobId, execId, err, log);
+    return fail(ctx, jobId, execId, err, lease, log);
   } finally {
     ctx.metrics.jobsRunning.dec();
     ctx.hardStop.removeEventListener('abort', onHardStop);
@@ -97,13 +133,17 @@ export async function runJob(ctx: JobContext, jobId: string, execId: string, res
   }
 }
 
-async function fail(ctx: JobContext, jobId: string, execId: string, err: FerryError, log: Logger): Promise<JobOutcome> {
+async function fail(ctx: JobContext, jobId: string, execId: string, err: FerryError, lease: Lease, log: Logger): Promise<JobOutcome> {
   const code = contractCode(err);
   log.error({ code, side: err.side, status: err.status }, err.message);
   if (err.side) ctx.metrics.recordRegistryError(err.side, code);
   const result: ResultBody = { success: false, error_code: code, error_message: err.message };
   try {
-    await reportResult(ctx.client, ctx.state.pendingResults, jobId, execId, result, { logger: log, signal: ctx.hardStop });
+    const delivery = await reportResult(ctx.client, ctx.state.pendingResults, jobId, execId, result, { logger: log, signal: ctx.hardStop });
+    if (!delivery.delivered && isNotHeld(delivery.error)) {
+      lease.lost(delivery.error);
+      return finishStopped(ctx, 'not-held', log);
+    }
   } catch (e) {
     if (!(toFerryError(e) instanceof AbortedError)) throw e;
     // Shutting down: the result stays pending in the state directory for the next start.
@@ -112,8 +152,12 @@ async function fail(ctx: JobContext, jobId: string, execId: string, err: FerryEr
   return 'failed';
 }
 
-function finishStopped(ctx: JobContext, status: 'cancelled' | 'timed-out', log: Logger): JobOutcome {
-  log.warn({ status }, 'job was stopped by the control plane; transfers stopped and upload sessions deleted, nothing more is reported');
+function finishStopped(ctx: JobContext, status: StoppedBy, log: Logger): JobOutcome {
+  if (status === 'not-held') {
+    log.warn({ status }, 'job left to the instance that holds it now; transfers stopped and upload sessions deleted, nothing more is reported');
+  } else {
+    log.warn({ status }, 'job was stopped by the control plane; transfers stopped and upload sessions deleted, nothing more is reported');
+  }
   ctx.metrics.recordJob(status);
   return status;
 }
@@ -124,20 +168,39 @@ function abandon(ctx: JobContext, log: Logger): JobOutcome {
   return 'abandoned';
 }
 
-/** Poll the job's status every second; on cancelled / timed-out abort the work. */
-async function watchStatus(ctx: JobContext, jobId: string, work: AbortController, log: Logger, onStop: (s: 'cancelled' | 'timed-out') => void): Promise<void> {
+/**
+ * Every second: poll the job's status (cancelled / timed-out stop the work), and, when nothing
+ * has extended the lease for longer than it lasts (this process was frozen, or could not reach
+ * the control plane), make sure the execution is still this instance's before going on.
+ */
+async function watchStatus(ctx: JobContext, jobId: string, execId: string, work: AbortController, lease: Lease, log: Logger, onStop: (s: StoppedBy) => void): Promise<void> {
   while (!work.signal.aborted) {
     try {
       await sleep(STATUS_WATCH_MS, work.signal);
     } catch {
       return;
     }
+    // A heart-beat extends the lease only if it went out before the lease ran out: one sent
+    // after a gap (the process thawed) may have been too late, and only a PATCH can tell.
+    const beat = ctx.lastHeartbeatAt();
+    if (beat !== undefined && beat > lease.extendedAt && beat - lease.extendedAt <= ctx.leaseMs) lease.extendedAt = beat;
+    if (Date.now() - lease.extendedAt > ctx.leaseMs) {
+      log.info({ lease_ms: ctx.leaseMs, since_extended_ms: Date.now() - lease.extendedAt }, 'the lease may have run out: checking that this instance still holds the execution');
+      try {
+        const sent = Date.now();
+        await ctx.client.updateStatus(jobId, execId, 'in-progress', { signal: work.signal });
+        lease.extendedAt = sent;
+      } catch (e) {
+        if (work.signal.aborted) return;
+        if (isNotHeld(e)) return lease.lost(e);
+        log.debug({ problem: (e as Error).message }, 'lease check failed');
+      }
+    }
     try {
       const s = await ctx.client.jobStatus(jobId, { signal: work.signal });
       if (shouldStop(s.status)) {
-        onStop(s.status as 'cancelled' | 'timed-out');
         log.warn({ status: s.status }, 'control plane stopped the job');
-        work.abort();
+        onStop(s.status as 'cancelled' | 'timed-out');
         return;
       }
     } catch (e) {
@@ -149,14 +212,16 @@ async function watchStatus(ctx: JobContext, jobId: string, work: AbortController
 }
 
 /** Execution status updates: retried a few times in the background, never blocking the copy. */
-async function sendStatus(ctx: JobContext, jobId: string, execId: string, status: 'initializing' | 'in-progress' | 'cleaning-up', log: Logger, signal: AbortSignal): Promise<void> {
+async function sendStatus(ctx: JobContext, jobId: string, execId: string, status: 'initializing' | 'in-progress' | 'cleaning-up', lease: Lease, log: Logger, signal: AbortSignal): Promise<void> {
   try {
-    await deliver(`status ${status}`, (s) => ctx.client.updateStatus(jobId, execId, status, s ? { signal: s } : {}), {
-      logger: log,
-      signal,
-      maxAttempts: 8,
-      context: { job_id: jobId, exec_id: execId },
-    });
+    let sent = 0;
+    const attempt = (s?: AbortSignal) => {
+      sent = Date.now();
+      return ctx.client.updateStatus(jobId, execId, status, s ? { signal: s } : {});
+    };
+    const delivery = await deliver(`status ${status}`, attempt, { logger: log, signal, maxAttempts: 8, context: { job_id: jobId, exec_id: execId } });
+    if (delivery.delivered) lease.extendedAt = Math.max(lease.extendedAt, sent);
+    else if (isNotHeld(delivery.error)) lease.lost(delivery.error);
   } catch {
     // aborted: the job ended first
   }
@@ -186,7 +251,7 @@ async function untilDone<T>(fn: () => Promise<T>, what: string, signal: AbortSig
   }
 }
 
-async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: string, signal: AbortSignal, log: Logger): Promise<CopyReport> {
+async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: string, signal: AbortSignal, lease: Lease, log: Logger): Promise<CopyReport> {
   const source = plan.source.ref;
   const destination = plan.destination.ref;
   const sourceCredentials = sourceProvider(ctx, plan, jobId, execId, log);
@@ -202,14 +267,17 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     credentials: new Keychain(sourceCredentials ? [sourceCredentials] : []),
     logger: log.child({ side: 'source', registry: source.registry }),
   });
-  void sendStatus(ctx, jobId, execId, 'in-progress', log, signal);
+  void sendStatus(ctx, jobId, execId, 'in-progress', lease, log, signal);
   let lastProgress = 0;
   const onProgress = (p: CopyProgress) => {
     const now = Date.now();
     if (now - lastProgress < PROGRESS_EVERY_MS) return;
     lastProgress = now;
     const body = { bytes_done: p.bytes_done, bytes_total: p.bytes_total, blobs_done: p.blobs_done, blobs_total: p.blobs_total };
-    ctx.client.reportProgress(jobId, execId, body, { signal }).catch((e: Error) => log.debug({ problem: e.message }, 'progress report failed'));
+    ctx.client.reportProgress(jobId, execId, body, { signal }).then(
+      () => (lease.extendedAt = Math.max(lease.extendedAt, now)),
+      (e: Error) => (isNotHeld(e) ? lease.lost(e) : log.debug({ problem: e.message }, 'progress report failed')),
+    );
   };
   await ctx.ensureLocalRepository(destination.registry, destination.repository);
   return copyImage({

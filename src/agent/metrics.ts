@@ -190,7 +190,7 @@ export class MetricsRegistry {
 
 // ---- ferry's agent metrics ----
 
-export const JOB_OUTCOMES = ['succeeded', 'failed', 'cancelled', 'timed-out', 'abandoned'] as const;
+export const JOB_OUTCOMES = ['succeeded', 'failed', 'cancelled', 'timed-out', 'abandoned', 'not-held'] as const;
 export type JobOutcome = (typeof JOB_OUTCOMES)[number];
 export const BLOB_ACTIONS = ['copied', 'skipped', 'mounted', 'restarted'] as const;
 

@@ -16,6 +16,12 @@ export interface CredentialRequest {
   registry: string;
   /** Set when the registry rejected the previous answer: bypass caches and fetch anew. */
   refresh?: boolean;
+  /**
+   * With `refresh`: the credential that was refused, as this provider handed it out. A provider
+   * that has renewed it since (for another request refused at the same time) may answer with
+   * the newer one instead of renewing again.
+   */
+  rejected?: Credential;
 }
 
 export interface CredentialProvider {
@@ -26,8 +32,9 @@ export interface CredentialProvider {
 }
 
 // `expiresAt` (epoch ms) on a short-lived credential (an ECR authorization token, a Google
-// access token) tells its user to ask the provider again from that instant on; the provider
-// renews it then. Without it, a credential is kept until the registry refuses it.
+// access token, the control plane's source credentials) tells its user to ask the provider
+// again from that instant on; the provider renews it then (src/auth/renewal.ts says when).
+// Without it, a credential is kept until the registry refuses it.
 
 export const ANONYMOUS: Credential = { kind: 'anonymous' };
 

@@ -17,6 +17,8 @@ type Scheme = { kind: 'unknown' } | { kind: 'none' } | { kind: 'basic' } | { kin
 interface CachedToken {
   token: string;
   expiresAt: number;
+  /** The credential the token server took for it. */
+  credential: Credential;
 }
 
 const MAX_TOKEN_RESPONSE = 1024 * 1024;
@@ -87,14 +89,16 @@ export class RegistryAuth {
       this.scheme = { kind: 'bearer', realm, service: bearer.params.service };
       if (bearer.params.scope) for (const s of bearer.params.scope.split(' ')) this.extraScopes.add(s);
       if (sentHeader === undefined) return true;
-      // We sent a token and it was refused: drop cached tokens and, past the first retry, the credential.
-      this.tokens.clear();
-      if (bearer.params.error === 'insufficient_scope' && attempt <= 1) return true;
-      if (attempt <= 1) {
-        this.credential = await this.getCredential(true);
-        return true;
-      }
-      return false;
+      if (attempt > 1) return false;
+      // We sent a token and it was refused. A token the registry had from the credential
+      // itself: renew that. One from the token server: drop it, and let the next one come with
+      // the same credential (the token server says if that is stale: fetchToken renews it
+      // then); the second refusal of the same request renews the credential as well.
+      const minted = this.dropToken(sentHeader);
+      const direct = this.credential?.kind === 'bearer' && `Bearer ${this.credential.token}` === sentHeader ? this.credential : undefined;
+      if (direct) await this.renew(direct);
+      else if (attempt === 1 && bearer.params.error !== 'insufficient_scope') await this.renew(minted ?? this.credential);
+      return true;
     }
     if (basic) {
       this.scheme = { kind: 'basic' };
@@ -104,7 +108,7 @@ export class RegistryAuth {
         throw this.authError(`registry ${this.registry} requires a username and password and none were given (${this.credentials.description})`, true);
       }
       if (attempt <= 1) {
-        this.credential = await this.getCredential(true);
+        await this.renew(this.credentialBehind(sentHeader));
         return true;
       }
       return false;
@@ -118,9 +122,38 @@ export class RegistryAuth {
    */
   async onCredentialRejected(sentHeader: string | undefined, attempt: number): Promise<boolean> {
     if (sentHeader === undefined || attempt > 1) return false;
-    this.tokens.clear();
-    this.credential = await this.getCredential(true);
+    const minted = this.dropToken(sentHeader);
+    await this.renew(minted ?? this.credentialBehind(sentHeader));
     return true;
+  }
+
+  /** Forget the cached token(s) sent as `sentHeader`; the credential they were minted with, if any. */
+  private dropToken(sentHeader: string): Credential | undefined {
+    let minted: Credential | undefined;
+    for (const [key, t] of this.tokens) {
+      if (`Bearer ${t.token}` !== sentHeader) continue;
+      minted = t.credential;
+      this.tokens.delete(key);
+    }
+    return minted;
+  }
+
+  /** The current credential if `sentHeader` was made from it; undefined when it has been renewed since. */
+  private credentialBehind(sentHeader: string): Credential | undefined {
+    const c = this.credential;
+    if (!c) return undefined;
+    if (c.kind === 'basic' && basicHeader(c.username, c.password) === sentHeader) return c;
+    if (c.kind === 'bearer' && `Bearer ${c.token}` === sentHeader) return c;
+    return undefined;
+  }
+
+  /**
+   * Renew a refused credential, unless it is no longer the current one (another request refused
+   * at the same time renewed it already): N requests refused at once renew once.
+   */
+  private async renew(refused: Credential | undefined): Promise<void> {
+    if (refused === undefined || refused !== this.credential) return;
+    await this.getCredential(true, refused);
   }
 
   /** Record that the registry answered without asking for auth. */
@@ -134,11 +167,12 @@ export class RegistryAuth {
     return new FerryError(this.side === 'source' ? 'SOURCE_AUTH' : 'DESTINATION_AUTH', message + hint, { side: this.side, status, retryable });
   }
 
-  private async getCredential(refresh: boolean): Promise<Credential> {
-    // A short-lived credential (ECR token, Google access token) is asked for again once its
-    // provider says it is due for renewal, so a long copy never presents an expired one.
+  private async getCredential(refresh: boolean, rejected?: Credential): Promise<Credential> {
+    // A short-lived credential (ECR token, Google access token, the control plane's source
+    // credentials) is asked for again once its provider says it is due for renewal, so a long
+    // copy never presents an expired one.
     if (this.credential && !refresh && !isDue(this.credential)) return this.credential;
-    const c = (await this.credentials.resolve({ registry: this.registry, refresh })) ?? { kind: 'anonymous' as const };
+    const c = (await this.credentials.resolve({ registry: this.registry, refresh, ...(rejected ? { rejected } : {}) })) ?? { kind: 'anonymous' as const };
     if (c.kind === 'basic') {
       registerSecret(c.password);
       registerSecret(Buffer.from(`${c.username}:${c.password}`).toString('base64'));
@@ -162,10 +196,35 @@ export class RegistryAuth {
     return t;
   }
 
+  /**
+   * A token from the token server. When it refuses the credential, which may have gone stale
+   * (short-lived source credentials), the credential is renewed once and asked with again;
+   * refused again, it is the side's AUTH error.
+   */
   private async fetchToken(scopes: string[], signal?: AbortSignal): Promise<CachedToken> {
+    const cred = await this.getCredential(false);
+    try {
+      return await this.requestToken(scopes, cred, signal);
+    } catch (e) {
+      if (!(e instanceof TokenRefused)) throw e;
+      const refused = (what: TokenRefused, suffix = '') => this.authError(`${what.message}${suffix}`, true, false, what.status);
+      if (cred.kind === 'anonymous') throw refused(e);
+      await this.renew(cred);
+      const renewed = await this.getCredential(false);
+      if (sameSecret(renewed, cred)) throw refused(e);
+      this.logger.info({ registry: this.registry, status: e.status }, 'token server refused the credentials; renewed them and asking again');
+      try {
+        return await this.requestToken(scopes, renewed, signal);
+      } catch (again) {
+        if (!(again instanceof TokenRefused)) throw again;
+        throw refused(again, ', also after they were renewed');
+      }
+    }
+  }
+
+  private async requestToken(scopes: string[], cred: Credential, signal?: AbortSignal): Promise<CachedToken> {
     if (this.scheme.kind !== 'bearer') throw new Error('fetchToken without a bearer challenge');
     const { realm, service } = this.scheme;
-    const cred = await this.getCredential(false);
     const url = new URL(realm);
     if (service) url.searchParams.set('service', service);
     const headers: Record<string, string> = { accept: 'application/json' };
@@ -187,7 +246,7 @@ export class RegistryAuth {
     const res = await this.tokenAnswer(method, url, headers, body, realm, signal);
     const { text } = res;
     if (res.status === 401 || res.status === 403) {
-      throw this.authError(`token server ${realm.host} refused the credentials for ${this.registry} (HTTP ${res.status}; ${this.credentials.description})`, true);
+      throw new TokenRefused(`token server ${realm.host} refused the credentials for ${this.registry} (HTTP ${res.status}; ${this.credentials.description})`, res.status);
     }
     if (res.status !== 200) {
       throw new FerryError('REGISTRY_UNAVAILABLE', `token server ${realm.host} answered HTTP ${res.status}`, {
@@ -210,7 +269,7 @@ export class RegistryAuth {
     // Refresh a little early so a token never expires in the middle of a request.
     const margin = Math.min(30, expiresIn * 0.1) * 1000;
     this.logger.debug({ registry: this.registry, scopes, expires_in: expiresIn }, 'registry token obtained');
-    return { token, expiresAt: started + expiresIn * 1000 - margin };
+    return { token, expiresAt: started + expiresIn * 1000 - margin, credential: cred };
   }
 
   /**
@@ -239,6 +298,21 @@ export class RegistryAuth {
       await sleep(delay, signal);
     }
   }
+}
+
+/** The token server answered 401/403 to a credential (fetchToken turns it into the side's AUTH error). */
+class TokenRefused extends Error {
+  readonly status: number;
+  constructor(message: string, status: number) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function sameSecret(a: Credential, b: Credential): boolean {
+  if (a.kind === 'basic' && b.kind === 'basic') return a.username === b.username && a.password === b.password;
+  if ((a.kind === 'bearer' || a.kind === 'identity-token') && a.kind === b.kind) return a.token === b.token;
+  return a.kind === b.kind && a.kind === 'anonymous';
 }
 
 function isDue(c: Credential): boolean {

@@ -206,7 +206,7 @@ class SdkEcrLayerApi implements EcrLayerApi {
       case 'denied':
         return new EcrApiError(
           'DESTINATION_AUTH',
-          `${where}: ecr:${op} was denied (${f.message}). The AWS identity needs ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage on the repository`,
+          `${where}: ecr:${op} was denied (${f.message}). The AWS identity needs ecr:BatchGetImage, ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage on the repository`,
           f.code,
           opts,
         );

@@ -65,7 +65,7 @@ export function cloudRegistryHint(
     if (ctx.status === 403) {
       return ctx.side === 'source'
         ? `the AWS identity needs ecr:BatchGetImage and ecr:GetDownloadUrlForLayer on repository ${repo}`
-        : `the AWS identity needs ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage on repository ${repo}`;
+        : `the AWS identity needs ecr:BatchGetImage, ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage on repository ${repo}`;
     }
     return undefined;
   }

@@ -10,7 +10,7 @@ import { AbortedError, FerryError, UsageError } from '../../src/errors.ts';
 import { createLogger, type Logger } from '../../src/log/logger.ts';
 import { Backoff } from '../../src/agent/backoff.ts';
 import { DEFAULT_SETTINGS, shouldStop } from '../../src/agent/contract.ts';
-import { checkControlPlaneUrl, ControlPlaneClient, ControlPlaneError, type ControlPlaneClientOptions } from '../../src/agent/control-plane-client.ts';
+import { checkControlPlaneUrl, ControlPlaneClient, ControlPlaneError, isNotHeld, type ControlPlaneClientOptions } from '../../src/agent/control-plane-client.ts';
 import { ExecutionCredentials } from '../../src/agent/credentials.ts';
 import { controlPlaneCheck } from '../../src/agent/health.ts';
 import { flushPendingResults, reportResult } from '../../src/agent/results.ts';
@@ -259,6 +259,17 @@ describe('control-plane client', () => {
       // The holder may always re-attach (a restarted process resuming its own execution).
       assert.equal((await b.attach(id, exec)).outcome, 'attached');
       assert.equal((await a.attach(id, exec)).outcome, 'conflict');
+      // instance-a comes back: whatever it says about the execution is not held, and isNotHeld says so.
+      const progress = { bytes_done: 1, bytes_total: 2, blobs_done: 0, blobs_total: 1 };
+      for (const call of [a.updateStatus(id, exec, 'in-progress'), a.reportProgress(id, exec, progress), a.reportResult(id, exec, { success: true })]) {
+        await rejectsWith(call, (e) => {
+          assert.equal(e.status, 409);
+          assert.equal(e.serverCode, 'EXECUTION_NOT_HELD');
+          assert.ok(isNotHeld(e));
+        });
+      }
+      // The holder's are taken.
+      await b.reportProgress(id, exec, progress);
     });
 
     it('status updates are recorded and extend the lease', async () => {
@@ -275,7 +286,7 @@ describe('control-plane client', () => {
         job.executions[0]!.statusHistory.map((s) => s.status),
         ['initializing', 'in-progress'],
       );
-      assert.deepEqual(job.progress[0]!.body, { bytes_done: 10, bytes_total: 100, blobs_done: 1, blobs_total: 3 });
+      assert.deepEqual(job.progress[0]!.body, { instance_id: 'instance-a', bytes_done: 10, bytes_total: 100, blobs_done: 1, blobs_total: 3 });
     });
   });
 
@@ -374,7 +385,7 @@ describe('control-plane client', () => {
       cp.setIssueCredentials((_job, _plan) => ({ registry: 'org-registry.example.com', token: 'registry-bearer-token-xyz', expires_at: new Date(Date.now() + 60_000).toISOString() }));
       try {
         const c4 = await resumed.resolve({ registry: 'org-registry.example.com', refresh: true });
-        assert.deepEqual(c4, { kind: 'bearer', token: 'registry-bearer-token-xyz' });
+        assert.deepEqual({ ...c4, expiresAt: undefined }, { kind: 'bearer', token: 'registry-bearer-token-xyz', expiresAt: undefined });
         // Credentials for some other registry are not used.
         cp.setIssueCredentials(() => ({ registry: 'elsewhere.example.com', username: 'u', password: 'pull-secret-elsewhere', expires_at: new Date(Date.now() + 60_000).toISOString() }));
         await assert.rejects(resumed.resolve({ registry: 'org-registry.example.com', refresh: true }), (e: unknown) => e instanceof FerryError && e.code === 'SOURCE_AUTH' && e.side === 'source');
@@ -404,7 +415,7 @@ describe('control-plane client', () => {
       assert.equal(d.delivered, false);
       assert.equal(!d.delivered && d.final, true);
       assert.equal(!d.delivered && d.error.serverCode, 'RESULT_CONFLICT');
-      assert.deepEqual(cp.job(id).result, ok);
+      assert.deepEqual(cp.job(id).result, { instance_id: 'instance-a', ...ok });
       // No further updates on a closed execution.
       await rejectsWith(a.updateStatus(id, exec, 'cleaning-up'), (e) => assert.equal(e.serverCode, 'EXECUTION_CLOSED'));
     });
@@ -515,7 +526,8 @@ describe('control-plane client', () => {
         assert.deepEqual(await store2.get(id, exec), { job_id: id, exec_id: exec, result });
         assert.equal(await flushPendingResults(a2, store2, { logger: log.logger, backoff: FAST }), 1);
         assert.deepEqual(await store2.list(), []);
-        assert.deepEqual(cp.job(id).result, result);
+        // The restarted process has the same instance id (kept in the state directory).
+        assert.deepEqual(cp.job(id).result, { instance_id: 'instance-a', ...result });
       } finally {
         await a2.close();
       }

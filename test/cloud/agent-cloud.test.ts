@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { AwsStandin, TEST_ACCESS_KEY_ID, TEST_ACCOUNT, TEST_SECRET_ACCESS_KEY } from '../harness/aws-standin.ts';
-import { GcpStandin } from '../harness/gcp-standin.ts';
+import { DEFAULT_SA_UNIQUE_ID, GcpStandin, GOOGLE_ISSUER } from '../harness/gcp-standin.ts';
 import {
   GOOGLE_API_HOSTS,
   S3_LAYER_HOST,
@@ -34,6 +34,7 @@ import { assertNoSecrets, basicPassword, freshHome, isolatedEnv, proxyEnv } from
 const REGION = 'us-west-2';
 const READER_ROLE = `arn:aws:iam::${TEST_ACCOUNT}:role/ferry-vendor-reader`;
 const UNTRUSTED_ROLE = `arn:aws:iam::${TEST_ACCOUNT}:role/ferry-untrusted`;
+const GCP_TRUSTING_ROLE = `arn:aws:iam::${TEST_ACCOUNT}:role/ferry-from-gcp`;
 const READER_SA = 'ferry-reader@vendor-project.iam.gserviceaccount.com';
 /** The VM's own access token (metadata server): the Artifact Registry below does NOT accept it. */
 const VM_TOKEN = 'ya29.ferry-agent-test-vm-token-0123456789abcdef';
@@ -57,7 +58,7 @@ let vendorC: OciClient;
 const runs: Array<{ agent: RunningAgent; dirs: string[] }> = [];
 
 /** Run `ferry agent --exit-when-idle` in an isolated environment (no ambient cloud identity, the stand-ins, the proxy, the test CA). */
-async function runAgent(args: string[]): Promise<RunningAgent> {
+async function runAgent(args: string[], envChanges: Record<string, string | undefined> = {}): Promise<RunningAgent> {
   const home = freshHome();
   const state = join(home.home, 'agent-state');
   mkdirSync(state, { recursive: true });
@@ -69,6 +70,7 @@ async function runAgent(args: string[]): Promise<RunningAgent> {
       GCE_METADATA_HOST: gcp.metadataHost,
       ...proxyEnv(proxy.url),
       NODE_EXTRA_CA_CERTS: pki.caPath,
+      ...envChanges,
     },
     home,
   );
@@ -86,7 +88,13 @@ function imageOf(jobId: string): Image {
 before(async () => {
   aws = await AwsStandin.start({
     region: REGION,
-    roles: [{ arn: READER_ROLE }, { arn: UNTRUSTED_ROLE, trustedPrincipals: [`arn:aws:iam::${TEST_ACCOUNT}:user/someone-else`] }],
+    roles: [
+      { arn: READER_ROLE },
+      { arn: UNTRUSTED_ROLE, trustedPrincipals: [`arn:aws:iam::${TEST_ACCOUNT}:user/someone-else`] },
+      // Trusts the GCP VM's service account (default audience sts.amazonaws.com), as the README says.
+      { arn: GCP_TRUSTING_ROLE, webIdentity: { issuer: GOOGLE_ISSUER, audience: 'sts.amazonaws.com', subject: DEFAULT_SA_UNIQUE_ID } },
+    ],
+    oidcIssuers: [{ issuer: GOOGLE_ISSUER, publicKey: () => gcp.publicKey }],
   });
   gcp = await GcpStandin.start({
     projectId: 'customer-project',
@@ -214,6 +222,44 @@ describe('plans with aws-ecr / gcp-gar source auth, into a plain local registry'
   });
 });
 
+describe('an agent on GCP with no AWS identity, and an aws-ecr plan', () => {
+  test('assumes the plan\'s role with the GCP service account\'s identity token by itself (no FERRY_AWS_WEB_IDENTITY); =off turns it off', async () => {
+    aws.addRepository('vendor/gcp-app');
+    const img = await pushImage(ecr.client, 'vendor/gcp-app', 'v1');
+    const plan = (dst: string) => ({
+      type: 'oci-sync',
+      source: { reference: `${ecr.host}/vendor/gcp-app:v1`, auth: { kind: 'aws-ecr', iam_role_arn: GCP_TRUSTING_ROLE, region: REGION } },
+      destination: { reference: `${world.local.host}/${dst}:v1`, auth: { kind: 'local' } },
+      platforms: 'all',
+      referrers: false,
+    });
+    // No AWS keys, no instance metadata: the only identity is the GCP one the metadata server stand-in gives.
+    const onGcp = { AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_EC2_METADATA_DISABLED: 'true' };
+    const sessionsBefore = aws.issuedSessions.length;
+    const idTokensBefore = gcp.idTokens.length;
+    const jobId = world.cp.enqueueJob(plan('mirror/gcp-app'));
+    const agent = await runAgent([], onGcp);
+    const job = world.cp.job(jobId);
+    assert.equal(job.status, 'finished', JSON.stringify(job.result));
+    assert.equal((await localC.verifyImage('mirror/gcp-app', 'v1')).digest, img.digest);
+    const sessions = aws.issuedSessions.slice(sessionsBefore);
+    assert.deepEqual(
+      sessions.map((s) => [s.action, s.roleArn]),
+      [['AssumeRoleWithWebIdentity', GCP_TRUSTING_ROLE]],
+    );
+    assert.deepEqual(gcp.idTokens.slice(idTokensBefore).map((t) => t.audience), ['sts.amazonaws.com']);
+    assert.match(agent.logs(), /no AWS identity here, and a GCP metadata server answers/);
+
+    // FERRY_AWS_WEB_IDENTITY=off: the role is assumed with the AWS identity, and there is none.
+    const offJob = world.cp.enqueueJob(plan('mirror/gcp-off'));
+    await runAgent([], { ...onGcp, FERRY_AWS_WEB_IDENTITY: 'off' });
+    const off = world.cp.job(offJob);
+    assert.equal(off.status, 'failed');
+    assert.equal(off.result?.error_code, 'SOURCE_AUTH');
+    assert.equal(aws.issuedSessions.length, sessionsBefore + 1, 'a role session was issued with web identity off');
+  });
+});
+
 describe('an ECR host as the agent\'s local registry', () => {
   test('a missing destination repository is created once for two jobs into it; both images arrive', async () => {
     const repo = `${LOCAL_PREFIX}/app`;
@@ -251,7 +297,7 @@ describe('an ECR host as the agent\'s local registry', () => {
 });
 
 test('no secret in any agent log or state: ECR passwords, Google tokens, the runner token, AWS secret keys', () => {
-  assert.equal(runs.length, 2);
+  assert.equal(runs.length, 4);
   const secrets: string[] = [world.cp.token, TEST_SECRET_ACCESS_KEY, VM_TOKEN, IMPERSONATED_TOKEN, VENDOR_USER.password, ...world.issuedTokens];
   for (const t of aws.issuedEcrTokens) secrets.push(t.password, t.authorizationToken);
   for (const s of aws.issuedSessions) {
@@ -259,6 +305,7 @@ test('no secret in any agent log or state: ECR passwords, Google tokens, the run
     if (id) secrets.push(id.secret, ...(id.sessionToken ? [id.sessionToken] : []));
   }
   for (const t of gcp.issued) secrets.push(t.token);
+  for (const t of gcp.idTokens) secrets.push(t.token);
   for (const j of world.cp.jobs()) if (j.oneTimeToken) secrets.push(j.oneTimeToken);
   // What there must have been to look for: ECR tokens for the role and for the agent's identity, a role session, both Google tokens.
   assert.ok(aws.issuedEcrTokens.length >= 2, 'ECR tokens issued');
@@ -266,7 +313,7 @@ test('no secret in any agent log or state: ECR passwords, Google tokens, the run
   assert.ok(gcp.issued.some((t) => t.via === 'metadata') && gcp.issued.some((t) => t.via === 'impersonated'));
   for (const { agent, dirs } of runs) {
     const logs = agent.logs();
-    assert.match(logs, /job finished/, 'the agent logged its jobs');
+    assert.match(logs, /"msg":"(job finished|result delivered)"/, 'the agent logged its jobs');
     assertNoSecrets({ code: 0, stdout: '', stderr: logs, json: undefined }, secrets, dirs);
   }
 });

@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
-import { CloudCredentials } from '../../src/auth/cloud/provider.ts';
+import { awsWebIdentityMode, CloudCredentials } from '../../src/auth/cloud/provider.ts';
 import { EcrCredentials, ensureEcrRepository } from '../../src/auth/cloud/ecr.ts';
 import { FerryError } from '../../src/errors.ts';
 import { scrubSecrets, silentLogger } from '../../src/log/logger.ts';
@@ -241,11 +241,50 @@ describe('assumed role', () => {
       assert.equal(c.password, aws.lastEcrPassword);
       assert.equal(gcp.idTokens.at(-1)!.audience, 'ferry-aws-federation');
       await cloud.destroy();
-      // Without the switch the same role is assumed with AssumeRole (and here fails: no AWS identity).
-      const plain = new CloudCredentials({ side: 'source', logger: log, roleArn: GCP_ROLE, env: { ...process.env } });
-      await assert.rejects(plain.resolve({ registry: host }));
-      await plain.destroy();
+      // FERRY_AWS_WEB_IDENTITY=off: the same role is assumed with AssumeRole (and here fails: no AWS identity).
+      const sessions = aws.issuedSessions.length;
+      const off = new CloudCredentials({ side: 'source', logger: log, roleArn: GCP_ROLE, env: { ...process.env, FERRY_AWS_WEB_IDENTITY: 'off' } });
+      await rejectsWith(off.resolve({ registry: host }), 'SOURCE_AUTH', /no AWS credentials found for sts:AssumeRole/);
+      assert.equal(aws.issuedSessions.length, sessions);
+      await off.destroy();
     }));
+
+  test('no switch, no AWS identity, and a GCP metadata server answers: the role is assumed with the GCP identity token by itself', () =>
+    withEnv(baseEnv({ AWS_EC2_METADATA_DISABLED: 'true', GCE_METADATA_HOST: gcp.metadataHost }), async () => {
+      const idTokens = gcp.idTokens.length;
+      const cloud = new CloudCredentials({ side: 'source', logger: log, roleArn: GCP_ROLE, jobId: 'job-8', env: { ...process.env, FERRY_AWS_WEB_IDENTITY_AUDIENCE: 'ferry-aws-federation' } });
+      const c = basicOf(await cloud.resolve({ registry: host }));
+      const session = aws.issuedSessions.at(-1)!;
+      assert.equal(session.action, 'AssumeRoleWithWebIdentity');
+      assert.equal(session.sessionName, 'ferry-job-8');
+      assert.equal(c.password, aws.lastEcrPassword);
+      assert.deepEqual(gcp.idTokens.slice(idTokens).map((t) => t.audience), ['ferry-aws-federation']);
+      await cloud.destroy();
+    }));
+
+  test('no switch, with an AWS identity, on GCP: the AWS identity comes first (AssumeRole, no identity token asked for)', () =>
+    withEnv(baseEnv({ ...envCreds, GCE_METADATA_HOST: gcp.metadataHost }), async () => {
+      const idTokens = gcp.idTokens.length;
+      const cloud = new CloudCredentials({ side: 'source', logger: log, roleArn: ROLE, env: { ...process.env } });
+      basicOf(await cloud.resolve({ registry: host }));
+      assert.equal(aws.issuedSessions.at(-1)!.action, 'AssumeRole');
+      assert.equal(gcp.idTokens.length, idTokens);
+      await cloud.destroy();
+    }));
+
+  test('no switch, no AWS identity, off GCP: the missing AWS identity is the error', () =>
+    withEnv(baseEnv({ AWS_EC2_METADATA_DISABLED: 'true', GCE_METADATA_HOST: 'metadata.invalid' }), async () => {
+      const cloud = new CloudCredentials({ side: 'destination', logger: log, roleArn: GCP_ROLE, env: { ...process.env } });
+      await rejectsWith(cloud.resolve({ registry: host }), 'DESTINATION_AUTH', /no AWS credentials found for sts:AssumeRole/);
+      await cloud.destroy();
+    }));
+
+  test('FERRY_AWS_WEB_IDENTITY takes auto, gcp or off', async () => {
+    assert.equal(awsWebIdentityMode({}), 'auto');
+    assert.equal(awsWebIdentityMode({ FERRY_AWS_WEB_IDENTITY: 'GCP' }), 'gcp');
+    assert.equal(awsWebIdentityMode({ FERRY_AWS_WEB_IDENTITY: 'off' }), 'off');
+    assert.throws(() => awsWebIdentityMode({ FERRY_AWS_WEB_IDENTITY: 'yes' }), (e: unknown) => e instanceof FerryError && e.code === 'USAGE' && /auto, gcp, off/.test(e.message));
+  });
 
   test('web identity with the wrong audience: the error says which audience the trust policy must name', () =>
     withEnv(baseEnv({ AWS_EC2_METADATA_DISABLED: 'true', GCE_METADATA_HOST: gcp.metadataHost }), async () => {
@@ -272,7 +311,7 @@ describe('caching and expiry', () => {
         const first = basicOf(await p.resolve({ registry: h }));
         assert.equal(basicOf(await p.resolve({ registry: h })).password, first.password);
         assert.equal(local.count('GetAuthorizationToken'), 1);
-        // 10% of 2 s before expiry (1.8 s) it is renewed.
+        // Past half of its 2 s (src/auth/renewal.ts: short lifetimes renew at half) it is renewed.
         await new Promise((r) => setTimeout(r, 1900));
         const second = basicOf(await p.resolve({ registry: h }));
         assert.notEqual(second.password, first.password);
@@ -300,9 +339,11 @@ describe('caching and expiry', () => {
         const p = new EcrCredentials({ side: 'destination', logger: log });
         const { expiresAt, ...c } = (await p.resolve({ registry: local.registryHost() })) as { expiresAt?: number };
         assert.deepEqual(c, { kind: 'basic', username: 'AWS', password: 'registry-password-for-test' });
-        // When to ask again: before the token's 12 hours are up (5 minutes early).
+        // When to ask again: at 80 % of the token's 12 hours (src/auth/renewal.ts), counted from
+        // when ferry asked for it (a moment before the stand-in issued it: 20 % of that moment earlier).
         const expires = local.issuedEcrTokens.at(-1)!.expiresAt.getTime();
-        assert.ok(expiresAt !== undefined && Math.abs(expiresAt - (expires - 5 * 60_000)) <= 1, `renewal due at ${expiresAt}, token expires ${expires}`);
+        const due = expires - 0.2 * 12 * 3600_000;
+        assert.ok(expiresAt !== undefined && expiresAt <= due && expiresAt > due - 1000, `renewal due at ${expiresAt}, token expires ${expires}`);
         assert.deepEqual(seen, ['registry-password-for-test']);
         p.destroy();
       });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isEcrHost, isGarHost, parseEcrHost, parseGarHost } from '../../src/auth/cloud/hosts.ts';
-import { refreshMargin, sanitizeSessionName } from '../../src/auth/cloud/ecr.ts';
+import { sanitizeSessionName } from '../../src/auth/cloud/ecr.ts';
 
 test('ECR hosts: account, region, FIPS, China, dual-stack', () => {
   assert.deepEqual(parseEcrHost('123456789012.dkr.ecr.us-west-2.amazonaws.com'), {
@@ -70,10 +70,4 @@ test('STS role session names are sanitised to [\\w+=,.@-]{2,64}', () => {
   const long = sanitizeSessionName('ferry-' + 'a'.repeat(100));
   assert.equal(long.length, 64);
   assert.match(long, /^[\w+=,.@-]{2,64}$/);
-});
-
-test('refresh margin: 5 minutes or 10% of the lifetime, whichever is smaller', () => {
-  assert.equal(refreshMargin(12 * 3600_000), 5 * 60_000);
-  assert.equal(refreshMargin(60_000), 6_000);
-  assert.equal(refreshMargin(0), 0);
 });

@@ -17,7 +17,17 @@
 // the session token are checked, and failures answer with the codes and statuses AWS uses
 // (SignatureDoesNotMatch / InvalidSignatureException, InvalidClientTokenId /
 // UnrecognizedClientException, ExpiredToken / ExpiredTokenException, AccessDenied /
-// AccessDeniedException).
+// AccessDeniedException). The body is always signed: `UNSIGNED-PAYLOAD` is S3's alone (the S3
+// API reference's "unsigned payload option"); STS and ECR hash the body they received, so a
+// request signed over UNSIGNED-PAYLOAD does not match.
+//
+// IAM is modelled, not assumed: every principal has an identity policy (allow statements of
+// action and resource globs); a principal without one configured gets DEFAULT_POLICY, exactly
+// the least-privilege lists the README documents (pull, push, repository creation, pull-through
+// caches) and nothing more. ECR API calls and the Docker registry API of the ECR front
+// (cloud-registry.ts, through ecrRegistryDenial) are checked against it and denied as AWS does,
+// naming the action and the resource. ECR authorization tokens are scoped to the region they
+// were issued in (ECR answers one from another region as it does an expired one).
 import { createHash, createHmac, createPublicKey, createSign, createVerify, randomBytes, randomUUID, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { appendFileSync, createReadStream, mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -125,7 +135,7 @@ export type SigV4Result = { ok: true; identity: SigV4Identity; region: string } 
 export function verifySigV4(
   req: SignedRequest,
   lookup: (accessKeyId: string) => SigV4Identity | undefined,
-  expect: { service: string; regions: string[]; now?: number },
+  expect: { service: string; regions: string[]; now?: number; /** S3 only: accept `x-amz-content-sha256: UNSIGNED-PAYLOAD`. */ unsignedPayload?: boolean },
 ): SigV4Result {
   const now = expect.now ?? Date.now();
   const hdr = (name: string): string[] => req.headers.filter(([k]) => k.toLowerCase() === name).map(([, v]) => v);
@@ -198,7 +208,9 @@ export function verifySigV4(
   if (declaredHash !== undefined && declaredHash !== payloadHash && declaredHash !== 'UNSIGNED-PAYLOAD') {
     return { ok: false, status: 400, kind: 'signature', message: "The provided 'x-amz-content-sha256' header does not match what was computed." };
   }
-  const canonicalRequest = [req.method.toUpperCase(), canonicalUri, canonicalQuery, canonicalHeaders.join(''), signedHeadersList, declaredHash ?? payloadHash].join('\n');
+  // Services other than S3 sign over the hash of the body they received, whatever the header says.
+  const signedPayload = declaredHash === 'UNSIGNED-PAYLOAD' && expect.unsignedPayload ? declaredHash : payloadHash;
+  const canonicalRequest = [req.method.toUpperCase(), canonicalUri, canonicalQuery, canonicalHeaders.join(''), signedHeadersList, signedPayload].join('\n');
   const scope = `${date}/${region}/${service}/aws4_request`;
   const stringToSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256Hex(canonicalRequest)].join('\n');
   const kDate = hmac('AWS4' + identity.secret, date);
@@ -291,6 +303,43 @@ export interface RoleConfig {
   trustedPrincipals?: string[] | '*';
   /** Trust for sts:AssumeRoleWithWebIdentity. */
   webIdentity?: { issuer: string; audience: string; subject?: string };
+  /** The role's identity policy (its sessions act with it). Default DEFAULT_POLICY. */
+  policy?: IamPolicy;
+}
+
+/** An identity policy: Allow statements. `*` in an action or resource matches any run of characters. */
+export type IamPolicy = Array<{ actions: string[]; resources?: string[] }>;
+
+/**
+ * The README's least-privilege lists ("Permissions" under Cloud registries). Pushing includes
+ * ecr:BatchGetImage, as in the ECR user guide's push policy (image-push-iam): a push reads the
+ * destination's manifest first (is the tag already there?).
+ */
+export const ECR_PULL_ACTIONS = ['ecr:GetAuthorizationToken', 'ecr:BatchGetImage', 'ecr:GetDownloadUrlForLayer'] as const;
+export const ECR_PUSH_ACTIONS = [
+  'ecr:GetAuthorizationToken',
+  'ecr:BatchGetImage',
+  'ecr:BatchCheckLayerAvailability',
+  'ecr:InitiateLayerUpload',
+  'ecr:UploadLayerPart',
+  'ecr:CompleteLayerUpload',
+  'ecr:PutImage',
+] as const;
+export const ECR_CREATE_ACTIONS = ['ecr:DescribeRepositories', 'ecr:CreateRepository'] as const;
+/** A pull through a cache rule that creates the cached repository. */
+export const ECR_PULL_THROUGH_ACTIONS = ['ecr:BatchImportUpstreamImage', 'ecr:CreateRepository'] as const;
+
+/** What a principal without a configured policy may do: everything the README says ferry needs, nothing else. */
+export const DEFAULT_POLICY: IamPolicy = [{ actions: [...new Set([...ECR_PULL_ACTIONS, ...ECR_PUSH_ACTIONS, ...ECR_CREATE_ACTIONS, ...ECR_PULL_THROUGH_ACTIONS])], resources: ['*'] }];
+
+function globMatch(pattern: string, value: string): boolean {
+  const re = new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
+  return re.test(value);
+}
+
+/** Does the policy allow `action` on `resource`? (Action names compare case-insensitively, as IAM's do.) */
+export function policyAllows(policy: IamPolicy, action: string, resource: string): boolean {
+  return policy.some((st) => st.actions.some((a) => globMatch(a.toLowerCase(), action.toLowerCase())) && (st.resources ?? ['*']).some((r) => globMatch(r, resource)));
 }
 
 export interface OidcIssuer {
@@ -372,8 +421,12 @@ export interface AwsStandinOptions {
   stsCredentialLifetimeSeconds?: number;
   /** The password GetAuthorizationToken issues; default a fresh random one per call. */
   ecrPassword?: string | ((registryId: string, principal: string) => string);
-  /** IAM policy stand-in: may `principal` perform `action` (e.g. ecr:CreateRepository)? Default: yes. */
+  /** Identity policies by principal ARN: an IAM user's, or a role's (`arn:aws:iam::…:role/R`) for its sessions. Default DEFAULT_POLICY. */
+  policies?: Record<string, IamPolicy>;
+  /** An extra veto after the policies (a test's quick denial): may `principal` perform `action`? Default: yes. */
   allow?: (principal: string, action: string, resource: string) => boolean;
+  /** Further regions the ECR endpoint answers for (tokens issued there are scoped to them). */
+  otherEcrRegions?: string[];
   /** Instance profile role name served by IMDS. Default ferry-instance. */
   instanceRoleName?: string;
   /** Lifetime of IMDS role credentials, seconds. Default 6 h. */
@@ -556,8 +609,43 @@ export class AwsStandin {
     this.calls.set(op, this.count(op) + 1);
   }
 
+  /** The identity policy `principal` acts with: its own, its role's for a role session, else DEFAULT_POLICY. */
+  policyOf(principal: string): IamPolicy {
+    const policies = this.options.policies ?? {};
+    const role = roleArnOfSession(principal);
+    return policies[principal] ?? (role !== undefined ? (policies[role] ?? this.options.roles?.find((r) => r.arn === role)?.policy) : undefined) ?? DEFAULT_POLICY;
+  }
+
+  /** Set (or, with undefined, clear) the identity policy of a user or role. */
+  setPolicy(principalOrRole: string, policy: IamPolicy | undefined): void {
+    const policies = { ...(this.options.policies ?? {}) };
+    if (policy === undefined) delete policies[principalOrRole];
+    else policies[principalOrRole] = policy;
+    this.options.policies = policies;
+    const role = this.options.roles?.find((r) => r.arn === principalOrRole);
+    if (role && policy === undefined) delete role.policy;
+  }
+
   private allowed(principal: string, action: string, resource: string): boolean {
+    if (!policyAllows(this.policyOf(principal), action, resource)) return false;
     return this.options.allow ? this.options.allow(principal, action, resource) : true;
+  }
+
+  /**
+   * The Docker registry API of an ECR host, as IAM sees it (the ECR user guide's permissions for
+   * pulling and pushing): undefined when the token's principal may do this request, else the
+   * 403 DENIED message ECR answers with, naming the action and the repository. A token issued
+   * in another region is refused as ECR refuses it (as expired).
+   */
+  ecrRegistryDenial(token: IssuedEcrToken, req: { method: string; kind: string; name: string; hasBody: boolean }): string | undefined {
+    if (token.region !== this.region) return 'Your authorization token has expired. Reauthenticate and try again.';
+    const resource = repoArn(this.region, token.registryId, req.name);
+    for (const action of ecrRegistryActions(req.method, req.kind, req.hasBody)) {
+      if (!this.allowed(token.principal, action, resource)) {
+        return `User: ${token.principal} is not authorized to perform: ${action} on resource: ${resource} because no identity-based policy allows the ${action} action`;
+      }
+    }
+    return undefined;
   }
 
   // ----- STS ---------------------------------------------------------------------------------
@@ -703,7 +791,7 @@ export class AwsStandin {
     if (!String(req.headers['content-type'] ?? '').startsWith('application/x-amz-json-1.1')) return this.ecrError(res, 400, 'SerializationException', 'Unsupported content type');
     const check = verifySigV4({ method: 'POST', target: req.url ?? '/', headers: headerPairs(req), body }, (k) => this.identities.get(k), {
       service: 'ecr',
-      regions: [this.region],
+      regions: [this.region, ...(this.options.otherEcrRegions ?? [])],
     });
     if (!check.ok) {
       const type =
@@ -717,7 +805,8 @@ export class AwsStandin {
       return this.ecrError(res, 400, 'SerializationException', 'Start of structure or map found where not expected.');
     }
     const caller = check.identity;
-    const region = this.region;
+    // The region the request was signed for is the endpoint's: tokens are scoped to it.
+    const region = check.region;
     const deny = (action: string, resource: string): void =>
       this.ecrError(res, 400, 'AccessDeniedException', `User: ${caller.arn} is not authorized to perform: ${action} on resource: ${resource} because no identity-based policy allows the ${action} action`);
 
@@ -1040,6 +1129,31 @@ function accountOf(arn: string): string {
 function roleArnOfSession(arn: string): string | undefined {
   const m = /^arn:([^:]+):sts::(\d{12}):assumed-role\/([^/]+)\//.exec(arn);
   return m ? `arn:${m[1]}:iam::${m[2]}:role/${m[3]}` : undefined;
+}
+
+/**
+ * The IAM actions a Docker registry API request to ECR needs: manifests and referrers are read
+ * with ecr:BatchGetImage and written with ecr:PutImage, blobs read with
+ * ecr:GetDownloadUrlForLayer and looked for with ecr:BatchCheckLayerAvailability, an upload
+ * opened with ecr:InitiateLayerUpload, its bytes sent with ecr:UploadLayerPart and closed with
+ * ecr:CompleteLayerUpload (a PUT that carries the bytes needs both), tags listed with
+ * ecr:ListImages. Other requests (cancelling an upload) need nothing more than the token.
+ */
+export function ecrRegistryActions(method: string, kind: string, hasBody: boolean): string[] {
+  const m = method.toUpperCase();
+  if (kind === 'manifests') return m === 'PUT' ? ['ecr:PutImage'] : m === 'DELETE' ? ['ecr:BatchDeleteImage'] : ['ecr:BatchGetImage'];
+  if (kind === 'referrers') return ['ecr:BatchGetImage'];
+  if (kind === 'tags') return ['ecr:ListImages'];
+  if (kind === 'uploads') {
+    if (m === 'POST') return hasBody ? ['ecr:InitiateLayerUpload', 'ecr:UploadLayerPart', 'ecr:CompleteLayerUpload'] : ['ecr:InitiateLayerUpload'];
+    if (m === 'PATCH') return ['ecr:UploadLayerPart'];
+    if (m === 'PUT') return hasBody ? ['ecr:UploadLayerPart', 'ecr:CompleteLayerUpload'] : ['ecr:CompleteLayerUpload'];
+    return [];
+  }
+  if (kind === 'blobs') return m === 'HEAD' ? ['ecr:BatchCheckLayerAvailability'] : ['ecr:GetDownloadUrlForLayer'];
+  // A pull under a cache rule's prefix that creates the cached repository.
+  if (kind === 'pull-through') return [...ECR_PULL_THROUGH_ACTIONS];
+  return [];
 }
 
 function repoArn(region: string, registryId: string, name: string): string {

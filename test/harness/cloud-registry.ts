@@ -331,7 +331,8 @@ export async function startEcrRegistry(opts: EcrRegistryOptions): Promise<EcrReg
     if (!cred || cred.username !== 'AWS') return registryError(401, 'DENIED', 'Not Authorized', challenge, 'no credentials');
     const issued = aws.issuedEcrTokens.filter((t) => t.registryId === account && t.password === cred.password);
     if (issued.length === 0) return registryError(401, 'DENIED', 'Not Authorized', challenge, 'unknown token');
-    if (!issued.some((t) => t.expiresAt.getTime() > Date.now())) {
+    const live = issued.find((t) => t.expiresAt.getTime() > Date.now());
+    if (!live) {
       // What ECR answers an expired token with: 403, no challenge.
       return registryError(403, 'DENIED', 'Your authorization token has expired. Reauthenticate and try again.', {}, 'expired token');
     }
@@ -339,9 +340,17 @@ export async function startEcrRegistry(opts: EcrRegistryOptions): Promise<EcrReg
     const m = API_PATH.exec(url.pathname);
     if (!m) return { forward: true, ...(authorization ? { authorization } : {}) };
     const [, name, kind, rest] = m as unknown as [string, string, string, string];
+    // IAM, as the token's principal (aws-standin.ts: the permissions of each request, the token's region).
+    const method = req.method ?? 'GET';
+    const hasBody = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+    const denied = (k: string) => aws.ecrRegistryDenial(live, { method, kind: k, name, hasBody });
+    const denial = denied(kind === 'blobs' && rest.startsWith('uploads') ? 'uploads' : kind);
+    if (denial) return registryError(403, 'DENIED', denial, {}, /expired/.test(denial) ? 'token from another region' : 'denied');
     let repo = aws.repository(name, account);
-    if (!repo && (req.method === 'GET' || req.method === 'HEAD') && (opts.pullThroughPrefixes ?? []).some((p) => name.startsWith(`${p}/`))) {
+    if (!repo && (method === 'GET' || method === 'HEAD') && (opts.pullThroughPrefixes ?? []).some((p) => name.startsWith(`${p}/`))) {
       // A pull through a cache rule creates the repository (the upstream image is already cached here).
+      const cacheDenial = denied('pull-through');
+      if (cacheDenial) return registryError(403, 'DENIED', cacheDenial, {}, 'denied');
       repo = aws.addRepository(name, { registryId: account });
     }
     if (!repo) return registryError(404, 'NAME_UNKNOWN', `The repository with name '${name}' does not exist in the registry with id '${account}'`, {}, 'no repository');

@@ -1,11 +1,15 @@
 // The repository's REFERENCE CONTROL PLANE: a real node:http server implementing every
-// endpoint of the control-plane contract (/work/shared/design/control-plane.md), strictly, so
-// that the agent is tested against the rules rather than against a mock that agrees with it.
-// Used by the tests and by the demo (`node test/harness/control-plane.ts --help`).
+// endpoint of the control-plane contract (docs/control-plane.md, v1.1), strictly, so that the
+// agent is tested against the rules rather than against a mock that agrees with it. What the
+// agent sends is checked with this server's own schema (contract-schema.ts), written from the
+// contract and sharing no code with the agent's checkers. Used by the tests and by the demo
+// (`node test/harness/control-plane.ts --help`).
 //
 // Where the contract is silent, this server decides as follows (and the agent copes with it):
-// - Error bodies are JSON `{"code": "...", "message": "..."}`; codes in SERVER_ERROR_CODES.
+// - Error bodies are JSON `{"code": "...", "message": "..."}`; codes in CODES below.
 // - A token for another runner id gets 403; a bad or missing token 401 (`WWW-Authenticate: Bearer`).
+// - A request body of the wrong shape, or with a field the contract does not name, gets 400
+//   BAD_REQUEST naming every problem (contract-schema.ts).
 // - Claim: 201 creates the execution; the same instance again gets 200 with it (whatever its
 //   state); any other instance 409 CLAIMED_BY_OTHER_INSTANCE, even once the lease has expired
 //   (expired executions are taken over with attach); a job that is not available and has no
@@ -16,33 +20,85 @@
 //   was lost) and gets a renewal. Expiry applies to the first exchange only. An unknown token
 //   gets 403 TOKEN_INVALID; a renewal (no body) for an execution with no bound token gets 400
 //   ONE_TIME_TOKEN_REQUIRED.
-// - PATCH, progress, result, attach and credential calls on a closed execution get 409
-//   EXECUTION_CLOSED, on a cancelled / timed-out job 409 JOB_CANCELLED / JOB_TIMED_OUT.
+// - PATCH, progress and result on a cancelled / timed-out job get 409 JOB_CANCELLED /
+//   JOB_TIMED_OUT; then, from an instance that does not hold the execution (another attached it),
+//   409 EXECUTION_NOT_HELD, an identical repeated result included; then, on a closed execution,
+//   409 EXECUTION_CLOSED (a result identical to the accepted one gets 200). Attach and credential
+//   calls on a closed execution get 409 EXECUTION_CLOSED.
 // - A heartbeat extends the leases of every open execution the instance holds, expired or not,
 //   as long as no one else has attached. PATCH and progress extend the execution's lease.
 // - `executions?status=in-progress` lists every open execution of the runner (pending,
 //   initializing, in-progress, cleaning-up), whoever holds it.
 // - Responses: heartbeat and progress 204; PATCH 200 with the execution; result 200 `{job_id, status}`.
+// - Every response's Date header is on the server's clock (advanceClock moves it).
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import {
-  DEFAULT_SETTINGS,
-  EXECUTION_UPDATE_STATUSES,
-  ID_PATTERN,
-  SERVER_ERROR_CODES as CODES,
-  checkHeartbeatBody,
-  checkProgressBody,
-  checkResultBody,
-  type HeartbeatBody,
-  type JobStatus,
-  type ProgressBody,
-  type RegistryCredentialsBody,
-  type ResultBody,
-  type RunnerSettings,
-} from '../../src/agent/contract.ts';
-import { isPlainObject, ShapeError } from '../../src/agent/validate.ts';
+import { HEARTBEAT_BODY, INSTANCE_BODY, PROGRESS_BODY, STATUS_BODY, resultViolations, violations, type Schema } from './contract-schema.ts';
+
+export type JobStatus = 'queued' | 'available' | 'in-progress' | 'finished' | 'failed' | 'cancelled' | 'timed-out';
+
+export interface RunnerSettings {
+  heartbeat_interval_s: number;
+  poll_interval_s: number;
+  lease_s: number;
+}
+
+/** The contract's defaults. */
+const DEFAULT_SETTINGS: RunnerSettings = { heartbeat_interval_s: 5, poll_interval_s: 5, lease_s: 30 };
+
+export type RegistryCredentialsBody =
+  | { registry: string; username: string; password: string; expires_at: string }
+  | { registry: string; token: string; expires_at: string };
+
+export interface HeartbeatBody {
+  instance_id: string;
+  alive_time_s: number;
+  version: string;
+  jobs_running: number;
+}
+
+export interface ProgressBody {
+  instance_id: string;
+  bytes_done: number;
+  bytes_total: number;
+  blobs_done: number;
+  blobs_total: number;
+}
+
+export interface ResultBody {
+  instance_id: string;
+  success: boolean;
+  error_code?: string;
+  error_message?: string;
+  outputs?: { image: Record<string, unknown> };
+}
+
+/** Error codes this server answers with. */
+export const CODES = {
+  unauthorized: 'UNAUTHORIZED',
+  forbidden: 'FORBIDDEN',
+  notFound: 'NOT_FOUND',
+  badRequest: 'BAD_REQUEST',
+  claimConflict: 'CLAIMED_BY_OTHER_INSTANCE',
+  jobNotAvailable: 'JOB_NOT_AVAILABLE',
+  leaseHeld: 'LEASE_HELD',
+  executionClosed: 'EXECUTION_CLOSED',
+  executionNotHeld: 'EXECUTION_NOT_HELD',
+  jobCancelled: 'JOB_CANCELLED',
+  jobTimedOut: 'JOB_TIMED_OUT',
+  resultConflict: 'RESULT_CONFLICT',
+  tokenRequired: 'ONE_TIME_TOKEN_REQUIRED',
+  tokenAlreadyUsed: 'TOKEN_ALREADY_USED',
+  tokenExpired: 'TOKEN_EXPIRED',
+  tooLarge: 'TOO_LARGE',
+  unavailable: 'UNAVAILABLE',
+} as const;
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
 
 export const DEFAULT_RUNNER_TOKEN = 'ferry-test-runner-token-0123456789';
 export const DEFAULT_RUNNER_ID = 'runner-1';
@@ -408,20 +464,20 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     exec.leaseExpiresAt = now() + leaseS * 1000;
   };
 
-  const instanceIdOf = (body: unknown): string => {
-    if (!isPlainObject(body) || typeof body.instance_id !== 'string' || !ID_PATTERN.test(body.instance_id)) {
-      throw new HttpError(400, CODES.badRequest, 'body must be {"instance_id": "<id>"}');
-    }
-    return body.instance_id;
+  /** The body if it fits the schema; 400 BAD_REQUEST naming every problem if not. */
+  const checkBody = <T>(schema: Schema | ((v: unknown) => string[]), body: unknown, what: string): T => {
+    const problems = typeof schema === 'function' ? schema(body) : violations(schema, body);
+    if (problems.length > 0) throw new HttpError(400, CODES.badRequest, `${what} does not follow the contract: ${problems.slice(0, 10).join('; ')}`);
+    return body as T;
   };
 
-  const checkBody = <T>(check: (v: unknown, p: string) => T, body: unknown): T => {
-    try {
-      return check(body, '$');
-    } catch (e) {
-      if (e instanceof ShapeError) throw new HttpError(400, CODES.badRequest, e.message);
-      throw e;
-    }
+  const instanceIdOf = (body: unknown): string => checkBody<{ instance_id: string }>(INSTANCE_BODY, body, 'the body').instance_id;
+
+  /** PATCH, progress and result come from the instance that holds the execution, or get 409 EXECUTION_NOT_HELD. */
+  const mustHold = (job: JobRec, exec: ExecRec, instanceId: string) => {
+    if (job.status === 'cancelled') throw new HttpError(409, CODES.jobCancelled, `job ${job.id} was cancelled`);
+    if (job.status === 'timed-out') throw new HttpError(409, CODES.jobTimedOut, `job ${job.id} timed out`);
+    if (exec.instanceId !== instanceId) throw new HttpError(409, CODES.executionNotHeld, `execution ${exec.id} is held by another instance now; stop working on it`);
   };
 
   // ---- endpoints ----
@@ -453,7 +509,7 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
       }
       if (what === 'heart-beats') {
         allow(method, 'POST');
-        const hb = checkBody(checkHeartbeatBody, body);
+        const hb = checkBody<HeartbeatBody>(HEARTBEAT_BODY, body, 'the heart-beat');
         heartbeats.push({ ...hb, at: iso(now()) });
         for (const job of jobs.values()) {
           const e = job.execution;
@@ -481,11 +537,10 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
         const exec = mustExec(job, segs[4]!);
         if (segs.length === 5) {
           allow(method, 'PATCH');
-          if (!isPlainObject(body) || !(EXECUTION_UPDATE_STATUSES as readonly unknown[]).includes(body.status)) {
-            throw new HttpError(400, CODES.badRequest, `status must be one of ${EXECUTION_UPDATE_STATUSES.join(', ')}`);
-          }
+          const update = checkBody<{ status: string; instance_id: string }>(STATUS_BODY, body, 'the status update');
+          mustHold(job, exec, update.instance_id);
           mustBeOpen(job, exec);
-          exec.status = body.status as string;
+          exec.status = update.status;
           exec.statusHistory.push({ status: exec.status, at: now() });
           extendLease(exec);
           return { status: 200, body: execView(exec) };
@@ -500,7 +555,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
               return credentials(job, exec, body);
             case 'progress': {
               allow(method, 'POST');
-              const p = checkBody(checkProgressBody, body);
+              const p = checkBody<ProgressBody>(PROGRESS_BODY, body, 'the progress report');
+              mustHold(job, exec, p.instance_id);
               mustBeOpen(job, exec);
               job.progress.push({ exec_id: exec.id, body: p, at: now() });
               extendLease(exec);
@@ -600,9 +656,10 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
     const record = (status: number) => job.results.push({ exec_id: exec.id, body: structuredClone(body), status, at: now() });
     let r: ResultBody;
     try {
-      r = checkBody(checkResultBody, body);
+      r = checkBody<ResultBody>(resultViolations, body, 'the result');
+      mustHold(job, exec, r.instance_id);
     } catch (e) {
-      record(400);
+      record((e as HttpError).status);
       throw e;
     }
     const c = canonical(r);
@@ -659,7 +716,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
 
   const send = (res: ServerResponse, reply: Reply, rec: RequestRecord) => {
     rec.status = reply.status;
-    const headers: Record<string, string> = { ...reply.headers };
+    // Date on the server's own clock (advanceClock moves it too), as a real server's would be.
+    const headers: Record<string, string> = { date: new Date(now()).toUTCString(), ...reply.headers };
     if (reply.body === undefined || reply.status === 204) {
       res.writeHead(reply.status, headers);
       res.end();

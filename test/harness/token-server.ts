@@ -49,8 +49,14 @@ export interface GrantedAccess {
 }
 
 export interface TokenRequestRecord {
+  /** When it arrived (Date.now()). */
+  at: number;
   /** The Basic user, or null for an anonymous request. */
   user: string | null;
+  /** The Basic password presented (test secrets only), or null. */
+  password: string | null;
+  /** Why a 401 was answered: no such user, a wrong password, or one that has expired. */
+  refused?: 'unknown' | 'expired';
   service: string | null;
   scopes: string[];
   status: number;
@@ -72,6 +78,11 @@ export interface TokenServer {
   resetLog(): void;
   /** Change token lifetimes for later requests. */
   setExpiry(opts: { expiresIn?: number; registryValidFor?: number }): void;
+  /**
+   * Let `user` (one of `users`) also sign in with `password` until `expiresAt` (ms), alongside
+   * the others it has: short-lived credentials such as a control plane hands out, a new one per call.
+   */
+  addPassword(user: string, password: string, expiresAt: number): void;
   /** Sign a token directly (for tests of the token itself). */
   issue(sub: string, service: string, access: GrantedAccess[]): string;
   stop(): Promise<void>;
@@ -153,6 +164,7 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
   let expiresIn = opts.expiresIn ?? 300;
   let registryValidFor = opts.registryValidFor;
   const requests: TokenRequestRecord[] = [];
+  const extraPasswords = new Map<string, Array<{ password: string; expiresAt: number }>>();
 
   const issue = (sub: string, service: string, access: GrantedAccess[]): string => {
     const now = Math.floor(Date.now() / 1000);
@@ -179,7 +191,7 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
     }
     const service = url.searchParams.get('service');
     const scopes = url.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
-    const record: TokenRequestRecord = { user: null, service, scopes, status: 0, granted: [] };
+    const record: TokenRequestRecord = { at: Date.now(), user: null, password: null, service, scopes, status: 0, granted: [] };
     requests.push(record);
 
     let grants = anonymous;
@@ -187,8 +199,12 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
     if (req.headers.authorization !== undefined) {
       const user = basic ? users[basic.user] : undefined;
       record.user = basic?.user ?? null;
-      if (!basic || !user || user.password !== basic.password) {
+      record.password = basic?.password ?? null;
+      const extra = basic ? extraPasswords.get(basic.user)?.find((p) => p.password === basic.password) : undefined;
+      const live = extra !== undefined && Date.now() < extra.expiresAt;
+      if (!basic || !user || (user.password !== basic.password && !live)) {
         record.status = 401;
+        record.refused = extra !== undefined ? 'expired' : 'unknown';
         reply(res, 401, { details: 'incorrect username or password' }, { 'www-authenticate': 'Basic realm="ferry-test-token"' });
         return;
       }
@@ -232,6 +248,12 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
     setExpiry(next) {
       if (next.expiresIn !== undefined) expiresIn = next.expiresIn;
       if ('registryValidFor' in next) registryValidFor = next.registryValidFor;
+    },
+    addPassword(user, password, expiresAt) {
+      if (!users[user]) throw new Error(`addPassword: no user ${user}`);
+      const list = extraPasswords.get(user) ?? [];
+      list.push({ password, expiresAt });
+      extraPasswords.set(user, list);
     },
     issue,
     async stop() {

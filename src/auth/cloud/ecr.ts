@@ -5,7 +5,9 @@
 //     file / IRSA, ECS container endpoint, EC2 instance metadata with IMDSv2);
 //   - an assumed role (sts:AssumeRole) with the default chain as the caller;
 //   - sts:AssumeRoleWithWebIdentity with an OIDC token from the GCP metadata server, for an
-//     agent that runs on GCP and pushes to ECR.
+//     agent that runs on GCP and pushes to ECR: asked for (`webIdentity`), or picked by itself
+//     (`gcpWhenNoAwsIdentity`) when the default chain finds no AWS identity and a GCP metadata
+//     server answers.
 // With it, ecr:GetAuthorizationToken in the registry's region yields base64 `AWS:<password>`,
 // used as Basic credentials. Tokens are cached in memory until shortly before they expire.
 import { ECRClient, GetAuthorizationTokenCommand, DescribeRepositoriesCommand, CreateRepositoryCommand, type Repository, type Tag } from '@aws-sdk/client-ecr';
@@ -16,9 +18,9 @@ import type { Credential, CredentialProvider, CredentialRequest } from '../crede
 import { registerSecret, type Logger } from '../../log/logger.ts';
 import { authCode, awsAuthError, classifyAwsError } from './aws-errors.ts';
 import { awsRequestHandler } from './aws-http.ts';
-import { fetchGcpIdentityToken } from './gcp-metadata.ts';
+import { fetchGcpIdentityToken, gcpMetadataServerAnswers } from './gcp-metadata.ts';
 import { normalizeHost, parseEcrHost, type EcrHost } from './hosts.ts';
-import { refreshMargin } from './expiry.ts';
+import { renewalTime } from '../renewal.ts';
 
 /** AWS credentials as the SDK consumes them. */
 export interface AwsCredentials {
@@ -50,6 +52,11 @@ export interface EcrCredentialsOptions {
    * `roleArn` with an identity token from the GCP metadata server.
    */
   webIdentity?: { provider: 'gcp-metadata'; audience?: string };
+  /**
+   * With a role to assume and no `webIdentity`: when the AWS default chain finds no identity and
+   * a GCP metadata server answers, assume the role with the GCP identity token (this audience).
+   */
+  gcpWhenNoAwsIdentity?: { audience?: string };
   /** Region for STS calls; default the registry's region (regional STS endpoint). */
   stsRegion?: string;
   /** Requested role session length, seconds (900..43200). Default 3600. */
@@ -65,8 +72,6 @@ interface CachedToken {
   expiresAt: number;
   refreshAt: number;
 }
-
-export { refreshMargin };
 
 /** A valid STS RoleSessionName (2–64 of `[\w+=,.@-]`) from any string. */
 export function sanitizeSessionName(name: string): string {
@@ -125,6 +130,8 @@ export class EcrCredentials implements CredentialProvider {
   /** Assumed-role credentials per STS region. */
   private readonly roleCreds = new Map<string, { creds: AwsCredentials; refreshAt: number }>();
   private readonly roleInflight = new Map<string, Promise<AwsCredentials>>();
+  /** How the role is assumed, decided once: with the AWS identity, or with the GCP one. */
+  private identity: Promise<{ kind: 'aws' } | { kind: 'gcp'; audience: string }> | undefined;
 
   constructor(opts: EcrCredentialsOptions) {
     if (opts.webIdentity && !opts.roleArn) throw new FerryError('USAGE', 'ECR web identity federation needs a role ARN to assume');
@@ -133,7 +140,11 @@ export class EcrCredentials implements CredentialProvider {
     this.log = opts.logger.child({ component: 'ecr-credentials' });
     this.only = opts.registry !== undefined ? normalizeHost(opts.registry) : undefined;
     this.sessionName = sanitizeSessionName(opts.sessionName ?? (opts.jobId ? `ferry-${opts.jobId}` : 'ferry'));
-    const via = opts.webIdentity ? `GCP identity → role ${opts.roleArn}` : opts.roleArn ? `role ${opts.roleArn}` : 'AWS default credential chain';
+    const via = opts.webIdentity
+      ? `GCP identity → role ${opts.roleArn}`
+      : opts.roleArn
+        ? `role ${opts.roleArn}${opts.gcpWhenNoAwsIdentity ? ', with the GCP identity if there is no AWS one' : ''}`
+        : 'AWS default credential chain';
     this.description = `Amazon ECR (${via})`;
   }
 
@@ -143,6 +154,9 @@ export class EcrCredentials implements CredentialProvider {
     if (this.only !== undefined && this.only !== host.host) return undefined;
     const key = host.host;
     if (req.refresh) {
+      const cached = this.tokens.get(key);
+      // Refused, but another request has renewed it since: that one is the answer (no storm of renewals).
+      if (cached && req.rejected !== undefined && cached.credential !== req.rejected) return cached.credential;
       this.tokens.delete(key);
       // The registry refused what we had: re-establish the role session too.
       this.roleCreds.delete(this.stsRegion(host));
@@ -207,8 +221,34 @@ export class EcrCredentials implements CredentialProvider {
     return () => this.roleCredentials(host);
   }
 
-  private sts(region: string, host: EcrHost): STSClient {
-    const key = `${region}|${host.fips}|${host.dualStack}`;
+  /**
+   * The identity the role is assumed with. The AWS one unless web identity was asked for, or may
+   * be picked (gcpWhenNoAwsIdentity) and the default chain has nothing while a GCP metadata
+   * server answers: an agent on GCP with no AWS identity needs no switch.
+   */
+  private assumingIdentity(): Promise<{ kind: 'aws' } | { kind: 'gcp'; audience: string }> {
+    this.identity ??= (async () => {
+      if (this.opts.webIdentity) return { kind: 'gcp' as const, audience: this.opts.webIdentity.audience ?? DEFAULT_GCP_TO_AWS_AUDIENCE };
+      const fallback = this.opts.gcpWhenNoAwsIdentity;
+      if (!fallback) return { kind: 'aws' as const };
+      try {
+        await this.baseCredentials()();
+        return { kind: 'aws' as const };
+      } catch (e) {
+        if (!(await gcpMetadataServerAnswers())) return { kind: 'aws' as const }; // AssumeRole then reports the missing AWS identity
+        const audience = fallback.audience ?? DEFAULT_GCP_TO_AWS_AUDIENCE;
+        this.log.info(
+          { roleArn: this.opts.roleArn, audience, aws_chain: (e as Error).message },
+          'no AWS identity here, and a GCP metadata server answers: assuming the role with the GCP service account\'s identity token (FERRY_AWS_WEB_IDENTITY=off turns this off)',
+        );
+        return { kind: 'gcp' as const, audience };
+      }
+    })();
+    return this.identity;
+  }
+
+  private sts(region: string, host: EcrHost, withAwsIdentity: boolean): STSClient {
+    const key = `${region}|${host.fips}|${host.dualStack}|${withAwsIdentity}`;
     let c = this.stsClients.get(key);
     if (!c) {
       const custom = hasConfiguredEndpoint('STS');
@@ -218,7 +258,7 @@ export class EcrCredentials implements CredentialProvider {
         useDualstackEndpoint: !custom && host.dualStack,
         maxAttempts: this.opts.maxAttempts ?? 3,
         // AssumeRoleWithWebIdentity is unsigned; only AssumeRole needs the caller's credentials.
-        ...(this.opts.webIdentity ? {} : { credentials: this.baseCredentials() }),
+        ...(withAwsIdentity ? { credentials: this.baseCredentials() } : {}),
         ...awsRequestHandler(),
       });
       this.stsClients.set(key, c);
@@ -243,12 +283,13 @@ export class EcrCredentials implements CredentialProvider {
     const side = this.opts.side;
     const common = { RoleArn: roleArn, RoleSessionName: this.sessionName, DurationSeconds: this.opts.roleDurationSeconds ?? 3600 };
     let out: StsCredentials | undefined;
-    if (this.opts.webIdentity) {
-      const audience = this.opts.webIdentity.audience ?? DEFAULT_GCP_TO_AWS_AUDIENCE;
+    const identity = await this.assumingIdentity();
+    if (identity.kind === 'gcp') {
+      const audience = identity.audience;
       const token = await fetchGcpIdentityToken({ audience, logger: this.log, side });
       this.log.debug({ roleArn, sessionName: this.sessionName, region, audience }, 'assuming role with GCP web identity');
       try {
-        const r = await this.sts(region, host).send(new AssumeRoleWithWebIdentityCommand({ ...common, WebIdentityToken: token }));
+        const r = await this.sts(region, host, false).send(new AssumeRoleWithWebIdentityCommand({ ...common, WebIdentityToken: token }));
         out = r.Credentials;
       } catch (e) {
         throw awsAuthError(e, {
@@ -264,7 +305,7 @@ export class EcrCredentials implements CredentialProvider {
     } else {
       this.log.debug({ roleArn, sessionName: this.sessionName, region }, 'assuming role');
       try {
-        const r = await this.sts(region, host).send(new AssumeRoleCommand(common));
+        const r = await this.sts(region, host, true).send(new AssumeRoleCommand(common));
         out = r.Credentials;
       } catch (e) {
         throw awsAuthError(e, {
@@ -289,7 +330,7 @@ export class EcrCredentials implements CredentialProvider {
     };
     const now = Date.now();
     const exp = out.Expiration?.getTime() ?? now + 3600_000;
-    this.roleCreds.set(region, { creds, refreshAt: exp - refreshMargin(exp - now) });
+    this.roleCreds.set(region, { creds, refreshAt: renewalTime(now, exp) });
     return creds;
   }
 
@@ -307,7 +348,7 @@ export class EcrCredentials implements CredentialProvider {
         action: 'ecr:GetAuthorizationToken',
         ...(this.opts.roleArn ? { roleArn: this.opts.roleArn } : {}),
         hint: `Allow ecr:GetAuthorizationToken (resource "*") for ${this.opts.roleArn ? `role ${this.opts.roleArn}` : "the agent's IAM identity"}` +
-          `, plus ${side === 'source' ? 'ecr:BatchGetImage and ecr:GetDownloadUrlForLayer' : 'ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage'} on the repositories.`,
+          `, plus ${side === 'source' ? 'ecr:BatchGetImage and ecr:GetDownloadUrlForLayer' : 'ecr:BatchGetImage, ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload and ecr:PutImage'} on the repositories.`,
       });
     }
     if (!data?.authorizationToken) {
@@ -321,8 +362,7 @@ export class EcrCredentials implements CredentialProvider {
     const password = decoded.slice(colon + 1);
     registerSecret(password);
     const expiresAt = data.expiresAt?.getTime() ?? started + 12 * 3600_000;
-    const lifetime = Math.max(0, expiresAt - started);
-    const refreshAt = expiresAt - refreshMargin(lifetime);
+    const refreshAt = renewalTime(started, expiresAt);
     // expiresAt tells the registry client when to ask again; this provider then renews the token.
     const credential = { kind: 'basic' as const, username, password, expiresAt: refreshAt };
     this.tokens.set(host.host, { credential, expiresAt, refreshAt });
@@ -352,6 +392,8 @@ export interface EnsureEcrRepositoryOptions {
 
 export interface EnsuredEcrRepository {
   created: boolean;
+  /** Neither described nor created (both denied): taken to exist, which the push will show. */
+  assumed?: boolean;
   repositoryName: string;
   repositoryUri?: string;
   repositoryArn?: string;
@@ -371,7 +413,8 @@ function ensured(repo: Repository | undefined, name: string, created: boolean): 
 /**
  * Make sure an ECR repository exists: DescribeRepositories, and CreateRepository when it is
  * missing (or when describing is not permitted). A repository created concurrently by someone
- * else counts as existing. Failures to create are DESTINATION_REJECTED naming the permission.
+ * else counts as existing. Failures to create are DESTINATION_REJECTED naming the permission;
+ * when describing and creating are both denied, the repository is taken to exist.
  */
 export async function ensureEcrRepository(opts: EnsureEcrRepositoryOptions): Promise<EnsuredEcrRepository> {
   const { client, registryId, repositoryName: name } = opts;
@@ -436,10 +479,13 @@ export async function ensureEcrRepository(opts: EnsureEcrRepositoryOptions): Pro
   } catch (e) {
     const f = classifyAwsError(e);
     if (f.code === 'RepositoryAlreadyExistsException') return ensured(undefined, name, false);
-    const err = await opErr(e, 'ecr:CreateRepository');
     if (describeDenied && f.kind === 'denied') {
-      err.message += ' (ecr:DescribeRepositories was denied as well)';
+      // An identity with only the push permissions (the README's least-privilege list) can
+      // neither look nor create: the repository may well exist. The push finds out, and a
+      // missing one fails there with NAME_UNKNOWN, saying how to create it.
+      log.warn({ code: f.code }, 'may neither describe nor create the ECR repository (no ecr:DescribeRepositories, no ecr:CreateRepository): assuming it exists');
+      return { ...ensured(undefined, name, false), assumed: true };
     }
-    throw err;
+    throw await opErr(e, 'ecr:CreateRepository');
   }
 }

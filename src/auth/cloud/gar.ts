@@ -20,7 +20,7 @@ import type { Credential, CredentialProvider, CredentialRequest } from '../crede
 import { registerSecret, type Logger } from '../../log/logger.ts';
 import { authCode } from './aws-errors.ts';
 import type { AwsCredentialsProvider } from './ecr.ts';
-import { refreshMargin } from './expiry.ts';
+import { renewalTime } from '../renewal.ts';
 import { normalizeHost, parseGarHost } from './hosts.ts';
 
 export const CLOUD_PLATFORM_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
@@ -75,6 +75,8 @@ export class GarCredentials implements CredentialProvider {
   private readonly only: string | undefined;
   private client: Promise<AuthClient> | undefined;
   private inflight: Promise<Credential & { kind: 'basic' }> | undefined;
+  /** The newest token handed out. */
+  private last: Credential | undefined;
 
   constructor(opts: GarCredentialsOptions) {
     if (opts.registry !== undefined && !parseGarHost(opts.registry)) {
@@ -91,12 +93,16 @@ export class GarCredentials implements CredentialProvider {
     const host = parseGarHost(req.registry);
     if (!host) return undefined;
     if (this.only !== undefined && this.only !== host.host) return undefined;
+    // Refused, but another request has renewed it since: the library's cache holds the newer one.
+    const refresh = req.refresh === true && !(req.rejected !== undefined && this.last !== undefined && this.last !== req.rejected);
     // One token serves every Google registry host: one fetch at a time.
-    if (req.refresh) this.client = undefined;
-    if (!this.inflight || req.refresh) {
-      const p = this.fetchToken(host.host).finally(() => {
-        if (this.inflight === p) this.inflight = undefined;
-      });
+    if (refresh) this.client = undefined;
+    if (!this.inflight || refresh) {
+      const p = this.fetchToken(host.host)
+        .then((c) => (this.last = c))
+        .finally(() => {
+          if (this.inflight === p) this.inflight = undefined;
+        });
       this.inflight = p;
     }
     return this.inflight;
@@ -120,7 +126,7 @@ export class GarCredentials implements CredentialProvider {
     // Tell the registry client when to ask again: shortly before the token expires (the library
     // then hands out a renewed one), or in a few minutes when the expiry is unknown.
     const now = Date.now();
-    const expiresAt = typeof expiry === 'number' && expiry > now ? expiry - refreshMargin(expiry - now) : now + UNKNOWN_EXPIRY_RECHECK_MS;
+    const expiresAt = typeof expiry === 'number' && expiry > now ? renewalTime(now, expiry) : now + UNKNOWN_EXPIRY_RECHECK_MS;
     return { kind: 'basic', username: GAR_USERNAME, password: token, expiresAt };
   }
 

@@ -1,6 +1,7 @@
 // The GCP metadata server's identity-token endpoint, for federating a GCP workload into AWS
-// (sts:AssumeRoleWithWebIdentity with a Google-signed OIDC token). The host follows Google's
-// own libraries: GCE_METADATA_IP, else GCE_METADATA_HOST, else metadata.google.internal.
+// (sts:AssumeRoleWithWebIdentity with a Google-signed OIDC token), and whether there is a
+// metadata server at all (is this GCP?). The host follows Google's own libraries:
+// GCE_METADATA_IP, else GCE_METADATA_HOST, else metadata.google.internal.
 import { FerryError, NetworkError, type Side } from '../../errors.ts';
 import { registerSecret, type Logger } from '../../log/logger.ts';
 import { authCode } from './aws-errors.ts';
@@ -12,6 +13,21 @@ export function metadataBaseUrl(env: NodeJS.ProcessEnv = process.env): string {
   let host = env.GCE_METADATA_IP || env.GCE_METADATA_HOST || DEFAULT_METADATA_HOST;
   if (!/^https?:\/\//.test(host)) host = `http://${host}`;
   return `${host.replace(/\/+$/, '')}/computeMetadata/v1`;
+}
+
+/**
+ * Does a GCP metadata server answer here (a GCE VM, a GKE pod, Cloud Run)? One request, with
+ * `Metadata-Flavor: Google`, that must come back with that header; off GCP the host does not
+ * resolve and the answer comes at once. Never throws.
+ */
+export async function gcpMetadataServerAnswers(timeoutMs = 2000): Promise<boolean> {
+  try {
+    const res = await fetch(`${metadataBaseUrl()}/project/project-id`, { headers: { 'Metadata-Flavor': 'Google' }, signal: AbortSignal.timeout(timeoutMs), redirect: 'error' });
+    await res.arrayBuffer();
+    return res.status === 200 && res.headers.get('metadata-flavor') === 'Google';
+  } catch {
+    return false;
+  }
 }
 
 export interface GcpIdentityTokenOptions {

@@ -1,7 +1,7 @@
 // Cloud registry credentials picked by host name: ECR hosts get AWS credentials, Artifact
 // Registry / GCR hosts get Google credentials. The SDKs are loaded only when such a host is
 // actually used, so copies between other registries do not pay their start-up cost.
-import type { Side } from '../../errors.ts';
+import { UsageError, type Side } from '../../errors.ts';
 import type { Logger } from '../../log/logger.ts';
 import type { Credential, CredentialProvider, CredentialRequest } from '../credentials.ts';
 import type { ECRClient } from '@aws-sdk/client-ecr';
@@ -22,6 +22,17 @@ export interface CloudCredentialOptions {
   workloadIdentityProvider?: string;
   /** Where FERRY_AWS_WEB_IDENTITY(_AUDIENCE) are read; default process.env. */
   env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * FERRY_AWS_WEB_IDENTITY: unset (or `auto`): GCP web identity when there is no AWS identity and a
+ * GCP metadata server answers; `gcp`: always; `off`: never.
+ */
+export function awsWebIdentityMode(env: NodeJS.ProcessEnv): 'auto' | 'gcp' | 'off' {
+  const v = (env.FERRY_AWS_WEB_IDENTITY ?? '').trim().toLowerCase();
+  if (v === '' || v === 'auto') return 'auto';
+  if (v === 'gcp' || v === 'off') return v;
+  throw new UsageError(`FERRY_AWS_WEB_IDENTITY="${v.slice(0, 40)}" is not one of auto, gcp, off`);
 }
 
 /** Repository settings for an ECR repository ferry creates (`ferry copy` flags). */
@@ -81,11 +92,13 @@ export class CloudCredentials implements CredentialProvider {
       if (this.opts.roleArn) o.roleArn = this.opts.roleArn;
       if (this.opts.jobId) o.jobId = this.opts.jobId;
       // On GCP (self-hosted), a role that trusts the GCP service account is assumed with the
-      // instance's OIDC identity token: FERRY_AWS_WEB_IDENTITY=gcp (audience optional).
+      // instance's OIDC identity token: by itself when there is no AWS identity and the metadata
+      // server answers; always with FERRY_AWS_WEB_IDENTITY=gcp, never with =off.
       const env = this.opts.env ?? process.env;
-      if (this.opts.roleArn && env.FERRY_AWS_WEB_IDENTITY === 'gcp') {
-        o.webIdentity = { provider: 'gcp-metadata', ...(env.FERRY_AWS_WEB_IDENTITY_AUDIENCE ? { audience: env.FERRY_AWS_WEB_IDENTITY_AUDIENCE } : {}) };
-      }
+      const mode = awsWebIdentityMode(env);
+      const audience = env.FERRY_AWS_WEB_IDENTITY_AUDIENCE ? { audience: env.FERRY_AWS_WEB_IDENTITY_AUDIENCE } : {};
+      if (this.opts.roleArn && mode === 'gcp') o.webIdentity = { provider: 'gcp-metadata', ...audience };
+      if (this.opts.roleArn && mode === 'auto') o.gcpWhenNoAwsIdentity = audience;
       return new EcrCredentials(o);
     });
     return this.ecr;
