@@ -1,10 +1,13 @@
 // A repository in a registry as a copy end. The copy engine recognises these to use what
 // only registries can do: mount across repositories of one registry, and resumable chunked
 // uploads (src/copy/blob-upload.ts).
+import { FerryError } from '../errors.ts';
 import type { Digest } from '../reference/digest.ts';
+import type { Descriptor } from '../oci/manifest.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import { EcrApiError, ecrLayerApiFor, type EcrLayerApi } from '../registry/ecr-layer-api.ts';
-import type { BlobStream, FetchedManifest, ImageDestination, ImageSource, ManifestHead } from './types.ts';
+import { RegistryReferrers } from './registry/referrers.ts';
+import type { BlobStream, FetchedManifest, ImageDestination, ImageSource, ManifestHead, ReferrersListing, ReferrersListOptions } from './types.ts';
 
 export class RegistrySource implements ImageSource {
   readonly client: RegistryClient;
@@ -25,6 +28,10 @@ export class RegistrySource implements ImageSource {
     return this.client.getReferrers(this.repository, digest, signal);
   }
 
+  listTags(signal?: AbortSignal): Promise<string[] | undefined> {
+    return this.client.listTags(this.repository, signal);
+  }
+
   async openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
     const res = await this.client.openBlob(this.repository, digest, offset, signal, size);
     return { body: res.body as AsyncIterable<Buffer>, ignoredRange: (res as { ignoredRange?: boolean }).ignoredRange === true };
@@ -36,19 +43,33 @@ export class RegistryDestination implements ImageDestination {
   readonly repository: string;
   readonly description: string;
   readonly maxConcurrentBlobs = Infinity;
+  private readonly referrers: RegistryReferrers;
 
   constructor(client: RegistryClient, repository: string) {
     this.client = client;
     this.repository = repository;
     this.description = `${client.registry}/${repository}`;
+    this.referrers = new RegistryReferrers(client, repository);
   }
 
   headManifest(target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
     return this.client.headManifest(this.repository, target, signal);
   }
 
-  putManifest(target: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<Digest> {
-    return this.client.putManifest(this.repository, target, bytes, mediaType, signal);
+  /** The registry's answer to a manifest with a subject says whether it serves the referrers API. */
+  async putManifest(target: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<Digest> {
+    const answer = await this.client.pushManifest(this.repository, target, bytes, mediaType, { signal });
+    if (answer === 'precondition-failed') throw new FerryError('INTERNAL', `${this.description}: HTTP 412 to a manifest PUT sent without a condition`);
+    this.referrers.notePut(bytes, answer.ociSubject);
+    return answer.digest;
+  }
+
+  listedReferrers(subject: Digest, referrers: Descriptor[], o: ReferrersListOptions): Promise<Set<Digest>> {
+    return this.referrers.listed(subject, referrers, o);
+  }
+
+  updateReferrersIndex(subject: Digest, referrers: Descriptor[], o: ReferrersListOptions & { proposed?: Buffer | undefined }): Promise<ReferrersListing> {
+    return this.referrers.update(subject, referrers, o);
   }
 
   async hasBlob(digest: Digest, _size: number, signal?: AbortSignal): Promise<boolean> {

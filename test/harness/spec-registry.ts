@@ -21,8 +21,10 @@
 // stored everything it received. `Range` is written `0-<last byte>`, and `0-0` for an empty
 // upload (as distribution does; the spec leaves the empty case open).
 // Blobs: HEAD/GET (with `Range: bytes=a-b` → 206), DELETE → 202. Manifests: PUT/GET/HEAD/DELETE
-// by tag or digest (blobs and child manifests must exist: 400 MANIFEST_BLOB_UNKNOWN), tags list,
-// referrers. No auth.
+// by tag or digest (blobs and child manifests must exist: 400 MANIFEST_BLOB_UNKNOWN; a PUT with
+// If-Match is written only over the ETag `"<digest>"` named, else 412; a PUT of a manifest with a
+// subject is answered with OCI-Subject), tags list, referrers (the referrers API, with artifactType
+// and annotations). No auth.
 //
 // Stored on disk (blobs, open uploads) in a temp dir; manifests in memory. Every upload body
 // byte read is counted, per session, with the first bytes of the session's data so a test can
@@ -129,6 +131,7 @@ interface StoredManifest {
   digest: string;
   subject?: string;
   artifactType?: string;
+  annotations?: Record<string, string>;
 }
 
 interface Repo {
@@ -540,6 +543,16 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       if (!mediaType) throw new HttpError(400, 'MANIFEST_INVALID', 'Content-Type is required');
       if (doc.mediaType && doc.mediaType !== mediaType) throw new HttpError(400, 'MANIFEST_INVALID', `Content-Type ${mediaType} differs from the manifest's mediaType ${doc.mediaType}`);
       const r = repo(name);
+      // Conditional writes (RFC 9110 If-Match), which the spec lets clients use on the referrers fallback tag.
+      const ifMatch = req.headers['if-match'];
+      if (ifMatch !== undefined) {
+        const current = isDigest ? (r.manifests.has(ref) ? ref : undefined) : r.tags.get(ref);
+        const tags = ifMatch.split(',').map((t) => t.trim());
+        const matches = current !== undefined && (tags.includes('*') || tags.includes(`"${current}"`));
+        if (!matches) {
+          throw new HttpError(412, 'PRECONDITION_FAILED', `${ref} is ${current ?? 'absent'}, not ${ifMatch}`);
+        }
+      }
       const missing: string[] = [];
       if (INDEX_TYPES.includes(mediaType)) {
         for (const m of doc.manifests ?? []) if (!r.manifests.has(m.digest)) missing.push(m.digest);
@@ -551,6 +564,8 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       if (doc.subject?.digest) stored.subject = doc.subject.digest;
       const artifactType = doc.artifactType ?? (doc.config as { mediaType?: string } | undefined)?.mediaType;
       if (artifactType) stored.artifactType = artifactType;
+      const annotations = (doc as { annotations?: unknown }).annotations;
+      if (annotations && typeof annotations === 'object' && Object.keys(annotations).length > 0) stored.annotations = annotations as Record<string, string>;
       r.manifests.set(digest, stored);
       if (!isDigest) r.tags.set(ref, digest);
       const headers: Record<string, string> = { location: `/v2/${name}/manifests/${digest}`, 'docker-content-digest': digest };
@@ -600,7 +615,13 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       const wanted = url.searchParams.get('artifactType');
       const manifests = [...(repos.get(m[1]!)?.manifests.values() ?? [])]
         .filter((x) => x.subject === subject && (!wanted || x.artifactType === wanted))
-        .map((x) => ({ mediaType: x.mediaType, digest: x.digest, size: x.bytes.byteLength, ...(x.artifactType ? { artifactType: x.artifactType } : {}) }));
+        .map((x) => ({
+          mediaType: x.mediaType,
+          digest: x.digest,
+          size: x.bytes.byteLength,
+          ...(x.artifactType ? { artifactType: x.artifactType } : {}),
+          ...(x.annotations ? { annotations: x.annotations } : {}),
+        }));
       const body = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests });
       return send(res, 200, { 'content-type': 'application/vnd.oci.image.index.v1+json', ...(wanted ? { 'oci-filters-applied': 'artifactType' } : {}) }, body);
     }
