@@ -40,6 +40,8 @@ import { makeTempDir } from './process.ts';
 export interface SpecRegistryOptions {
   /** Sent as OCI-Chunk-Min-Length on POST (advisory, as in the spec). */
   minChunkLength?: number;
+  /** Serve the referrers API (default true). Without it: 404 there and no OCI-Subject, as a registry from before distribution-spec 1.1. */
+  referrersApi?: boolean;
 }
 
 export interface UploadSessionInfo {
@@ -153,6 +155,7 @@ class HttpError extends Error {
 }
 
 export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise<SpecRegistry> {
+  const referrersApi = opts.referrersApi ?? true;
   const temp = makeTempDir('spec-registry');
   const blobDir = join(temp.path, 'blobs');
   const uploadDir = join(temp.path, 'uploads');
@@ -569,7 +572,7 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       r.manifests.set(digest, stored);
       if (!isDigest) r.tags.set(ref, digest);
       const headers: Record<string, string> = { location: `/v2/${name}/manifests/${digest}`, 'docker-content-digest': digest };
-      if (stored.subject) headers['oci-subject'] = stored.subject;
+      if (stored.subject && referrersApi) headers['oci-subject'] = stored.subject;
       return send(res, 201, headers);
     }
     discard(req);
@@ -608,7 +611,7 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       if (!r) throw new HttpError(404, 'NAME_UNKNOWN', `repository ${m[1]} is unknown`);
       return send(res, 200, { 'content-type': 'application/json' }, JSON.stringify({ name: m[1], tags: [...r.tags.keys()].sort() }));
     }
-    if ((m = ROUTES.referrers.exec(path))) {
+    if ((m = ROUTES.referrers.exec(path)) && referrersApi) {
       discard(req);
       const subject = decodeURIComponent(m[2]!);
       if (!DIGEST.test(subject)) throw new HttpError(400, 'DIGEST_INVALID', `${subject} is not sha256:<64 hex>`);

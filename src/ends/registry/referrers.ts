@@ -11,10 +11,11 @@
 // reads before ferry's write and writes after ferry's check can still drop ferry's entries on a
 // registry without conditional writes; the next re-sync finds them missing and adds them back.
 //
-// Whether the destination serves the API is a fact about the registry, learned once per client (the
-// agent keeps one client per destination registry): from the `OCI-Subject` header a registry with
-// the API MUST send when it takes a manifest with a subject, or, when no such PUT was made, from
-// one GET of the referrers API (404: none, as on distribution 2.8).
+// Whether a registry serves the API is a fact about the registry, learned once per process and
+// registry (and again after an hour: a registry may be upgraded), on either side of a copy: from the
+// `OCI-Subject` header a registry with the API MUST send when it takes a manifest with a subject, or
+// from a GET of the referrers API in a repository that exists (404: none, as on distribution 2.8).
+// A source known to have none is not asked again (RegistrySource.getReferrers).
 import type { Logger } from '../../log/logger.ts';
 import { FerryError } from '../../errors.ts';
 import { digestOf, type Digest } from '../../reference/digest.ts';
@@ -26,8 +27,29 @@ import type { ReferrersListing, ReferrersListOptions } from '../types.ts';
 /** Reads and writes of one fallback index before ferry stops contending with other writers. */
 const MAX_ROUNDS = 3;
 
-/** What a registry said about its referrers API, per client: true, false, or not yet known. */
-const servesApi = new WeakMap<RegistryClient, boolean>();
+/** How long what a registry said about its referrers API is taken as true. */
+const REMEMBER_API_MS = 60 * 60 * 1000;
+
+/** What each registry (by name) said about its referrers API, and when. */
+const apiByRegistry = new Map<string, { api: boolean; at: number }>();
+
+/** True or false when `registry` told within the last hour; undefined before. */
+export function knownReferrersApi(registry: string): boolean | undefined {
+  const known = apiByRegistry.get(registry);
+  if (!known) return undefined;
+  if (Date.now() - known.at > REMEMBER_API_MS) {
+    apiByRegistry.delete(registry);
+    return undefined;
+  }
+  return known.api;
+}
+
+/** Remember what `registry` said about its referrers API; true when that is news. */
+export function noteReferrersApi(registry: string, api: boolean): boolean {
+  const before = knownReferrersApi(registry);
+  apiByRegistry.set(registry, { api, at: Date.now() });
+  return before !== api;
+}
 
 /** The fallback index as read: its bytes and entries, and what to send in If-Match to write it back. */
 interface FallbackIndex {
@@ -52,7 +74,7 @@ export class RegistryReferrers {
 
   /** True or false once the registry has told; undefined before. */
   get servesApi(): boolean | undefined {
-    return servesApi.get(this.client);
+    return knownReferrersApi(this.client.registry);
   }
 
   /**
@@ -122,8 +144,7 @@ export class RegistryReferrers {
   }
 
   private remember(api: boolean): void {
-    if (servesApi.get(this.client) === api) return;
-    servesApi.set(this.client, api);
+    if (!noteReferrersApi(this.client.registry, api)) return;
     this.log.debug({ registry: this.client.registry, referrers_api: api }, api ? 'the registry serves the referrers API' : 'the registry has no referrers API: ferry keeps the fallback tags');
   }
 
