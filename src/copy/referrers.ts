@@ -57,7 +57,6 @@ export class ReferrerFinder {
   private readonly log: Logger;
   /** Whether the source serves the referrers API: learned from its first answer. */
   private api: boolean | undefined;
-  private firstAnswer: Promise<unknown> | undefined;
   private tags: Promise<Set<string> | undefined> | undefined;
 
   constructor(src: ImageSource, graph: SourceGraph, logger: Logger, signal?: AbortSignal) {
@@ -180,18 +179,15 @@ export class ReferrerFinder {
   }
 
   /**
-   * The API's pages for `subject`; undefined where there is no API. Until the source has answered
-   * once, the others wait for that answer: a source without the API is asked once, not per subject.
+   * The API's pages for `subject`; undefined where there is no API. A source that answered once
+   * that it has none is not asked again in this copy (a registry end remembers it longer, and asks
+   * once while its subjects wait: src/ends/registry/referrers.ts).
    */
   private async apiListing(subject: Digest): Promise<Buffer[] | undefined> {
-    if (this.api === undefined && this.firstAnswer) await this.firstAnswer.catch(() => undefined);
     if (this.api === false) return undefined;
-    const asked = this.src.getReferrers(subject, this.signal).then((pages) => {
-      this.api = pages !== undefined;
-      return pages;
-    });
-    if (this.api === undefined) this.firstAnswer ??= asked;
-    return asked;
+    const pages = await this.src.getReferrers(subject, this.signal);
+    this.api = pages !== undefined;
+    return pages;
   }
 
   /** Whether `tag` may exist: the source's tag list says, or, without one, it may. */

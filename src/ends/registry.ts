@@ -6,7 +6,7 @@ import type { Digest } from '../reference/digest.ts';
 import type { Descriptor } from '../oci/manifest.ts';
 import type { RegistryClient } from '../registry/client.ts';
 import { EcrApiError, ecrLayerApiFor, type EcrLayerApi } from '../registry/ecr-layer-api.ts';
-import { RegistryReferrers, knownReferrersApi, noteReferrersApi } from './registry/referrers.ts';
+import { RegistryReferrers, sourceReferrers } from './registry/referrers.ts';
 import type { BlobStream, FetchedManifest, ImageDestination, ImageSource, ManifestHead, ReferrersListing, ReferrersListOptions } from './types.ts';
 
 export class RegistrySource implements ImageSource {
@@ -25,12 +25,8 @@ export class RegistrySource implements ImageSource {
   }
 
   /** Not asked of a registry known to have no referrers API (the answer is remembered: src/ends/registry/referrers.ts). */
-  async getReferrers(digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
-    if (knownReferrersApi(this.client.registry) === false) return undefined;
-    const pages = await this.client.getReferrers(this.repository, digest, signal);
-    // The repository exists (its manifest was read): no answer means no API.
-    noteReferrersApi(this.client.registry, pages !== undefined);
-    return pages;
+  getReferrers(digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
+    return sourceReferrers(this.client, this.repository, digest, signal);
   }
 
   listTags(signal?: AbortSignal): Promise<string[] | undefined> {

@@ -44,6 +44,34 @@ export function knownReferrersApi(registry: string): boolean | undefined {
   return known.api;
 }
 
+/** The first question to a registry whose answer nobody knows yet, while it is out. */
+const firstQuestions = new Map<string, Promise<unknown>>();
+
+/**
+ * The source side: the referrers API's pages for `digest`, or undefined where the registry has
+ * none. A registry known to have none is not asked; while nobody knows, one copy asks and the
+ * others (the agent's jobs side by side) wait for that answer. The repository exists (its
+ * manifest was read), so no answer means no API.
+ */
+export async function sourceReferrers(client: RegistryClient, repository: string, digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
+  const registry = client.registry;
+  const pending = knownReferrersApi(registry) === undefined ? firstQuestions.get(registry) : undefined;
+  if (pending) await pending.catch(() => undefined);
+  if (knownReferrersApi(registry) === false) return undefined;
+  const asked = client.getReferrers(repository, digest, signal).then((pages) => {
+    noteReferrersApi(registry, pages !== undefined);
+    return pages;
+  });
+  if (knownReferrersApi(registry) === undefined && !firstQuestions.has(registry)) {
+    firstQuestions.set(registry, asked);
+    asked.then(
+      () => firstQuestions.delete(registry),
+      () => firstQuestions.delete(registry),
+    );
+  }
+  return asked;
+}
+
 /** Remember what `registry` said about its referrers API; true when that is news. */
 export function noteReferrersApi(registry: string, api: boolean): boolean {
   const before = knownReferrersApi(registry);
