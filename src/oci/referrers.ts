@@ -1,6 +1,6 @@
 // Referrers (signatures, SBOMs, attestations) as the OCI distribution spec names and lists them
 // where a registry has no referrers API, and as cosign tags them. No I/O.
-import { digestOf, parseDigest, type Digest } from '../reference/digest.ts';
+import { parseDigest, type Digest } from '../reference/digest.ts';
 import { MediaType, type Descriptor, type ImageIndex, type ParsedManifest } from './manifest.ts';
 
 /**
@@ -52,9 +52,4 @@ export function newReferrersIndex(entries: Descriptor[]): Buffer {
 export function extendReferrersIndex(existing: Buffer, missing: Descriptor[]): Buffer {
   const doc = JSON.parse(existing.toString('utf8')) as Record<string, unknown> & { manifests: unknown[] };
   return Buffer.from(JSON.stringify({ ...doc, manifests: [...doc.manifests, ...missing] }));
-}
-
-/** Digest of index bytes built here (the fallback tag holds sha256 content). */
-export function referrersIndexDigest(bytes: Buffer): Digest {
-  return digestOf(bytes);
 }
