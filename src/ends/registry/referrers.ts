@@ -1,6 +1,6 @@
-// Referrers at a registry destination: does it serve the referrers API, and where it does not, the
-// referrers tag schema's fallback index (`sha256-<hex of the subject>`) kept as the OCI distribution
-// spec asks of clients ("Pushing Manifests with Subject"):
+// Referrers at a registry: does it serve the referrers API (both sides of a copy ask), and, at a
+// destination that does not, the referrers tag schema's fallback index (`sha256-<hex of the
+// subject>`) kept as the OCI distribution spec asks of clients ("Pushing Manifests with Subject"):
 //   - what the tag holds is read (404: an empty index) and merged: entries others pushed stay,
 //     in their order, and so do the document's other fields; ours are appended when missing;
 //   - nothing is written when it already lists every referrer copied;
@@ -19,7 +19,7 @@
 import type { Logger } from '../../log/logger.ts';
 import { FerryError } from '../../errors.ts';
 import { digestOf, type Digest } from '../../reference/digest.ts';
-import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../../oci/manifest.ts';
+import { MediaType, parseManifest, type Descriptor } from '../../oci/manifest.ts';
 import { extendReferrersIndex, newReferrersIndex, referrersTagOf } from '../../oci/referrers.ts';
 import type { RegistryClient } from '../../registry/client.ts';
 import type { ReferrersListing, ReferrersListOptions } from '../types.ts';
@@ -256,7 +256,7 @@ function digestsOf(pages: Buffer[], subject: Digest): Set<Digest> {
   for (const page of pages) {
     const parsed = parseManifest(page, MediaType.OciIndex, 'destination');
     if (parsed.kind !== 'index') throw new FerryError('DESTINATION_REJECTED', `the destination's referrers response for ${subject} is not an index`, { side: 'destination' });
-    for (const d of (parsed.index as ImageIndex).manifests) out.add(d.digest);
+    for (const d of parsed.index.manifests) out.add(d.digest);
   }
   return out;
 }
