@@ -101,8 +101,8 @@ export async function syncWithAgent(agent: AgentSettings, jobs: FleetJob[], ctx:
         source: { reference: j.source, auth: { kind: 'anonymous' } },
         destination: { reference: j.destination, auth: { kind: 'local' } },
         platforms: 'all',
-        // The peers copy no referrers; neither does ferry here.
-        referrers: false,
+        // Like the peers: no referrers, except in the workloads where every tool copies them (warm-signed).
+        referrers: ctx.referrers === true,
       }),
     );
     const tokenFile = join(ctx.stateDir, 'runner-token');

@@ -59,6 +59,8 @@ export interface WorkloadResult {
   blobs: number;
   /** How ferry ran this workload (fleet/warm: the interim CLI mode). */
   ferry_mode?: string;
+  /** Tools that sat this workload out, and why (they cannot copy referrers). */
+  left_out?: Record<string, string>;
   runs: Record<string, RunResult[]>;
   /** The tools ferry is compared with (not ferry-baseline or node-floor); absent in results from before it: all but those. */
   peers?: string[];
@@ -244,6 +246,29 @@ export function evaluateTargets(r: BenchResults): Target[] {
     }
   }
   {
+    // Issue 19's budget (docs/performance.md, "Re-syncs that cost nothing"): per signed image, at the
+    // destination the tag and one request per referrer at most (here the fallback index: 2 of 3),
+    // nothing written; at the source the root, the tag list, one listing per subject at most.
+    const w = wl('warm-signed');
+    const f = sum(w, 'ferry');
+    if (w && f?.requests_detail) {
+      const { source, destination } = f.requests_detail;
+      const images = w.images;
+      const referrersPerImage = 2;
+      const writes = destination.manifestWrite + destination.upload;
+      const dstBudget = images * (1 + referrersPerImage);
+      const srcBudget = images * (2 + 1 + referrersPerImage) + 1;
+      targets.push({
+        id: 'warm-signed-requests',
+        description: 'warm-signed: nothing written; destination ≤ 1 + referrers requests per image; source ≤ root + tag list + one listing per subject',
+        target: `0 writes, ≤ ${dstBudget} destination, ≤ ${srcBudget} source requests`,
+        measured: `${writes} writes, ${destination.total} destination (${destination.manifest} manifest, ${destination.blob} blob, ${destination.other} other), ${source.total} source (${source.manifest} manifest, ${source.blob} blob, ${source.other} other)`,
+        met: f.verified ? writes === 0 && destination.blob === 0 && destination.total <= dstBudget && source.total <= srcBudget : null,
+        note: 'the agent asks the source once whether it serves the referrers API, then remembers; "other" are tag lists and referrers API requests',
+      });
+    }
+  }
+  {
     const big = sum(wl('huge-2g'), 'ferry');
     const small = sum(wl('huge-512m'), 'ferry');
     if (big) {
@@ -368,6 +393,7 @@ export function toMarkdown(r: BenchResults): string {
     L.push('');
     L.push(`${w.images} image(s), ${w.blobs} blobs, ${mib(w.bytes)} per copy.${w.best_peer ? ` Best peer: **${w.best_peer}**.` : ''}`);
     if (w.ferry_mode) L.push(`\n**ferry here: ${w.ferry_mode}.**`);
+    for (const [tool, why] of Object.entries(w.left_out ?? {})) L.push(`\nNot measured: ${tool} (${why}).`);
     L.push('');
     L.push('| tool | wall median (s) | min | max | × best peer | CPU (s): total (user + sys) | CPU s/GiB | peak RSS (MiB) | requests src + dst | registries\' CPU (s) | verified | foreign CPU |');
     L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|');

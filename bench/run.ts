@@ -188,7 +188,8 @@ interface Env {
 
 async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[], env: Env): Promise<WorkloadResult> {
   const { o } = env;
-  const tools = allTools.filter((t) => !t.workloads || t.workloads.includes(w.name));
+  const tools = allTools.filter((t) => (!t.workloads || t.workloads.includes(w.name)) && !(w.referrers && t.cannotCopyReferrers));
+  const leftOut = w.referrers ? allTools.filter((t) => t.cannotCopyReferrers && (!t.workloads || t.workloads.includes(w.name))) : [];
   const peers = tools.filter((t) => t.peer).map((t) => t.name);
   const result: WorkloadResult = {
     name: w.name,
@@ -202,6 +203,8 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
     summary: [],
   };
   if (w.kind !== 'single' && tools.some((t) => t.name === 'ferry')) result.ferry_mode = ferryFleetModeLabel(o.ferryFleet, o.agentMaxJobs);
+  if (leftOut.length) result.left_out = Object.fromEntries(leftOut.map((t) => [t.name, t.cannotCopyReferrers!]));
+  const referrers = w.referrers === true;
 
   const jobsInto = (prefix: string): FleetJob[] =>
     images.map((i) => ({ source: `${env.src.host}/${i.repo}:${i.tag}`, destination: `${env.dst.host}/${prefix}/${i.repo}:${i.tag}` }));
@@ -222,7 +225,7 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
       warmState.set(t.name, stateDir);
       const jobs = jobsInto(`warm/${t.name}`);
       o.log(`[warm] ${t.name}: preparing the destination (untimed)…`);
-      const m = await syncFor(t)(jobs, { stateDir, dockerConfig: env.dockerConfig, parallel: o.fleetParallel, timeoutMs: o.timeoutMs });
+      const m = await syncFor(t)(jobs, { stateDir, dockerConfig: env.dockerConfig, referrers, parallel: o.fleetParallel, timeoutMs: o.timeoutMs });
       if (m.failures.length) throw new Error(`warm: ${t.name} could not prepare the destination: ${m.failures[0]}`);
       await verifyAll(env.dstC, images, `warm/${t.name}`);
     }
@@ -233,7 +236,7 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
     for (const t of tools) {
       const prefix = w.kind === 'warm' ? `warm/${t.name}` : `${w.name}/${t.name}-r${round}`;
       const stateDir = w.kind === 'warm' ? warmState.get(t.name)! : mkdtempSync(join(env.scratch, `state-${t.name}-`));
-      const ctx: RunContext = { stateDir, dockerConfig: env.dockerConfig };
+      const ctx: RunContext = { stateDir, dockerConfig: env.dockerConfig, referrers };
       const jobs = jobsInto(prefix);
 
       t.beforeRun?.();
@@ -309,13 +312,24 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
   return result;
 }
 
-/** Every image at `prefix/<repo>:<tag>` in the destination is the source image, byte for byte. */
+/**
+ * Every image at `prefix/<repo>:<tag>` in the destination is the source image, byte for byte; its
+ * referrers, where the workload has some, are there too and listed in the fallback index (the
+ * bench's destination, distribution 2.8, has no referrers API).
+ */
 async function verifyAll(dstC: OciClient, images: SourceImage[], prefix: string): Promise<void> {
   for (const i of images) {
     const got = await dstC.verifyImage(`${prefix}/${i.repo}`, i.tag);
     if (got.digest !== i.digest) throw new Error(`${prefix}/${i.repo}:${i.tag} is ${got.digest}, the source is ${i.digest}`);
     const blobs = got.blobs.map((b) => b.digest).sort();
     if (blobs.join() !== i.blobs.join()) throw new Error(`${prefix}/${i.repo}:${i.tag} has blobs ${blobs.length}, the source ${i.blobs.length}`);
+    if (!i.referrers?.length) continue;
+    const index = JSON.parse((await dstC.getManifest(`${prefix}/${i.repo}`, i.digest.replace(':', '-'))).bytes.toString('utf8')) as { manifests?: Array<{ digest: string }> };
+    const listed = new Set((index.manifests ?? []).map((d) => d.digest));
+    for (const r of i.referrers) {
+      if (!listed.has(r)) throw new Error(`${prefix}/${i.repo}: referrer ${r} is not listed in the fallback index`);
+      await dstC.verifyImage(`${prefix}/${i.repo}`, r);
+    }
   }
 }
 

@@ -11,6 +11,8 @@ export interface RunContext {
   stateDir: string;
   /** An empty docker config dir: no tool picks up credentials or settings from the machine. */
   dockerConfig: string;
+  /** Copy the images' referrers too (warm-signed): ferry --referrers, oras cp -r. */
+  referrers?: boolean;
 }
 
 export interface Tool {
@@ -25,6 +27,8 @@ export interface Tool {
   beforeRun?(): void;
   /** The workloads it runs (default: all). */
   workloads?: string[];
+  /** Why it sits out the workloads that copy referrers (it cannot copy them). */
+  cannotCopyReferrers?: string;
 }
 
 export interface ToolSettings {
@@ -86,7 +90,7 @@ export function makeTools(s: ToolSettings): Tool[] {
       version: () => firstLine(f.command[0]!, [...f.command.slice(1), 'version']).replace(/^ferry /, ''),
       copy: (src, dst, ctx) => ({
         cmd: f.command[0]!,
-        args: [...f.command.slice(1), 'copy', '--json', ...ferryArgs, src, dst],
+        args: [...f.command.slice(1), 'copy', '--json', ...ferryArgs, ...(ctx.referrers ? ['--referrers'] : []), src, dst],
         env: env(ctx, { XDG_STATE_HOME: ctx.stateDir }),
       }),
     })),
@@ -104,6 +108,7 @@ export function makeTools(s: ToolSettings): Tool[] {
         // So it cannot mount or skip thanks to an earlier run (it has no flag to turn the cache off).
         for (const f of SKOPEO_CACHES) rmSync(f, { force: true });
       },
+      cannotCopyReferrers: 'skopeo copy has no way to copy referrers (OCI 1.1 subject/referrers are not supported)',
     },
     {
       name: 'crane',
@@ -111,13 +116,14 @@ export function makeTools(s: ToolSettings): Tool[] {
       invocation: `crane copy --insecure ${craneArgs.join(' ')} SRC DST`.replace(/\s+/g, ' '),
       version: () => `${dpkgVersion('crane').replace(/\+.*/, '')} (Debian ${dpkgVersion('crane')})`,
       copy: (src, dst, ctx) => ({ cmd: 'crane', args: ['copy', '--insecure', ...craneArgs, src, dst], env: env(ctx) }),
+      cannotCopyReferrers: 'crane copy copies the image only (no option for referrers)',
     },
     {
       name: 'oras',
       peer: true,
       invocation: `oras cp --from-plain-http --to-plain-http ${orasArgs.join(' ')} SRC DST`.replace(/\s+/g, ' '),
       version: () => `${firstLine('oras', ['version']).replace(/^Version:\s*/, '')} (Debian ${dpkgVersion('oras')})`,
-      copy: (src, dst, ctx) => ({ cmd: 'oras', args: ['cp', '--from-plain-http', '--to-plain-http', ...orasArgs, src, dst], env: env(ctx) }),
+      copy: (src, dst, ctx) => ({ cmd: 'oras', args: ['cp', '--from-plain-http', '--to-plain-http', ...orasArgs, ...(ctx.referrers ? ['-r'] : []), src, dst], env: env(ctx) }),
     },
     {
       name: NODE_FLOOR,

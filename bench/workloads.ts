@@ -1,7 +1,7 @@
 // The benchmark's workloads, seeded into the source registry with the test harness's
 // deterministic fixtures (every byte from the suite seed: the same digests on every machine).
 import type { OciClient } from '../test/harness/oci-client.ts';
-import { MEDIA, pushImage, pushLargeImage, pushMultiArch } from '../test/harness/fixtures.ts';
+import { MEDIA, pushArtifactFor, pushImage, pushLargeImage, pushMultiArch } from '../test/harness/fixtures.ts';
 import { createRng, seededBytes } from '../test/harness/seed.ts';
 
 const KiB = 1024;
@@ -17,6 +17,8 @@ export interface SourceImage {
   blobs: string[];
   /** Sum of the blob sizes, each once. */
   bytes: number;
+  /** Referrers of the image (digests) a copy with referrers must leave findable at the destination. */
+  referrers?: string[];
 }
 
 export type WorkloadKind = 'single' | 'fleet' | 'warm';
@@ -28,6 +30,8 @@ export interface Workload {
   /** Seeds share a key when two workloads copy the same source images (fleet and warm). */
   seedKey: string;
   seed(src: OciClient, quick: boolean): Promise<SourceImage[]>;
+  /** Every tool copies the images' referrers too; tools that cannot sit it out (Tool.cannotCopyReferrers). */
+  referrers?: boolean;
   /**
    * Rounds of this workload per `--runs` (default 1). The sub-second copies move by ±0.1 s from
    * run to run on this shared machine, as much as the targets' 5 %: three times the rounds keep
@@ -159,6 +163,27 @@ async function seedFleet(src: OciClient, quick: boolean): Promise<SourceImage[]>
   return images;
 }
 
+/**
+ * warm-signed: `fleetImages` small images (two layers of 64–256 KiB), each signed as a vendor does
+ * it today: an SBOM and a signature (cosign's OCI 1.1 artifact type), both with `subject`, listed in
+ * the source's `sha256-<hex>` fallback tag (the source, distribution 2.8, has no referrers API).
+ * No cosign `.sig` tags: oras cp -r, the one peer that copies referrers, copies only these.
+ */
+async function seedSignedFleet(src: OciClient, quick: boolean): Promise<SourceImage[]> {
+  const s = sizes(quick);
+  const rng = createRng('bench/signed');
+  const images: SourceImage[] = [];
+  for (let i = 0; i < s.fleetImages; i++) {
+    const repo = `bench/signed/app-${String(i).padStart(2, '0')}`;
+    const layerSizes = [0, 1].map(() => 64 * KiB + rng.int(192 * KiB));
+    const img = await pushImage(src, repo, 'v1', { layerSizes, seed: `bench/signed/${i}` });
+    const sbom = await pushArtifactFor(src, repo, img.descriptor, { seed: `bench/signed/${i}/sbom` });
+    const sig = await pushArtifactFor(src, repo, img.descriptor, { artifactType: 'application/vnd.dev.cosign.artifact.sig.v1+json', payloadSize: 256, seed: `bench/signed/${i}/sig` });
+    images.push({ ...(await describe(src, repo, 'v1')), referrers: [sbom.digest, sig.digest] });
+  }
+  return images;
+}
+
 export function workloads(quick: boolean): Workload[] {
   const s = sizes(quick);
   return [
@@ -229,6 +254,14 @@ export function workloads(quick: boolean): Workload[] {
       description: `re-sync of fleet when the destination already has everything`,
       seedKey: 'fleet',
       seed: seedFleet,
+    },
+    {
+      name: 'warm-signed',
+      kind: 'warm',
+      referrers: true,
+      description: `re-sync of ${s.fleetImages} signed images (an SBOM and a signature each, OCI 1.1 referrers in the source's fallback tag) with their referrers, when the destination already has everything`,
+      seedKey: 'warm-signed',
+      seed: seedSignedFleet,
     },
   ];
 }

@@ -17,7 +17,7 @@ export async function runInspect(args: InspectArgs): Promise<number> {
   try {
     const ref = parseReference(args.reference);
     const client = makeClient(ref.registry, 'source', makeKeychain('source', ref.registry, args.creds, args, logger), transport, logger);
-    const info = await inspectImage(new RegistrySource(client, ref.repository), ref);
+    const info = await inspectImage(new RegistrySource(client, ref.repository), ref, logger);
     if (args.json) {
       process.stdout.write(`${JSON.stringify(info)}\n`);
       return 0;
@@ -34,6 +34,12 @@ export async function runInspect(args: InspectArgs): Promise<number> {
     }
     lines.push(`  layers: ${info.layers.length}`);
     for (const l of info.layers) lines.push(`    ${l.digest}  ${formatBytes(l.size).padStart(10)}${l.platform ? `  ${l.platform}` : ''}`);
+    lines.push(`  referrers: ${info.referrers.length || 'none (referrers API, fallback tags and cosign tags asked)'}`);
+    for (const r of info.referrers) {
+      const where = r.found_by === 'api' ? 'referrers API' : r.found_by === 'fallback-tag' ? 'fallback tag' : `tag ${r.tag ?? ''}`;
+      const of = r.subject === info.digest ? '' : `  of ${r.subject}`;
+      lines.push(`    ${r.digest}  ${r.artifact_type}  (${where})${of}`);
+    }
     process.stdout.write(`${lines.join('\n')}\n`);
     return 0;
   } catch (e) {

@@ -6,11 +6,13 @@ import { AbortedError, FerryError, toFerryError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import { formatPlatform, platformMatches } from '../reference/platform.ts';
-import { MediaType, parseManifest, type Descriptor, type ImageIndex } from '../oci/manifest.ts';
+import { parseManifest, type Descriptor, type ImageIndex } from '../oci/manifest.ts';
+import { referrerDescriptor, subjectOf } from '../oci/referrers.ts';
 import type { BlobContext, BlobRef, CopyDestination, CopySource, ImageDestination, ImageSource } from '../ends/types.ts';
 import pLimit from 'p-limit';
 import { counted, readVerifiedBlob } from '../blob/verify.ts';
 import { SourceGraph, type ManifestNode } from './graph.ts';
+import { NO_REFERRERS, ReferrerFinder, type DiscoveredReferrers } from './referrers.ts';
 import { ContentCache } from './content-cache.ts';
 import { TransferLimits } from './limits.ts';
 import type { CopyProgress, CopyReport, DryRunPlan, ImageOutput, PlatformSelection, TransferStats } from './types.ts';
@@ -30,9 +32,15 @@ export interface CopyRequest {
   dryRun?: boolean;
 }
 
-/** Referrers of referrers (signatures of attestations): deeper than this is a loop. */
-const MAX_REFERRER_DEPTH = 3;
-
+/** What a copy still has to write for the referrers: on a re-run, only what the destination lacks. */
+interface PendingReferrers {
+  /** Referrer manifests to push (with their blobs). */
+  nodes: ManifestNode[];
+  /** cosign tags that do not name their manifest yet. */
+  tags: Array<{ tag: string; node: ManifestNode }>;
+  /** Subjects whose referrers are not all listed yet, with every referrer to list for each. */
+  subjects: Map<Digest, Descriptor[]>;
+}
 
 export async function copyImage(req: CopyRequest): Promise<CopyReport> {
   const started = Date.now();
@@ -118,18 +126,21 @@ class CopyRun {
 
     // 4. The rest of the graph (children come from the cache on a re-run).
     await this.graph.expand(root, 0, new Set());
-    const referrers = this.req.referrers ? await this.discoverReferrers(root) : { nodes: [], tags: [] as Array<{ tag: string; node: ManifestNode }> };
-    const leftBehind = leftBehindIndex && this.req.referrers ? (await this.referrerDescriptors(leftBehindIndex.digest)).map((d) => d.digest) : [];
+    const finder = new ReferrerFinder(this.src, this.graph, this.log, signal);
+    const referrers = this.req.referrers ? await finder.discover(root) : NO_REFERRERS;
+    const leftBehind = leftBehindIndex && this.req.referrers ? await finder.direct(leftBehindIndex.digest) : [];
 
-    const imageOutput = await this.graph.imageOutput(root, referrers.nodes, destination);
+    const imageOutput = await this.graph.imageOutput(root, referrers.found.map((f) => f.node), destination);
     const toWrite = upToDate ? [] : [root];
-    const referrerRoots = referrers.nodes;
+    // A re-run writes none of the referrers the destination already has and lists.
+    const pending = await this.pendingReferrers(referrers);
+    const referrerRoots = pending.nodes;
     const blobs = this.collectBlobs([...toWrite, ...referrerRoots]);
     this.stats.bytes_total = [...blobs.values()].reduce((n, b) => n + b.size, 0);
     this.progress.bytes_total = this.stats.bytes_total;
     this.progress.blobs_total = blobs.size;
 
-    if (upToDate && referrerRoots.length === 0) {
+    if (upToDate && referrerRoots.length === 0 && pending.tags.length === 0 && pending.subjects.size === 0) {
       this.log.info({ destination: destination.name, digest: root.digest }, 'destination already up to date');
     }
 
@@ -152,7 +163,8 @@ class CopyRun {
     const tagNow = referrerRoots.length === 0 ? destination.tag : undefined;
     for (const node of toWrite) await this.pushTree(node, pushed, tagNow);
     for (const node of referrerRoots) await this.pushTree(node, pushed, undefined);
-    for (const { tag, node } of referrers.tags) await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
+    await this.listReferrers(pending.subjects, referrers.sourceIndexes);
+    for (const { tag, node } of pending.tags) await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
     if (!upToDate && referrerRoots.length > 0 && destination.tag) {
       await this.dst.putManifest(destination.tag, root.bytes, root.mediaType, signal);
     }
@@ -231,89 +243,53 @@ class CopyRun {
 
   // ---- referrers -------------------------------------------------------------------------
 
-  private async referrerDescriptors(subject: Digest): Promise<Descriptor[]> {
-    const pages = await this.src.getReferrers(subject, this.req.signal);
-    if (pages === undefined) return [];
-    const out: Descriptor[] = [];
-    for (const page of pages) {
-      const parsed = parseManifest(page, MediaType.OciIndex, 'source');
-      if (parsed.kind !== 'index') throw new FerryError('SOURCE_INVALID', `referrers response for ${subject} is not an index`, { side: 'source' });
-      out.push(...parsed.index.manifests);
+  /**
+   * What the destination lacks of the referrers found: a cosign tag that names its manifest already
+   * (one HEAD each) needs nothing, nor does a referrer the destination lists for its subject (one
+   * request per subject: its referrers API or its fallback index). The rest is written.
+   */
+  private async pendingReferrers(found: DiscoveredReferrers): Promise<PendingReferrers> {
+    const { signal, limits } = this.req;
+    const dst = this.dst;
+    const check = <T>(fn: () => Promise<T>) => limits.check(dst.description, fn);
+    const tags = await Promise.all(
+      found.cosignTags.map(async (t) => ({ ...t, current: (await check(() => dst.headManifest(t.tag, signal)))?.digest })),
+    );
+    const bySubject = new Map<Digest, Descriptor[]>();
+    for (const { node } of found.found) {
+      const subject = subjectOf(node.parsed);
+      if (subject === undefined) continue;
+      const list = bySubject.get(subject) ?? [];
+      list.push(referrerDescriptor(node));
+      bySubject.set(subject, list);
     }
-    return out;
+    const listed = new Set<Digest>();
+    const listedReferrers = dst.listedReferrers?.bind(dst);
+    if (listedReferrers) {
+      await Promise.all(
+        [...bySubject].map(async ([subject, referrers]) => {
+          for (const d of await check(() => listedReferrers(subject, referrers, { signal, known: this.cache }))) listed.add(d);
+        }),
+      );
+    }
+    const present = new Set([...listed, ...tags.filter((t) => t.current === t.node.digest).map((t) => t.node.digest)]);
+    return {
+      nodes: found.found.map((f) => f.node).filter((n) => !present.has(n.digest)),
+      tags: tags.filter((t) => t.current !== t.node.digest).map(({ tag, node }) => ({ tag, node })),
+      subjects: new Map([...bySubject].filter(([, referrers]) => referrers.some((r) => !listed.has(r.digest)))),
+    };
   }
 
-  /**
-   * Referrers of every manifest in the image: through the referrers API, else the
-   * `sha256-<hex>` fallback tag, plus cosign's `.sig` / `.att` / `.sbom` tags.
-   */
-  private async discoverReferrers(root: ManifestNode): Promise<{ nodes: ManifestNode[]; tags: Array<{ tag: string; node: ManifestNode }> }> {
-    const nodes: ManifestNode[] = [];
-    const tags: Array<{ tag: string; node: ManifestNode }> = [];
-    // Every manifest met so far (the image's own, then referrers), by digest: each is visited once.
-    const known = new Map<Digest, ManifestNode>();
-    const subjects: ManifestNode[] = [];
-    const collect = (n: ManifestNode) => {
-      subjects.push(n);
-      n.children.forEach(collect);
-    };
-    collect(root);
-    for (const s of subjects) known.set(s.digest, s);
-
-    const visit = async (subject: Digest, depth: number): Promise<void> => {
-      if (depth > MAX_REFERRER_DEPTH) {
-        throw new FerryError('SOURCE_INVALID', `referrers nest more than ${MAX_REFERRER_DEPTH} levels below ${root.digest} (a loop?)`, { side: 'source' });
-      }
-      const hex = subject.split(':')[1]!;
-      const algo = subject.split(':')[0]!;
-      let descriptors = await this.referrerDescriptors(subject);
-      const found: ManifestNode[] = [];
-      if (descriptors.length === 0) {
-        const fallback = await this.src.getManifest(`${algo}-${hex}`, this.req.signal);
-        if (fallback) {
-          const parsed = parseManifest(fallback.bytes, fallback.mediaType, 'source');
-          if (parsed.kind === 'index') {
-            descriptors = parsed.index.manifests;
-            tags.push({ tag: `${algo}-${hex}`, node: { digest: fallback.digest, mediaType: parsed.mediaType, bytes: fallback.bytes, parsed, children: [] } });
-          }
-        }
-      }
-      for (const d of descriptors) {
-        // A referrer names its subject inside its own (verified) bytes. One listed under another
-        // subject — the subject itself, a referrer listing itself or pointing back — is a
-        // response that loops or lies.
-        const node = known.get(d.digest) ?? (await this.graph.fetchNode(d.digest, d));
-        const claimed = subjectOf(node);
-        if (claimed !== subject) {
-          throw new FerryError(
-            'SOURCE_INVALID',
-            `the source lists ${d.digest} as a referrer of ${subject}, but its subject is ${claimed ?? 'not set'}: the referrers response loops or is inconsistent; refusing it`,
-            { side: 'source' },
-          );
-        }
-        if (known.has(d.digest)) continue;
-        known.set(d.digest, node);
-        await this.graph.expand(node, 0, new Set());
-        found.push(node);
-      }
-      for (const suffix of ['sig', 'att', 'sbom']) {
-        const tag = `${algo}-${hex}.${suffix}`;
-        const m = await this.src.getManifest(tag, this.req.signal);
-        if (!m) continue;
-        const parsed = parseManifest(m.bytes, m.mediaType, 'source');
-        const node: ManifestNode = { digest: m.digest, mediaType: parsed.mediaType, bytes: m.bytes, parsed, children: [] };
-        await this.graph.expand(node, 0, new Set());
-        tags.push({ tag, node });
-        if (!known.has(node.digest)) {
-          known.set(node.digest, node);
-          found.push(node);
-        }
-      }
-      nodes.push(...found);
-      for (const n of found) await visit(n.digest, depth + 1);
-    };
-    for (const s of subjects) await visit(s.digest, 1);
-    return { nodes, tags };
+  /** After the referrers were pushed: list them for their subjects where the destination's clients look. */
+  private async listReferrers(subjects: Map<Digest, Descriptor[]>, sourceIndexes: Map<Digest, Buffer>): Promise<void> {
+    const update = this.dst.updateReferrersIndex?.bind(this.dst);
+    if (!update) return;
+    await Promise.all(
+      [...subjects].map(async ([subject, referrers]) => {
+        const done = await update(subject, referrers, { signal: this.req.signal, known: this.cache, proposed: sourceIndexes.get(subject) });
+        this.log.debug({ subject, referrers: referrers.length, listing: done }, 'referrers listed');
+      }),
+    );
   }
 
   // ---- transfer --------------------------------------------------------------------------
@@ -459,11 +435,6 @@ class CopyRun {
     await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
     pushed.add(node.digest);
   }
-}
-
-/** The digest a manifest names as its `subject`, if any. */
-function subjectOf(n: ManifestNode): Digest | undefined {
-  return n.parsed.kind === 'image' ? n.parsed.manifest.subject?.digest : n.parsed.index.subject?.digest;
 }
 
 /** An ImageSource over bytes already in memory (verified again by the reader). */

@@ -20,6 +20,7 @@ import { FerryError, DigestMismatchError, type Side } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { digestOf, parseDigest, isDigest, type Digest } from '../reference/digest.ts';
 import { MAX_MANIFEST_BYTES, MediaType, parseManifest, validateDescriptor, type Descriptor, type ImageIndex, type ParsedManifest } from '../oci/manifest.ts';
+import { referrerDescriptor, referrersTagOf } from '../oci/referrers.ts';
 import type { BlobStream, FetchedManifest, ImageSource, ManifestHead } from './types.ts';
 
 export const REF_NAME = 'org.opencontainers.image.ref.name';
@@ -43,12 +44,6 @@ export function digestFromBlobName(name: string): Digest | undefined {
   if (!m) return undefined;
   const d = `${m[1]}:${m[2]}`;
   return isDigest(d) ? d : undefined;
-}
-
-/** `sha256-<hex>`: the fallback tag under which referrers of a digest are listed. */
-export function fallbackTag(digest: Digest): string {
-  const { algorithm, hex } = parseDigest(digest);
-  return `${algorithm}-${hex}`;
 }
 
 /** Fallback and cosign tags: they name referrers, never the image someone means to copy. */
@@ -224,6 +219,10 @@ export abstract class LayoutReaderSource implements ImageSource {
     return undefined;
   }
 
+  async listTags(): Promise<string[]> {
+    return [...this.tags.keys()];
+  }
+
   openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
     return this.reader.openBlob(digest, size, offset, signal);
   }
@@ -314,15 +313,6 @@ function subjectOf(m: SessionManifest): Descriptor | undefined {
   return m.parsed.kind === 'image' ? m.parsed.manifest.subject : m.parsed.index.subject;
 }
 
-function referrerDescriptor(m: SessionManifest): Descriptor {
-  const d: Descriptor = { mediaType: m.mediaType, digest: m.digest, size: m.bytes.byteLength };
-  const artifactType = m.parsed.kind === 'image' ? (m.parsed.manifest.artifactType ?? m.parsed.manifest.config.mediaType) : m.parsed.index.artifactType;
-  if (artifactType) d.artifactType = artifactType;
-  const annotations = m.parsed.kind === 'image' ? m.parsed.manifest.annotations : m.parsed.index.annotations;
-  if (annotations && typeof annotations === 'object' && Object.keys(annotations).length > 0) d.annotations = annotations;
-  return d;
-}
-
 /** Blobs to store before index.json is written (fallback referrer indexes). */
 export interface ExtraBlob {
   digest: Digest;
@@ -377,7 +367,7 @@ export class IndexBuilder {
       bySubject.set(subject.digest, list);
     }
     for (const [subject, referrers] of bySubject) {
-      const tag = fallbackTag(subject);
+      const tag = referrersTagOf(subject);
       const current = tags.get(tag) ?? entries.find((d) => nameOf(d) === tag);
       let doc: ImageIndex & Record<string, unknown>;
       if (current) {

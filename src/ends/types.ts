@@ -5,6 +5,7 @@
 // runs that protocol itself. An end without a capability gets the plain path.
 import type { Logger } from '../log/logger.ts';
 import type { Digest } from '../reference/digest.ts';
+import type { Descriptor } from '../oci/manifest.ts';
 
 export interface FetchedManifest {
   /** The exact bytes. */
@@ -43,7 +44,27 @@ export interface ImageSource {
   openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream>;
   /** Release files and handles. */
   close?(): Promise<void>;
+  /**
+   * Every tag, in one listing: which fallback and cosign tags exist, without asking for each.
+   * Undefined when the end will not list them (the caller then asks tag by tag).
+   */
+  listTags?(signal?: AbortSignal): Promise<string[] | undefined>;
 }
+
+/** Verified manifest bytes by digest, kept across copies (the content cache): a read before costs no request. */
+export interface KnownContent {
+  get(digest: Digest): Promise<Buffer | undefined>;
+  put(digest: Digest, bytes: Buffer): Promise<void>;
+}
+
+export interface ReferrersListOptions {
+  signal?: AbortSignal | undefined;
+  known?: KnownContent | undefined;
+}
+
+/** What listing referrers took: nothing (the end's referrers API lists them), nothing (already listed), a write, or nothing (the index there is not one; logged). */
+export type ReferrersListing = 'api' | 'unchanged' | 'written' | 'skipped';
+
 
 /** A blob as the engine names it. */
 export interface BlobRef {
@@ -86,6 +107,22 @@ export interface DestinationCapabilities {
    * Without it the engine streams verified chunks into writeBlob.
    */
   putBlob?(blob: BlobRef, source: ImageSource, o: PutBlobOptions): Promise<PutBlobResult>;
+  /**
+   * Of `referrers` (manifests whose subject is `subject`), the digests this end already lists for
+   * the subject where clients look: its referrers API, or else the referrers tag schema's fallback
+   * index. Listed means stored (a referrer is listed only after it was pushed), so a re-run writes
+   * none of them again. Absent: the engine writes every referrer (an archive dedupes them itself).
+   */
+  listedReferrers?(subject: Digest, referrers: Descriptor[], o: ReferrersListOptions): Promise<Set<Digest>>;
+  /**
+   * After `referrers` of `subject` were stored, list them where clients look. Nothing to do where the
+   * end serves the referrers API; else the fallback index (`<alg>-<hex of subject>`): merged with
+   * what it holds (entries others pushed stay), written only when it lacks one of them. `proposed`:
+   * the source's own fallback index for the subject, written as it is where the end holds none and
+   * it lists exactly these (byte-exact). Absent: the end lists referrers by itself (an OCI layout
+   * writes the fallback tag at commit).
+   */
+  updateReferrersIndex?(subject: Digest, referrers: Descriptor[], o: ReferrersListOptions & { proposed?: Buffer | undefined }): Promise<ReferrersListing>;
 }
 
 /** The copy an end is working for. */

@@ -267,6 +267,107 @@ export class RegistryClient {
     throw this.invalid(`referrers of ${repository}@${digest} span more than 20 pages`);
   }
 
+  /**
+   * A manifest's HEAD with its ETag, for a write back that must not overwrite a change made since
+   * (If-Match). Undefined when there is none.
+   */
+  async headManifestForUpdate(repository: string, target: string, signal?: AbortSignal): Promise<(ManifestHead & { etag: string | undefined }) | undefined> {
+    const res = await this.readManifest('HEAD', repository, target, signal);
+    await drain(res.body);
+    if (res.status === 404) return undefined;
+    const digest = header(res, 'docker-content-digest');
+    const length = header(res, 'content-length');
+    return {
+      digest: digest && isDigest(digest) ? digest : undefined,
+      mediaType: header(res, 'content-type')?.split(';')[0]?.trim(),
+      size: length !== undefined ? Number(length) : undefined,
+      etag: header(res, 'etag'),
+    };
+  }
+
+  /**
+   * PUT exact manifest bytes and report what the registry said about them: the digest, and the
+   * `OCI-Subject` header a registry with the referrers API answers a manifest with a subject with.
+   * With `ifMatch` the write is conditional: `precondition-failed` when the manifest changed since
+   * that ETag was read (a registry without conditional requests ignores it and writes).
+   */
+  async pushManifest(
+    repository: string,
+    target: string,
+    bytes: Buffer,
+    mediaType: string,
+    opts: { ifMatch?: string | undefined; signal?: AbortSignal | undefined } = {},
+  ): Promise<{ digest: Digest; ociSubject: string | undefined } | 'precondition-failed'> {
+    const headers: Record<string, string> = { 'content-type': mediaType };
+    if (opts.ifMatch !== undefined) headers['if-match'] = opts.ifMatch;
+    const res = await this.send({
+      method: 'PUT',
+      path: `/v2/${repository}/manifests/${target}`,
+      scopes: [repositoryScope(repository, ['pull', 'push'])],
+      headers,
+      body: bytes,
+      accept: opts.ifMatch !== undefined ? [200, 201, 412] : [200, 201],
+      what: `manifest ${repository}:${target}`,
+      signal: opts.signal,
+    });
+    await drain(res.body);
+    if (res.status === 412) return 'precondition-failed';
+    const local = digestOf(bytes, target.startsWith('sha512:') ? 'sha512' : 'sha256');
+    const reported = header(res, 'docker-content-digest');
+    if (reported && isDigest(reported) && reported.split(':')[0] === local.split(':')[0] && reported !== local) {
+      throw new FerryError('DESTINATION_REJECTED', `registry stored manifest ${repository}:${target} as ${reported}, expected ${local}`, { side: this.side });
+    }
+    return { digest: local, ociSubject: header(res, 'oci-subject') };
+  }
+
+  /**
+   * The repository's tags (`/tags/list`, 1000 a page, following `Link`). Undefined when the registry
+   * will not list them (no such endpoint, or the credentials may read manifests but not list tags)
+   * or they span more than `maxPages` pages: the caller then asks for the tags it wants one by one.
+   */
+  async listTags(repository: string, signal?: AbortSignal, maxPages = 5): Promise<string[] | undefined> {
+    const tags: string[] = [];
+    let path: string | URL = `/v2/${repository}/tags/list?n=1000`;
+    const visited = new Set<string>();
+    for (let page = 0; page < maxPages; page++) {
+      const url = new URL(path, this.baseUrl);
+      if (visited.has(url.href)) throw this.invalid(`tag list of ${repository} loops: page ${page + 1} links back to ${url.pathname}${url.search}`);
+      visited.add(url.href);
+      const res = await this.send({
+        method: 'GET',
+        path: url,
+        scopes: [repositoryScope(repository, ['pull'])],
+        headers: { accept: 'application/json' },
+        accept: [200, 403, 404, 405],
+        what: `tag list of ${repository}`,
+        signal,
+      });
+      if (res.status !== 200) {
+        await drain(res.body);
+        return undefined;
+      }
+      const bytes = await readBounded(res.body, MAX_MANIFEST_BYTES, `tag list of ${repository}`, this.side);
+      let doc: unknown;
+      try {
+        doc = JSON.parse(bytes.toString('utf8'));
+      } catch {
+        throw this.invalid(`tag list of ${repository} is not JSON`);
+      }
+      const list = (doc as { tags?: unknown } | null)?.tags;
+      if (list !== null && list !== undefined && (!Array.isArray(list) || !list.every((t) => typeof t === 'string'))) {
+        throw this.invalid(`tag list of ${repository} is not a list of strings`);
+      }
+      tags.push(...((list as string[] | null | undefined) ?? []));
+      const next = nextLink(header(res, 'link'));
+      if (!next) return tags;
+      const nextUrl = new URL(next, res.url);
+      if (nextUrl.host !== res.url.host) throw this.invalid(`tag list pagination of ${repository} points at another host (${nextUrl.host})`);
+      path = nextUrl;
+    }
+    this.logger.debug({ repository, pages: maxPages }, 'tag list spans more pages than it is worth reading; asking for tags one by one');
+    return undefined;
+  }
+
   // ---- blobs -----------------------------------------------------------------------------
 
   /** HEAD a blob: its size when present, undefined when absent. */

@@ -53,6 +53,14 @@ export type FaultRule = RuleMatch &
         action: 'interim';
       }
     | {
+        /**
+         * Forward the request at once, then run `whileHeld` before passing the registry's answer on:
+         * another client acting between a request reaching the registry and its answer reaching the client.
+         */
+        action: 'hook';
+        whileHeld: () => Promise<void>;
+      }
+    | {
         /** Send the response headers (and the first `afterBytes` of the body), then nothing for `ms`; then cut the connection (default) or carry on. */
         action: 'stall';
         ms: number;
@@ -364,6 +372,14 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
       upRes.pipe(res);
     };
     upstream.on('response', (upRes) => {
+      if (rule?.action === 'hook') {
+        upRes.pause();
+        void rule.whileHeld().then(
+          () => answer(upRes),
+          () => answer(upRes),
+        );
+        return;
+      }
       if (rule?.action !== 'delay') return answer(upRes);
       const timer = setTimeout(() => {
         timers.delete(timer);

@@ -21,8 +21,10 @@
 // stored everything it received. `Range` is written `0-<last byte>`, and `0-0` for an empty
 // upload (as distribution does; the spec leaves the empty case open).
 // Blobs: HEAD/GET (with `Range: bytes=a-b` → 206), DELETE → 202. Manifests: PUT/GET/HEAD/DELETE
-// by tag or digest (blobs and child manifests must exist: 400 MANIFEST_BLOB_UNKNOWN), tags list,
-// referrers. No auth.
+// by tag or digest (blobs and child manifests must exist: 400 MANIFEST_BLOB_UNKNOWN; a PUT with
+// If-Match is written only over the ETag `"<digest>"` named, else 412; a PUT of a manifest with a
+// subject is answered with OCI-Subject), tags list, referrers (the referrers API, with artifactType
+// and annotations). No auth.
 //
 // Stored on disk (blobs, open uploads) in a temp dir; manifests in memory. Every upload body
 // byte read is counted, per session, with the first bytes of the session's data so a test can
@@ -38,6 +40,8 @@ import { makeTempDir } from './process.ts';
 export interface SpecRegistryOptions {
   /** Sent as OCI-Chunk-Min-Length on POST (advisory, as in the spec). */
   minChunkLength?: number;
+  /** Serve the referrers API (default true). Without it: 404 there and no OCI-Subject, as a registry from before distribution-spec 1.1. */
+  referrersApi?: boolean;
 }
 
 export interface UploadSessionInfo {
@@ -129,6 +133,7 @@ interface StoredManifest {
   digest: string;
   subject?: string;
   artifactType?: string;
+  annotations?: Record<string, string>;
 }
 
 interface Repo {
@@ -150,6 +155,7 @@ class HttpError extends Error {
 }
 
 export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise<SpecRegistry> {
+  const referrersApi = opts.referrersApi ?? true;
   const temp = makeTempDir('spec-registry');
   const blobDir = join(temp.path, 'blobs');
   const uploadDir = join(temp.path, 'uploads');
@@ -540,6 +546,16 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       if (!mediaType) throw new HttpError(400, 'MANIFEST_INVALID', 'Content-Type is required');
       if (doc.mediaType && doc.mediaType !== mediaType) throw new HttpError(400, 'MANIFEST_INVALID', `Content-Type ${mediaType} differs from the manifest's mediaType ${doc.mediaType}`);
       const r = repo(name);
+      // Conditional writes (RFC 9110 If-Match), which the spec lets clients use on the referrers fallback tag.
+      const ifMatch = req.headers['if-match'];
+      if (ifMatch !== undefined) {
+        const current = isDigest ? (r.manifests.has(ref) ? ref : undefined) : r.tags.get(ref);
+        const tags = ifMatch.split(',').map((t) => t.trim());
+        const matches = current !== undefined && (tags.includes('*') || tags.includes(`"${current}"`));
+        if (!matches) {
+          throw new HttpError(412, 'PRECONDITION_FAILED', `${ref} is ${current ?? 'absent'}, not ${ifMatch}`);
+        }
+      }
       const missing: string[] = [];
       if (INDEX_TYPES.includes(mediaType)) {
         for (const m of doc.manifests ?? []) if (!r.manifests.has(m.digest)) missing.push(m.digest);
@@ -551,10 +567,12 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       if (doc.subject?.digest) stored.subject = doc.subject.digest;
       const artifactType = doc.artifactType ?? (doc.config as { mediaType?: string } | undefined)?.mediaType;
       if (artifactType) stored.artifactType = artifactType;
+      const annotations = (doc as { annotations?: unknown }).annotations;
+      if (annotations && typeof annotations === 'object' && Object.keys(annotations).length > 0) stored.annotations = annotations as Record<string, string>;
       r.manifests.set(digest, stored);
       if (!isDigest) r.tags.set(ref, digest);
       const headers: Record<string, string> = { location: `/v2/${name}/manifests/${digest}`, 'docker-content-digest': digest };
-      if (stored.subject) headers['oci-subject'] = stored.subject;
+      if (stored.subject && referrersApi) headers['oci-subject'] = stored.subject;
       return send(res, 201, headers);
     }
     discard(req);
@@ -593,14 +611,20 @@ export async function startSpecRegistry(opts: SpecRegistryOptions = {}): Promise
       if (!r) throw new HttpError(404, 'NAME_UNKNOWN', `repository ${m[1]} is unknown`);
       return send(res, 200, { 'content-type': 'application/json' }, JSON.stringify({ name: m[1], tags: [...r.tags.keys()].sort() }));
     }
-    if ((m = ROUTES.referrers.exec(path))) {
+    if ((m = ROUTES.referrers.exec(path)) && referrersApi) {
       discard(req);
       const subject = decodeURIComponent(m[2]!);
       if (!DIGEST.test(subject)) throw new HttpError(400, 'DIGEST_INVALID', `${subject} is not sha256:<64 hex>`);
       const wanted = url.searchParams.get('artifactType');
       const manifests = [...(repos.get(m[1]!)?.manifests.values() ?? [])]
         .filter((x) => x.subject === subject && (!wanted || x.artifactType === wanted))
-        .map((x) => ({ mediaType: x.mediaType, digest: x.digest, size: x.bytes.byteLength, ...(x.artifactType ? { artifactType: x.artifactType } : {}) }));
+        .map((x) => ({
+          mediaType: x.mediaType,
+          digest: x.digest,
+          size: x.bytes.byteLength,
+          ...(x.artifactType ? { artifactType: x.artifactType } : {}),
+          ...(x.annotations ? { annotations: x.annotations } : {}),
+        }));
       const body = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests });
       return send(res, 200, { 'content-type': 'application/vnd.oci.image.index.v1+json', ...(wanted ? { 'oci-filters-applied': 'artifactType' } : {}) }, body);
     }

@@ -6,14 +6,28 @@
 // registry source (blob-pipe.ts), ECR's layer-upload API (ecr-layer-upload.ts).
 import { FerryError } from '../../errors.ts';
 import type { Digest } from '../../reference/digest.ts';
+import type { Descriptor } from '../../oci/manifest.ts';
 import type { RegistryClient } from '../../registry/client.ts';
 import { EcrApiError, ecrLayerApiFor, type EcrLayerApi } from '../../registry/ecr-layer-api.ts';
 import { abortable } from '../../util/abortable.ts';
-import type { BlobContext, BlobRef, CopyContext, DestinationCapabilities, ImageDestination, ImageSource, ManifestHead, PutBlobOptions, PutBlobResult } from '../types.ts';
+import type {
+  BlobContext,
+  BlobRef,
+  CopyContext,
+  DestinationCapabilities,
+  ImageDestination,
+  ImageSource,
+  ManifestHead,
+  PutBlobOptions,
+  PutBlobResult,
+  ReferrersListing,
+  ReferrersListOptions,
+} from '../types.ts';
 import { discardJournaled, uploadBlob, DEFAULT_UPLOAD_TUNING, type BlobUploadRequest, type UploadTuning } from './blob-upload.ts';
 import { uploadEcrLayer, usesEcrLayerApi } from './ecr-layer-upload.ts';
 import type { JournalEntry, UploadJournal } from './journal.ts';
 import type { BlobPlacements, UploadLead } from './placements.ts';
+import { RegistryReferrers } from './referrers.ts';
 import { RegistrySource } from './source.ts';
 
 /** State a destination shares with other copies and processes, given when it is made. */
@@ -41,6 +55,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
   private readonly journalOwner: string | undefined;
   private readonly placements: BlobPlacements | undefined;
   private readonly tuning: UploadTuning;
+  private readonly referrers: RegistryReferrers;
 
   constructor(client: RegistryClient, repository: string, options: RegistryDestinationOptions = {}) {
     this.client = client;
@@ -50,14 +65,33 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
     this.journalOwner = options.journalOwner;
     this.placements = options.placements;
     this.tuning = options.tuning ?? DEFAULT_UPLOAD_TUNING;
+    this.referrers = new RegistryReferrers(client, repository);
   }
 
   headManifest(target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
     return this.client.headManifest(this.repository, target, signal);
   }
 
-  putManifest(target: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<Digest> {
-    return this.client.putManifest(this.repository, target, bytes, mediaType, signal);
+  /** The registry's answer to a manifest with a subject says whether it serves the referrers API. */
+  async putManifest(target: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<Digest> {
+    const answer = await this.client.pushManifest(this.repository, target, bytes, mediaType, { signal });
+    if (answer === 'precondition-failed') {
+      // Sent without a condition: a registry (or something in front of it) that answers 412 anyway is broken.
+      throw new FerryError('DESTINATION_REJECTED', `${this.description} answered HTTP 412 (precondition failed) to a manifest PUT that carried no condition; check the registry or the proxy in front of it`, {
+        side: 'destination',
+        status: 412,
+      });
+    }
+    this.referrers.notePut(bytes, answer.ociSubject);
+    return answer.digest;
+  }
+
+  listedReferrers(subject: Digest, referrers: Descriptor[], o: ReferrersListOptions): Promise<Set<Digest>> {
+    return this.referrers.listed(subject, referrers, o);
+  }
+
+  updateReferrersIndex(subject: Digest, referrers: Descriptor[], o: ReferrersListOptions & { proposed?: Buffer | undefined }): Promise<ReferrersListing> {
+    return this.referrers.update(subject, referrers, o);
   }
 
   async hasBlob(digest: Digest, _size: number, signal?: AbortSignal): Promise<boolean> {

@@ -2,6 +2,7 @@
 import type { Digest } from '../../reference/digest.ts';
 import type { RegistryClient } from '../../registry/client.ts';
 import type { BlobStream, FetchedManifest, ImageSource } from '../types.ts';
+import { sourceReferrers } from './referrers.ts';
 
 export class RegistrySource implements ImageSource {
   readonly client: RegistryClient;
@@ -18,8 +19,13 @@ export class RegistrySource implements ImageSource {
     return this.client.getManifest(this.repository, target, signal);
   }
 
+  /** Not asked of a registry known to have no referrers API (the answer is remembered: referrers.ts). */
   getReferrers(digest: Digest, signal?: AbortSignal): Promise<Buffer[] | undefined> {
-    return this.client.getReferrers(this.repository, digest, signal);
+    return sourceReferrers(this.client, this.repository, digest, signal);
+  }
+
+  listTags(signal?: AbortSignal): Promise<string[] | undefined> {
+    return this.client.listTags(this.repository, signal);
   }
 
   async openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream> {
