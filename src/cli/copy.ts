@@ -19,13 +19,14 @@ import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { ProgressDisplay, formatBytes } from './progress.ts';
-import { repeated } from './options.ts';
+import { repeated, wholeNumber } from './options.ts';
 import { join } from 'node:path';
 
 export const copyOptions = {
   platform: { type: 'string', describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
   referrers: { type: 'boolean', default: false, describe: 'also copy referrers: signatures, SBOMs, attestations (API, fallback tag, cosign tags)' },
-  concurrency: { type: 'number', default: 8, describe: 'blob transfers at once' },
+  // No yargs type: a `number` would turn "abc" into NaN before ferry sees it (wholeNumber checks it).
+  concurrency: { requiresArg: true, default: 8, describe: 'blob transfers at once (1-256)' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
   'dst-creds': { type: 'string', describe: 'destination credentials: USER:PASS, or env:NAME' },
   'src-aws-role-arn': { type: 'string', describe: 'ECR source: assume this IAM role (sts:AssumeRole from the AWS default chain)' },
@@ -50,7 +51,8 @@ export interface CopyArgs extends GlobalFlags {
   destination: string;
   platform?: string | string[];
   referrers: boolean;
-  concurrency: number;
+  /** A number, or the text given when it is not one (checked by wholeNumber). */
+  concurrency: number | string;
   'src-creds'?: string;
   'dst-creds'?: string;
   'src-aws-role-arn'?: string;
@@ -85,9 +87,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   const onSigint = () => abort.abort();
   process.once('SIGINT', onSigint);
   try {
-    if (!Number.isInteger(args.concurrency) || args.concurrency < 1 || args.concurrency > 256) {
-      throw new UsageError(`--concurrency must be a whole number from 1 to 256, not ${args.concurrency}`);
-    }
+    const concurrency = wholeNumber('concurrency', args.concurrency, 1, 256);
     const wanted = repeated(args.platform);
     const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
     const jobId = `copy-${randomBytes(4).toString('hex')}`;
@@ -113,7 +113,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       copySource = { end, target: end.target, name: formatArchiveReference(srcArchive) };
     } else {
       srcCloud = cloudCredentials('source', source!, args, jobId, logger);
-      const srcClient = makeClient(source!.registry, 'source', makeKeychain('source', source!.registry, args['src-creds'], args, logger, srcCloud), transport, logger);
+      const srcClient = makeClient(source!.registry, 'source', makeKeychain('source', source!.registry, { flag: '--src-creds', value: args['src-creds'] }, args, logger, srcCloud), transport, logger);
       copySource = registryCopySource(source!, srcClient);
     }
     let copyDestination: CopyDestination;
@@ -124,7 +124,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       if (tag !== undefined) copyDestination.tag = tag;
     } else {
       dstCloud = cloudCredentials('destination', destination!, args, jobId, logger);
-      const dstClient = makeClient(destination!.registry, 'destination', makeKeychain('destination', destination!.registry, args['dst-creds'], args, logger, dstCloud), transport, logger);
+      const dstClient = makeClient(destination!.registry, 'destination', makeKeychain('destination', destination!.registry, { flag: '--dst-creds', value: args['dst-creds'] }, args, logger, dstCloud), transport, logger);
       if (isEcrHost(destination!.registry) && args['create-repository'] && !args['dry-run'] && args['dst-creds'] === undefined) {
         // ECR refuses pushes to a repository that does not exist: create it first.
         await dstCloud.ensureEcrRepository(destination!.registry, destination!.repository, ecrRepositorySettings(args));
@@ -138,7 +138,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       destination: copyDestination,
       platforms,
       referrers: args.referrers,
-      limits: new TransferLimits(args.concurrency),
+      limits: new TransferLimits(concurrency),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
       // Open chunked uploads, so that running the same command again after a crash continues them.
