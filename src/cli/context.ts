@@ -7,6 +7,7 @@ import { Keychain, StaticCredentials, type CredentialProvider } from '../auth/cr
 import { DockerConfigCredentials } from '../auth/docker-config.ts';
 import { parseCredsFlag } from '../auth/cli-credentials.ts';
 import { CloudCredentials } from '../auth/cloud/provider.ts';
+import type { DestinationStream } from 'pino';
 import { createLogger, type Logger } from '../log/logger.ts';
 import { HttpTransport } from '../transport/http.ts';
 import { RegistryClient } from '../registry/client.ts';
@@ -22,9 +23,10 @@ export interface GlobalFlags {
   authfile?: string | undefined;
 }
 
-export function makeLogger(flags: GlobalFlags, interactive: boolean): Logger {
+/** `destination`: where lines go instead of stderr (on a terminal: readable, above the progress display). */
+export function makeLogger(flags: GlobalFlags, interactive: boolean, destination?: DestinationStream): Logger {
   // On a terminal the progress display is the interface; logs only speak up for problems.
-  return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info') });
+  return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info'), ...(destination ? { destination } : {}) });
 }
 
 export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): HttpTransport {

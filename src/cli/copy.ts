@@ -19,6 +19,7 @@ import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { ProgressDisplay, formatBytes } from './progress.ts';
+import { terminalLogDestination } from './terminal-log.ts';
 import { repeated, wholeNumber } from './options.ts';
 import { join } from 'node:path';
 
@@ -75,7 +76,9 @@ const CLOUD_FLAGS = ['creds', 'aws-role-arn', 'gcp-service-account', 'gcp-worklo
 export async function runCopy(args: CopyArgs): Promise<number> {
   // isatty, not process.stderr.isTTY: that would build the stderr stream (~9 ms) for a check.
   const interactive = !args.json && isatty(2);
-  const logger = makeLogger(args, interactive);
+  // On a terminal: the progress display, with log lines (warnings) printed readably above it.
+  const display = interactive ? new ProgressDisplay({ stream: process.stderr }) : undefined;
+  const logger = makeLogger(args, interactive, display ? terminalLogDestination((line) => display.printAbove(line)) : undefined);
   const started = Date.now();
   let source: Reference | undefined;
   let destination: Reference | undefined;
@@ -131,7 +134,6 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       }
       copyDestination = registryCopyDestination(destination!, dstClient);
     }
-    const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
     const stateDir = args['state-dir'] ?? defaultStateDir();
     const report = await copyImage({
       source: copySource,
@@ -155,7 +157,9 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     return 0;
   } catch (e) {
     const err = toFerryError(e);
-    logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
+    display?.finish();
+    // On a terminal the one line below says it; a log line would say it twice.
+    if (!interactive) logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
     if (args.json) {
       process.stdout.write(
         `${JSON.stringify({
@@ -169,6 +173,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     process.stderr.write(`ferry: ${err.code}: ${err.message}\n`);
     return exitCodeFor(err);
   } finally {
+    display?.finish();
     process.off('SIGINT', onSigint);
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
@@ -225,7 +230,8 @@ function checkEcrFlags(args: CopyArgs, destination: Reference): void {
   if (used.length) throw new UsageError(`${used.join(', ')} only apply to an Amazon ECR destination, not ${destination.registry}`);
 }
 
-function humanSummary(r: CopyReport, dryRun: boolean): string {
+/** What `ferry copy` prints on stdout without --json. */
+export function humanSummary(r: CopyReport, dryRun: boolean): string {
   const t = r.transfer;
   const lines: string[] = [];
   if (dryRun && r.dry_run) {
@@ -235,13 +241,18 @@ function humanSummary(r: CopyReport, dryRun: boolean): string {
     lines.push(`  bytes to copy: ${formatBytes(r.dry_run.bytes_to_copy)} of ${formatBytes(t.bytes_total)}`);
     return `${lines.join('\n')}\n`;
   }
-  lines.push(`Copied ${r.source} → ${r.destination}`);
+  // Nothing written at all: no blob copied or mounted, no manifest put.
+  const upToDate = t.blobs_copied === 0 && t.blobs_mounted === 0 && t.manifests_written === 0;
+  lines.push(upToDate ? `Already up to date: ${r.destination} (from ${r.source}); nothing copied` : `Copied ${r.source} → ${r.destination}`);
   lines.push(`  digest:    ${r.image.digest}${r.digest_changed ? ' (new: platform subset)' : ''}`);
   if (r.image.platforms.length) lines.push(`  platforms: ${r.image.platforms.map((p) => [p.os, p.architecture, p.variant].filter(Boolean).join('/')).join(', ')}`);
   lines.push(`  size:      ${formatBytes(r.image.size)}`);
-  lines.push(
-    `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}${t.blobs_resumed ? `, ${t.blobs_resumed} resumed` : ''}`,
-  );
+  if (!upToDate) {
+    lines.push(
+      `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}${t.blobs_resumed ? `, ${t.blobs_resumed} resumed` : ''}`,
+    );
+    lines.push(`  manifests: ${t.manifests_written} written`);
+  }
   if (r.image.referrers.length) lines.push(`  referrers: ${r.image.referrers.length}`);
   if (r.referrers_left_behind.length) lines.push(`  note: ${r.referrers_left_behind.length} referrer(s) of the original index were left behind (the digest changed)`);
   if (r.previous_digest) lines.push(`  note: the tag pointed at ${r.previous_digest} before; overwritten`);

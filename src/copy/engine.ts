@@ -111,6 +111,7 @@ class CopyRun {
     bytes_resent: 0,
     bytes_reread_for_hash: 0,
     bytes_total: 0,
+    manifests_written: 0,
     duration_ms: 0,
   };
   private readonly progress: CopyProgress = { bytes_done: 0, bytes_total: 0, blobs_done: 0, blobs_total: 0, active: [] };
@@ -195,9 +196,13 @@ class CopyRun {
     const tagNow = referrerRoots.length === 0 ? destination.tag : undefined;
     for (const node of toWrite) await this.pushTree(node, pushed, tagNow);
     for (const node of referrerRoots) await this.pushTree(node, pushed, undefined);
-    for (const { tag, node } of referrers.tags) await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
+    for (const { tag, node } of referrers.tags) {
+      await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
+      this.stats.manifests_written++;
+    }
     if (!upToDate && referrerRoots.length > 0 && destination.tag) {
       await this.dst.putManifest(destination.tag, root.bytes, root.mediaType, signal);
+      this.stats.manifests_written++;
     }
     if (previousDigest) {
       this.log.warn({ tag: destination.tag, previous_digest: previousDigest, digest: root.digest }, 'destination tag pointed at another digest; overwritten');
@@ -610,6 +615,7 @@ class CopyRun {
     for (const c of node.children) await this.pushTree(c, pushed, undefined);
     if (tag === undefined && pushed.has(node.digest)) return;
     await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
+    this.stats.manifests_written++;
     pushed.add(node.digest);
   }
 }

@@ -236,7 +236,7 @@ describe('metrics registry', () => {
     const empty = parseExposition(m.registry.render());
     assert.equal(sample(empty, 'ferry_jobs_total', { outcome: 'succeeded' }), 0, 'known outcomes are exported before they happen');
     assert.equal(sample(empty, 'ferry_build_info', { version: '1.2.3' }), 1);
-    const transfer = { blobs_copied: 3, blobs_skipped: 2, blobs_mounted: 1, blobs_restarted: 1, blobs_resumed: 0, bytes_transferred: 1000, bytes_resent: 0, bytes_reread_for_hash: 0, bytes_total: 5000, duration_ms: 1500 };
+    const transfer = { blobs_copied: 3, blobs_skipped: 2, blobs_mounted: 1, blobs_restarted: 1, blobs_resumed: 0, bytes_transferred: 1000, bytes_resent: 0, bytes_reread_for_hash: 0, bytes_total: 5000, manifests_written: 2, duration_ms: 1500 };
     m.recordJob('succeeded', { transfer });
     m.recordJob('failed', { errorCode: 'SOURCE_AUTH' });
     m.recordJob('failed', { errorCode: 'SOURCE_AUTH' });
