@@ -7,6 +7,7 @@ import { startDistribution, type DistributionRegistry } from '../harness/distrib
 import { clientFor } from '../harness/oci-client.ts';
 import { pushImage } from '../harness/fixtures.ts';
 import { formatTarget } from '../../src/reference/reference.ts';
+import { linesWithDuplicateKeys } from '../harness/log-lines.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
 
 const ZERO_DIGEST = `sha256:${'0'.repeat(64)}`;
@@ -85,6 +86,15 @@ describe('messages against a registry', () => {
     assert.doesNotMatch(copy.stderr, /team\/app:sha256:/);
     const tag = await runFerry(['inspect', '--json', `${plain.host}/team/app:nope`], { env });
     assert.equal(tag.json.error.message, `${plain.host}/team/app:nope not found (check the repository and tag)`);
+  });
+
+  test('a copy\'s log lines, at trace level, each name a key once', async () => {
+    const r = await runFerry(['copy', '--log-level', 'trace', '--src-creds', 'alice:s3cret-Alice!', `${basic.host}/team/app:v1`, `${plain.host}/team/logged:v1`], {
+      env: { XDG_STATE_HOME: tempStateHome() },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stderr.split('\n').filter((l) => l.startsWith('{')).length >= 3, `few log lines at trace level:\n${r.stderr}`);
+    assert.deepEqual(linesWithDuplicateKeys(r.stderr), []);
   });
 
   test('a registry that wants credentials: each command names its own flag', async () => {
