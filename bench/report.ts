@@ -449,7 +449,7 @@ export function toMarkdown(r: BenchResults): string {
     );
     L.push('');
   }
-  L.push('## Targets (issue 7)');
+  L.push('## Targets');
   L.push('');
   L.push('| target | required | measured | met |');
   L.push('|---|---|---|:---:|');

@@ -1,5 +1,5 @@
 // `npm run bench`: ferry against skopeo, crane and oras, side by side on the same two
-// registries, in the same run (issue 7). Writes bench/RESULTS.md and bench/results.json.
+// registries, in the same run. Writes bench/RESULTS.md and bench/results.json.
 //
 //   npm run bench                                  every workload, 5 runs per tool
 //   npm run bench -- --workload big,many --runs 3  some workloads

@@ -187,12 +187,31 @@ const common = {
   },
 };
 
+/**
+ * dist/ferry.mjs runs on the Node that starts it. On one older than package.json's engines it
+ * says so in one line and exits 2 before anything else of ferry runs (an old Node fails in
+ * obscure ways later, or half works). The check is the bundle's first statement; what comes
+ * before it (the banner's import, the bundle's builtin imports) exists in every Node from 18 on.
+ */
+function nodeVersionCheck(range) {
+  const m = /^>=\s*(\d+)\.(\d+)$/.exec(String(range).trim());
+  if (!m) throw new Error(`package.json engines.node is "${range}"; scripts/build.mjs understands ">=MAJOR.MINOR"`);
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  return (
+    `{ const [ma, mi] = process.versions.node.split('.').map(Number);\n` +
+    `  if (ma < ${major} || (ma === ${major} && mi < ${minor})) {\n` +
+    `    process.stderr.write(\`ferry: needs Node.js ${major}.${minor} or later; this is Node.js \${process.version} (\${process.execPath}). Install a newer Node, or run the single binary (npm run package), which has its own.\\n\`);\n` +
+    `    process.exit(2);\n` +
+    `  } }\n`
+  );
+}
+
 await build({
   ...common,
   format: 'esm',
   outfile: join(outDir, 'ferry.mjs'),
-  // Some dependencies still call require(); give the ESM bundle one.
-  banner: { js: "import { createRequire as __ferryRequire } from 'node:module';\nconst require = __ferryRequire(import.meta.url);" },
+  // The Node version check first; then, as some dependencies still call require(), one for the ESM bundle.
+  banner: { js: `${nodeVersionCheck(pkg.engines?.node)}import { createRequire as __ferryRequire } from 'node:module';\nconst require = __ferryRequire(import.meta.url);` },
 });
 chmodSync(join(outDir, 'ferry.mjs'), 0o755);
 

@@ -1,6 +1,8 @@
 // Runs every test file with node:test on the TypeScript sources (Node 24 strips types).
 // One seed drives everything random in the suite; it is printed so a failure can be replayed:
 //   FERRY_TEST_SEED=<seed> npm test
+// `--typecheck` (what `npm test` passes) runs `tsc --noEmit` first. Arguments other than that
+// are substrings of the test files to run (default: all).
 import { spawnSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
@@ -18,7 +20,13 @@ function findTests(dir) {
   }
   return out;
 }
-const filter = process.argv.slice(2);
+const argv = process.argv.slice(2);
+if (argv.includes('--typecheck')) {
+  console.log('# typecheck: tsc --noEmit');
+  const tsc = spawnSync(process.execPath, [join('node_modules', 'typescript', 'bin', 'tsc'), '--noEmit'], { stdio: 'inherit' });
+  if (tsc.status !== 0) process.exit(tsc.status ?? 1);
+}
+const filter = argv.filter((a) => a !== '--typecheck');
 let files = findTests('test');
 if (filter.length) files = files.filter((f) => filter.some((x) => f.includes(x)));
 if (files.length === 0) {

@@ -26,9 +26,9 @@ export function versionText(json: boolean): string {
   return json ? `${JSON.stringify(info)}\n` : `ferry ${info.version} (commit ${info.commit}, node ${info.node})\n`;
 }
 
-/** `ferry version` or `ferry version --json`, which the entry point answers without loading the CLI. */
+/** `ferry version` or `ferry --version` (each with or without --json), which the entry point answers without loading the CLI. */
 export function isVersionOnly(args: readonly string[]): boolean {
-  return args[0] === 'version' && (args.length === 1 || (args.length === 2 && args[1] === '--json'));
+  return (args[0] === 'version' || args[0] === '--version') && (args.length === 1 || (args.length === 2 && args[1] === '--json'));
 }
 
 /**

@@ -88,6 +88,7 @@ export class Agent {
     const cfg = this.config;
     for (const w of cfg.warnings) this.log.warn(w);
     const state = await openState(cfg.stateDir, this.log);
+    this.metrics.watchPendingResults(() => state.pendingResults.size);
     this.log.info({ instance_id: state.instanceId, runner_id: cfg.runnerId, local_registry: cfg.localRegistry, version: VERSION }, 'ferry agent starting');
     const client = new ControlPlaneClient({
       url: cfg.controlPlaneUrl,

@@ -78,7 +78,8 @@ export const AGENT_OPTIONS: readonly AgentOptionSpec[] = [
 
 /** A yargs option (the subset ferry uses), so the CLI can pass AGENT_OPTIONS straight to yargs.options(). */
 export interface YargsOptionSpec {
-  type: 'string' | 'number' | 'boolean';
+  /** Unset for numbers: yargs would turn "abc" into NaN, and the message could only say "got null". */
+  type?: 'string' | 'boolean';
   describe: string;
   group: string;
   defaultDescription?: string;
@@ -94,7 +95,8 @@ export interface YargsOptionSpec {
 export function yargsOptions(): Record<string, YargsOptionSpec> {
   const out: Record<string, YargsOptionSpec> = {};
   for (const o of AGENT_OPTIONS) {
-    const y: YargsOptionSpec = { type: o.type === 'list' ? 'string' : o.type, describe: `${o.describe} [env: ${o.env}]`, group: o.group };
+    const y: YargsOptionSpec = { describe: `${o.describe} [env: ${o.env}]`, group: o.group };
+    if (o.type !== 'number') y.type = o.type === 'list' ? 'string' : o.type;
     if (o.default !== undefined) y.defaultDescription = JSON.stringify(o.default);
     if (o.choices) y.choices = [...o.choices];
     if (o.type !== 'boolean') y.requiresArg = true;

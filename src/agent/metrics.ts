@@ -3,6 +3,7 @@
 import type { ContractCode } from '../errors.ts';
 import type { TransferStats } from '../copy/types.ts';
 import type { RequestEvent } from './control-plane-client.ts';
+import { COMMIT } from '../version.ts';
 
 export type Labels = Record<string, string>;
 
@@ -192,7 +193,35 @@ export class MetricsRegistry {
 
 export const JOB_OUTCOMES = ['succeeded', 'failed', 'cancelled', 'timed-out', 'abandoned', 'not-held'] as const;
 export type JobOutcome = (typeof JOB_OUTCOMES)[number];
-export const BLOB_ACTIONS = ['copied', 'skipped', 'mounted', 'restarted'] as const;
+/** copied, skipped and mounted partition the blobs; restarted and resumed are copied ones whose upload started over, or went on after an interruption. */
+export const BLOB_ACTIONS = ['copied', 'skipped', 'mounted', 'restarted', 'resumed'] as const;
+
+/** What the process metrics read; tests give fixed numbers. */
+export interface ProcessStats {
+  /** User plus system CPU time, in seconds, since the process started. */
+  cpuSeconds(): number;
+  residentBytes(): number;
+  heapUsedBytes(): number;
+  /** Unix time, seconds. */
+  startTime: number;
+}
+
+export const NODE_PROCESS_STATS: ProcessStats = {
+  cpuSeconds: () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  },
+  residentBytes: () => process.memoryUsage.rss(),
+  heapUsedBytes: () => process.memoryUsage().heapUsed,
+  startTime: Math.round(performance.timeOrigin / 1000),
+};
+
+export interface AgentMetricsOptions {
+  registry?: MetricsRegistry;
+  /** The git commit ferry was built from (build_info); default the build's own. */
+  commit?: string;
+  process?: ProcessStats;
+}
 
 export interface AgentMetrics {
   registry: MetricsRegistry;
@@ -200,7 +229,9 @@ export interface AgentMetrics {
   jobErrors: Counter;
   jobsRunning: Gauge;
   bytesTransferred: Counter;
+  bytesResent: Counter;
   imageBytes: Counter;
+  pendingResults: Gauge;
   blobs: Counter;
   transferDuration: Histogram;
   registryErrors: Counter;
@@ -214,17 +245,25 @@ export interface AgentMetrics {
   recordRegistryError(side: 'source' | 'destination', code: string): void;
   /** Pass as the control-plane client's observer. */
   observeControlPlane(e: RequestEvent): void;
+  /** Where ferry_pending_results reads its value at each scrape (the agent's pending-result store). */
+  watchPendingResults(count: () => number): void;
 }
 
 /** Seconds: a fast warm sync to a slow multi-gigabyte copy. */
 export const TRANSFER_BUCKETS = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
 
-export function createAgentMetrics(version: string, registry = new MetricsRegistry()): AgentMetrics {
+export function createAgentMetrics(version: string, opts: AgentMetricsOptions = {}): AgentMetrics {
+  const registry = opts.registry ?? new MetricsRegistry();
+  const proc = opts.process ?? NODE_PROCESS_STATS;
   const jobs = registry.counter({ name: 'ferry_jobs_total', help: 'Jobs finished by this process, by outcome.', labelNames: ['outcome'] });
   for (const o of JOB_OUTCOMES) jobs.init({ outcome: o });
   const jobErrors = registry.counter({ name: 'ferry_job_errors_total', help: 'Failed jobs by reported error code.', labelNames: ['code'] });
   const jobsRunning = registry.gauge({ name: 'ferry_jobs_running', help: 'Jobs running now.' });
   const bytesTransferred = registry.counter({ name: 'ferry_bytes_transferred_total', help: 'Blob bytes streamed from sources to the local registry.' });
+  const bytesResent = registry.counter({
+    name: 'ferry_bytes_resent_total',
+    help: 'Bytes sent again that the local registry had already acknowledged (after an interruption): the cost of resuming.',
+  });
   const imageBytes = registry.counter({ name: 'ferry_image_bytes_total', help: 'Bytes of the images synced (transferred, skipped or mounted).' });
   const blobs = registry.counter({ name: 'ferry_blobs_total', help: 'Blobs by what the copy did with them.', labelNames: ['action'] });
   for (const a of BLOB_ACTIONS) blobs.init({ action: a });
@@ -232,16 +271,36 @@ export function createAgentMetrics(version: string, registry = new MetricsRegist
   const registryErrors = registry.counter({ name: 'ferry_registry_errors_total', help: 'Registry errors by side and error code.', labelNames: ['side', 'code'] });
   const controlPlaneRequests = registry.counter({ name: 'ferry_control_plane_requests_total', help: 'Control-plane requests by endpoint and outcome.', labelNames: ['endpoint', 'outcome'] });
   const controlPlaneLastSuccess = registry.gauge({ name: 'ferry_control_plane_last_success_timestamp_seconds', help: 'When the control plane last answered successfully (Unix time).' });
-  const buildInfo = registry.gauge({ name: 'ferry_build_info', help: 'ferry\'s version.', labelNames: ['version'] });
-  buildInfo.set(1, { version });
+  const pendingResults = registry.gauge({
+    name: 'ferry_pending_results',
+    help: 'Job results kept in the state directory that the control plane has not accepted yet.',
+  });
+  let pendingCount: (() => number) | undefined;
+  const buildInfo = registry.gauge({ name: 'ferry_build_info', help: 'ferry\'s version, the git commit it was built from, and the Node.js it runs on.', labelNames: ['version', 'commit', 'node'] });
+  buildInfo.set(1, { version, commit: opts.commit ?? COMMIT, node: process.version });
+
+  // The process itself, under the names Prometheus client libraries use.
+  const cpu = registry.counter({ name: 'process_cpu_seconds_total', help: 'User and system CPU time spent, in seconds.' });
+  const resident = registry.gauge({ name: 'process_resident_memory_bytes', help: 'Resident memory size, in bytes.' });
+  const heap = registry.gauge({ name: 'nodejs_heap_size_used_bytes', help: 'JavaScript heap in use, in bytes.' });
+  const started = registry.gauge({ name: 'process_start_time_seconds', help: 'When the process started (Unix time, seconds).' });
+  started.set(proc.startTime);
+  registry.onCollect(() => {
+    cpu.inc({}, Math.max(0, proc.cpuSeconds() - cpu.value()));
+    resident.set(proc.residentBytes());
+    heap.set(proc.heapUsedBytes());
+    if (pendingCount) pendingResults.set(pendingCount());
+  });
 
   const recordTransfer = (t: TransferStats) => {
     bytesTransferred.inc({}, t.bytes_transferred);
+    bytesResent.inc({}, t.bytes_resent);
     imageBytes.inc({}, t.bytes_total);
     blobs.inc({ action: 'copied' }, t.blobs_copied);
     blobs.inc({ action: 'skipped' }, t.blobs_skipped);
     blobs.inc({ action: 'mounted' }, t.blobs_mounted);
     blobs.inc({ action: 'restarted' }, t.blobs_restarted);
+    blobs.inc({ action: 'resumed' }, t.blobs_resumed);
     transferDuration.observe(t.duration_ms / 1000);
   };
   return {
@@ -250,7 +309,9 @@ export function createAgentMetrics(version: string, registry = new MetricsRegist
     jobErrors,
     jobsRunning,
     bytesTransferred,
+    bytesResent,
     imageBytes,
+    pendingResults,
     blobs,
     transferDuration,
     registryErrors,
@@ -269,6 +330,9 @@ export function createAgentMetrics(version: string, registry = new MetricsRegist
     observeControlPlane(e) {
       controlPlaneRequests.inc({ endpoint: e.endpoint, outcome: e.outcome });
       if (e.outcome === 'ok') controlPlaneLastSuccess.set(Date.now() / 1000);
+    },
+    watchPendingResults(count) {
+      pendingCount = count;
     },
   };
 }

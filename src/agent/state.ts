@@ -177,23 +177,35 @@ function checkPendingResult(v: unknown): PendingResult {
 /** Results the control plane has not accepted yet, kept so that a restarted agent still delivers them. */
 export class PendingResultStore {
   private readonly store: JsonFileStore<PendingResult>;
-  private constructor(store: JsonFileStore<PendingResult>) {
+  /** The keys held, known from opening on (for the ferry_pending_results metric, without reading the directory at each scrape). */
+  private readonly keys: Set<string>;
+  private constructor(store: JsonFileStore<PendingResult>, keys: Set<string>) {
     this.store = store;
+    this.keys = keys;
   }
   static async open(dir: string, logger?: Logger): Promise<PendingResultStore> {
-    return new PendingResultStore(await JsonFileStore.open(dir, checkPendingResult, logger));
+    const store = await JsonFileStore.open(dir, checkPendingResult, logger);
+    return new PendingResultStore(store, new Set((await store.list()).map((e) => e.key)));
+  }
+  /** How many results are waiting to be delivered. */
+  get size(): number {
+    return this.keys.size;
   }
   private static key(jobId: string, execId: string): string {
     return `${jobId}/${execId}`;
   }
   async save(p: PendingResult): Promise<void> {
-    await this.store.put(PendingResultStore.key(p.job_id, p.exec_id), p);
+    const key = PendingResultStore.key(p.job_id, p.exec_id);
+    await this.store.put(key, p);
+    this.keys.add(key);
   }
   async get(jobId: string, execId: string): Promise<PendingResult | undefined> {
     return this.store.get(PendingResultStore.key(jobId, execId));
   }
   async remove(jobId: string, execId: string): Promise<void> {
-    await this.store.delete(PendingResultStore.key(jobId, execId));
+    const key = PendingResultStore.key(jobId, execId);
+    await this.store.delete(key);
+    this.keys.delete(key);
   }
   async list(): Promise<PendingResult[]> {
     return (await this.store.list()).map((e) => e.value);

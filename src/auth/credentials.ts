@@ -27,6 +27,8 @@ export interface CredentialRequest {
 export interface CredentialProvider {
   /** For logs and error messages: where the credential came from (never the secret). */
   readonly description: string;
+  /** For a refusal's message: what the operator changes to give other credentials (e.g. "check --creds or --authfile"). */
+  readonly hint?: string;
   /** Credentials for the registry, or undefined when this provider has none for it. */
   resolve(req: CredentialRequest): Promise<Credential | undefined>;
 }
@@ -41,8 +43,10 @@ export const ANONYMOUS: Credential = { kind: 'anonymous' };
 /** Try providers in order; the first that answers wins; anonymous if none does. */
 export class Keychain implements CredentialProvider {
   readonly providers: CredentialProvider[];
-  constructor(providers: CredentialProvider[]) {
+  readonly hint: string | undefined;
+  constructor(providers: CredentialProvider[], hint?: string) {
     this.providers = providers;
+    this.hint = hint;
   }
   get description(): string {
     return this.providers.map((p) => p.description).join(', ') || 'anonymous';

@@ -7,6 +7,7 @@ import { Keychain, StaticCredentials, type CredentialProvider } from '../auth/cr
 import { DockerConfigCredentials } from '../auth/docker-config.ts';
 import { parseCredsFlag } from '../auth/cli-credentials.ts';
 import { CloudCredentials } from '../auth/cloud/provider.ts';
+import type { DestinationStream } from 'pino';
 import { createLogger, type Logger } from '../log/logger.ts';
 import { HttpTransport } from '../transport/http.ts';
 import { RegistryClient } from '../registry/client.ts';
@@ -22,9 +23,10 @@ export interface GlobalFlags {
   authfile?: string | undefined;
 }
 
-export function makeLogger(flags: GlobalFlags, interactive: boolean): Logger {
+/** `destination`: where lines go instead of stderr (on a terminal: readable, above the progress display). */
+export function makeLogger(flags: GlobalFlags, interactive: boolean, destination?: DestinationStream): Logger {
   // On a terminal the progress display is the interface; logs only speak up for problems.
-  return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info') });
+  return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info'), ...(destination ? { destination } : {}) });
 }
 
 export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): HttpTransport {
@@ -38,28 +40,27 @@ export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = proce
 }
 
 /**
- * Credentials for one side: the explicit flag first, then cloud identity for ECR / Artifact
+ * Credentials for one side: the explicit flag (`creds`: its name, for messages, and its value) first, then cloud identity for ECR / Artifact
  * Registry hosts (`cloud`, e.g. with a role to assume; default the environment's identity),
  * then the docker config.
  */
 export function makeKeychain(
   side: Side,
   registry: string,
-  credsFlag: string | undefined,
+  creds: { flag: string; value: string | undefined },
   flags: GlobalFlags,
   logger: Logger,
   cloud?: CloudCredentials,
 ): CredentialProvider {
   const providers: CredentialProvider[] = [];
-  const flagName = side === 'source' ? '--src-creds' : '--dst-creds';
-  if (credsFlag !== undefined) providers.push(new StaticCredentials(parseCredsFlag(credsFlag, flagName), registry, flagName));
+  if (creds.value !== undefined) providers.push(new StaticCredentials(parseCredsFlag(creds.value, creds.flag), registry, creds.flag));
   // ECR and Artifact Registry hosts: the cloud identity (a failure to get one is an auth error);
   // the docker config answers for every other host.
   providers.push(cloud ?? new CloudCredentials({ side, logger }));
   const dockerConfig: ConstructorParameters<typeof DockerConfigCredentials>[0] = { side, logger };
   if (flags.authfile !== undefined) dockerConfig.authFile = flags.authfile;
   providers.push(new DockerConfigCredentials(dockerConfig));
-  return new Keychain(providers);
+  return new Keychain(providers, `check ${creds.flag} or --authfile`);
 }
 
 export function makeClient(registry: string, side: Side, credentials: CredentialProvider, transport: HttpTransport, logger: Logger): RegistryClient {

@@ -19,13 +19,15 @@ import { TransferLimits } from '../copy/limits.ts';
 import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { ProgressDisplay, formatBytes } from './progress.ts';
-import { repeated } from './options.ts';
+import { terminalLogDestination } from './terminal-log.ts';
+import { repeated, wholeNumber } from './options.ts';
 import { join } from 'node:path';
 
 export const copyOptions = {
   platform: { type: 'string', describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
   referrers: { type: 'boolean', default: false, describe: 'also copy referrers: signatures, SBOMs, attestations (API, fallback tag, cosign tags)' },
-  concurrency: { type: 'number', default: 8, describe: 'blob transfers at once' },
+  // No yargs type: a `number` would turn "abc" into NaN before ferry sees it (wholeNumber checks it).
+  concurrency: { requiresArg: true, default: 8, describe: 'blob transfers at once (1-256)' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
   'dst-creds': { type: 'string', describe: 'destination credentials: USER:PASS, or env:NAME' },
   'src-aws-role-arn': { type: 'string', describe: 'ECR source: assume this IAM role (sts:AssumeRole from the AWS default chain)' },
@@ -50,7 +52,8 @@ export interface CopyArgs extends GlobalFlags {
   destination: string;
   platform?: string | string[];
   referrers: boolean;
-  concurrency: number;
+  /** A number, or the text given when it is not one (checked by wholeNumber). */
+  concurrency: number | string;
   'src-creds'?: string;
   'dst-creds'?: string;
   'src-aws-role-arn'?: string;
@@ -73,7 +76,9 @@ const CLOUD_FLAGS = ['creds', 'aws-role-arn', 'gcp-service-account', 'gcp-worklo
 export async function runCopy(args: CopyArgs): Promise<number> {
   // isatty, not process.stderr.isTTY: that would build the stderr stream (~9 ms) for a check.
   const interactive = !args.json && isatty(2);
-  const logger = makeLogger(args, interactive);
+  // On a terminal: the progress display, with log lines (warnings) printed readably above it.
+  const display = interactive ? new ProgressDisplay({ stream: process.stderr }) : undefined;
+  const logger = makeLogger(args, interactive, display ? terminalLogDestination((line) => display.printAbove(line)) : undefined);
   const started = Date.now();
   let source: Reference | undefined;
   let destination: Reference | undefined;
@@ -85,9 +90,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   const onSigint = () => abort.abort();
   process.once('SIGINT', onSigint);
   try {
-    if (!Number.isInteger(args.concurrency) || args.concurrency < 1 || args.concurrency > 256) {
-      throw new UsageError(`--concurrency must be a whole number from 1 to 256, not ${args.concurrency}`);
-    }
+    const concurrency = wholeNumber('concurrency', args.concurrency, 1, 256);
     const wanted = repeated(args.platform);
     const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
     const jobId = `copy-${randomBytes(4).toString('hex')}`;
@@ -113,7 +116,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       copySource = { end, target: end.target, name: formatArchiveReference(srcArchive) };
     } else {
       srcCloud = cloudCredentials('source', source!, args, jobId, logger);
-      const srcClient = makeClient(source!.registry, 'source', makeKeychain('source', source!.registry, args['src-creds'], args, logger, srcCloud), transport, logger);
+      const srcClient = makeClient(source!.registry, 'source', makeKeychain('source', source!.registry, { flag: '--src-creds', value: args['src-creds'] }, args, logger, srcCloud), transport, logger);
       copySource = registryCopySource(source!, srcClient);
     }
     const stateDir = args['state-dir'] ?? defaultStateDir();
@@ -126,7 +129,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       if (tag !== undefined) copyDestination.tag = tag;
     } else {
       dstCloud = cloudCredentials('destination', destination!, args, jobId, logger);
-      const dstClient = makeClient(destination!.registry, 'destination', makeKeychain('destination', destination!.registry, args['dst-creds'], args, logger, dstCloud), transport, logger);
+      const dstClient = makeClient(destination!.registry, 'destination', makeKeychain('destination', destination!.registry, { flag: '--dst-creds', value: args['dst-creds'] }, args, logger, dstCloud), transport, logger);
       if (isEcrHost(destination!.registry) && args['create-repository'] && !args['dry-run'] && args['dst-creds'] === undefined) {
         // ECR refuses pushes to a repository that does not exist: create it first.
         await dstCloud.ensureEcrRepository(destination!.registry, destination!.repository, ecrRepositorySettings(args));
@@ -134,13 +137,12 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       // Open chunked uploads are journaled, so that running the same command again after a crash continues them.
       copyDestination = registryCopyDestination(destination!, dstClient, { journal: UploadJournal.inStateDir(stateDir, logger), tuning });
     }
-    const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
     const report = await copyImage({
       source: copySource,
       destination: copyDestination,
       platforms,
       referrers: args.referrers,
-      limits: new TransferLimits(args.concurrency),
+      limits: new TransferLimits(concurrency),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
       signal: abort.signal,
@@ -154,7 +156,9 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     return 0;
   } catch (e) {
     const err = toFerryError(e);
-    logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
+    display?.finish();
+    // On a terminal the one line below says it; a log line would say it twice.
+    if (!interactive) logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
     if (args.json) {
       process.stdout.write(
         `${JSON.stringify({
@@ -168,6 +172,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     process.stderr.write(`ferry: ${err.code}: ${err.message}\n`);
     return exitCodeFor(err);
   } finally {
+    display?.finish();
     process.off('SIGINT', onSigint);
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
@@ -224,7 +229,8 @@ function checkEcrFlags(args: CopyArgs, destination: Reference): void {
   if (used.length) throw new UsageError(`${used.join(', ')} only apply to an Amazon ECR destination, not ${destination.registry}`);
 }
 
-function humanSummary(r: CopyReport, dryRun: boolean): string {
+/** What `ferry copy` prints on stdout without --json. */
+export function humanSummary(r: CopyReport, dryRun: boolean): string {
   const t = r.transfer;
   const lines: string[] = [];
   if (dryRun && r.dry_run) {
@@ -234,13 +240,18 @@ function humanSummary(r: CopyReport, dryRun: boolean): string {
     lines.push(`  bytes to copy: ${formatBytes(r.dry_run.bytes_to_copy)} of ${formatBytes(t.bytes_total)}`);
     return `${lines.join('\n')}\n`;
   }
-  lines.push(`Copied ${r.source} → ${r.destination}`);
+  // Nothing written at all: no blob copied or mounted, no manifest put.
+  const upToDate = t.blobs_copied === 0 && t.blobs_mounted === 0 && t.manifests_written === 0;
+  lines.push(upToDate ? `Already up to date: ${r.destination} (from ${r.source}); nothing copied` : `Copied ${r.source} → ${r.destination}`);
   lines.push(`  digest:    ${r.image.digest}${r.digest_changed ? ' (new: platform subset)' : ''}`);
   if (r.image.platforms.length) lines.push(`  platforms: ${r.image.platforms.map((p) => [p.os, p.architecture, p.variant].filter(Boolean).join('/')).join(', ')}`);
   lines.push(`  size:      ${formatBytes(r.image.size)}`);
-  lines.push(
-    `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}${t.blobs_resumed ? `, ${t.blobs_resumed} resumed` : ''}`,
-  );
+  if (!upToDate) {
+    lines.push(
+      `  blobs:     ${t.blobs_copied} copied (${formatBytes(t.bytes_transferred)}), ${t.blobs_skipped} already there, ${t.blobs_mounted} mounted${t.blobs_restarted ? `, ${t.blobs_restarted} restarted` : ''}${t.blobs_resumed ? `, ${t.blobs_resumed} resumed` : ''}`,
+    );
+    lines.push(`  manifests: ${t.manifests_written} written`);
+  }
   if (r.image.referrers.length) lines.push(`  referrers: ${r.image.referrers.length}`);
   if (r.referrers_left_behind.length) lines.push(`  note: ${r.referrers_left_behind.length} referrer(s) of the original index were left behind (the digest changed)`);
   if (r.previous_digest) lines.push(`  note: the tag pointed at ${r.previous_digest} before; overwritten`);

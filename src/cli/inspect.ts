@@ -16,7 +16,7 @@ export async function runInspect(args: InspectArgs): Promise<number> {
   const transport = makeTransport(args);
   try {
     const ref = parseReference(args.reference);
-    const client = makeClient(ref.registry, 'source', makeKeychain('source', ref.registry, args.creds, args, logger), transport, logger);
+    const client = makeClient(ref.registry, 'source', makeKeychain('source', ref.registry, { flag: '--creds', value: args.creds }, args, logger), transport, logger);
     const info = await inspectImage(new RegistrySource(client, ref.repository), ref, logger);
     if (args.json) {
       process.stdout.write(`${JSON.stringify(info)}\n`);

@@ -4,7 +4,7 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { FerryError, UsageError, exitCodeFor, toFerryError } from '../errors.ts';
-import { versionText } from '../version.ts';
+import { isVersionOnly, versionText } from '../version.ts';
 import { runCopy, copyOptions } from './copy.ts';
 import { runInspect } from './inspect.ts';
 import { agentOptions, runAgent } from './agent.ts';
@@ -14,8 +14,16 @@ import { globalOptions } from './options.ts';
 export async function main(argv: string[] = hideBin(process.argv)): Promise<number> {
   let exitCode = 0;
   const wantsJson = argv.includes('--json');
+  // src/main.ts answers these before loading the CLI; this is for callers of main() itself.
+  if (isVersionOnly(argv)) {
+    process.stdout.write(versionText(wantsJson));
+    return 0;
+  }
   const parser = yargs(argv)
     .scriptName('ferry')
+    // Flags are read by their kebab-case names only; without this yargs would also add a
+    // camelCase twin of each, and "Unknown arguments" would name every unknown flag twice.
+    .parserConfiguration({ 'camel-case-expansion': false })
     .usage('ferry: copy container images into a registry, byte-exact, verified and resumable.\n\nUsage: $0 <command> [options]')
     .command(
       'copy <source> <destination>',
@@ -61,7 +69,7 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<numb
     )
     .command(
       'version',
-      'Print the version, git commit and Node.js version',
+      'Print the version, git commit and Node.js version (also: ferry --version)',
       (y: Argv) => y.options({ json: globalOptions.json }),
       (args) => {
         process.stdout.write(versionText(args.json === true));

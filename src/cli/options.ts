@@ -1,6 +1,7 @@
 // Options shared by the copy and inspect commands (the agent has its own, src/agent/config.ts). Declared once, as data, so the README's configuration
 // reference can be generated from (and checked against) the same definitions.
 import type { Options } from 'yargs';
+import { UsageError } from '../errors.ts';
 
 export const globalOptions = {
   'log-level': {
@@ -16,6 +17,17 @@ export const globalOptions = {
   'ca-file': { type: 'string', describe: 'PEM file with extra CA certificates (repeatable; NODE_EXTRA_CA_CERTS works too)' },
   authfile: { type: 'string', describe: 'docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json)' },
 } as const satisfies Record<string, Options>;
+
+/**
+ * A flag that takes a whole number. Declared to yargs without a type (numbers are still parsed as
+ * numbers), because a `number` option turns "abc" into NaN, and the message could only say "not NaN".
+ */
+export function wholeNumber(flag: string, value: unknown, min: number, max: number): number {
+  if (Array.isArray(value)) throw new UsageError(`--${flag} was given ${value.length} times; give it once`);
+  const n = typeof value === 'number' ? value : typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (Number.isInteger(n) && n >= min && n <= max) return n;
+  throw new UsageError(`--${flag} must be a whole number from ${min} to ${max}, not ${JSON.stringify(typeof value === 'string' ? value.slice(0, 40) : value)}`);
+}
 
 /**
  * Repeatable flags are plain strings (yargs collects repeats into an array): an `array` option

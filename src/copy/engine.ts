@@ -77,6 +77,7 @@ class CopyRun {
     bytes_resent: 0,
     bytes_reread_for_hash: 0,
     bytes_total: 0,
+    manifests_written: 0,
     duration_ms: 0,
   };
   private readonly progress: CopyProgress = { bytes_done: 0, bytes_total: 0, blobs_done: 0, blobs_total: 0, active: [] };
@@ -164,9 +165,13 @@ class CopyRun {
     for (const node of toWrite) await this.pushTree(node, pushed, tagNow);
     for (const node of referrerRoots) await this.pushTree(node, pushed, undefined);
     await this.listReferrers(pending.subjects, referrers.sourceIndexes);
-    for (const { tag, node } of pending.tags) await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
+    for (const { tag, node } of pending.tags) {
+      await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
+      this.stats.manifests_written++;
+    }
     if (!upToDate && referrerRoots.length > 0 && destination.tag) {
       await this.dst.putManifest(destination.tag, root.bytes, root.mediaType, signal);
+      this.stats.manifests_written++;
     }
     if (previousDigest) {
       this.log.warn({ tag: destination.tag, previous_digest: previousDigest, digest: root.digest }, 'destination tag pointed at another digest; overwritten');
@@ -287,6 +292,7 @@ class CopyRun {
     await Promise.all(
       [...subjects].map(async ([subject, referrers]) => {
         const done = await update(subject, referrers, { signal: this.req.signal, known: this.cache, proposed: sourceIndexes.get(subject) });
+        if (done === 'written') this.stats.manifests_written++;
         this.log.debug({ subject, referrers: referrers.length, listing: done }, 'referrers listed');
       }),
     );
@@ -433,6 +439,7 @@ class CopyRun {
     for (const c of node.children) await this.pushTree(c, pushed, undefined);
     if (tag === undefined && pushed.has(node.digest)) return;
     await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
+    this.stats.manifests_written++;
     pushed.add(node.digest);
   }
 }

@@ -4,6 +4,7 @@
 import { FerryError } from '../errors.ts';
 import { digestOf, type Digest } from '../reference/digest.ts';
 import type { Platform } from '../reference/platform.ts';
+import { formatTarget } from '../reference/reference.ts';
 import { MediaType, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.ts';
 import type { FetchedManifest, ImageSource } from '../ends/types.ts';
 import { readVerifiedBlobWhole } from '../blob/verify.ts';
@@ -49,7 +50,7 @@ export class SourceGraph {
     if (!bytes) {
       const fetched = await this.fetchOnce(target, isDigestTarget);
       if (!fetched) {
-        throw new FerryError('SOURCE_NOT_FOUND', `${this.source.description}:${target} not found (check the repository and tag)`, { side: 'source', status: 404 });
+        throw new FerryError('SOURCE_NOT_FOUND', `${formatTarget(this.source.description, target)} not found (check the repository and ${isDigestTarget ? 'digest' : 'tag'})`, { side: 'source', status: 404 });
       }
       bytes = fetched.bytes;
       digest = fetched.digest;

@@ -27,6 +27,8 @@ export interface TransferStats {
   /** Source bytes read again only to rebuild the hash state of journaled uploads (nothing sent). */
   bytes_reread_for_hash: number;
   bytes_total: number;
+  /** Manifests PUT at the destination (children, referrers, tags); 0 with no blob copied or mounted: it was up to date. */
+  manifests_written: number;
   duration_ms: number;
 }
 

@@ -60,6 +60,35 @@ export interface LoggerOptions {
   name?: string;
 }
 
+/** Each logger's bindings (from its child() calls), computed once: they do not change. */
+const boundFields = new WeakMap<object, Record<string, unknown>>();
+
+/**
+ * A field given to a log call that the logger already carries as a binding, with the same value,
+ * is written once. Code that receives a logger bound to a job (job_id, exec_id) often also
+ * receives the ids, and logs them for callers whose logger is not bound; pino would write both
+ * (its bindings are serialized ahead of the call's fields), and a line with a key twice is read
+ * differently by different log pipelines. A different value is kept: that is a caller's bug the
+ * log should show.
+ */
+function dropBoundFields(this: Logger, args: unknown[]): unknown[] {
+  const fields = args[0];
+  if (!fields || typeof fields !== 'object' || fields instanceof Error || Array.isArray(fields)) return args;
+  let bound = boundFields.get(this);
+  if (!bound) {
+    bound = this.bindings();
+    boundFields.set(this, bound);
+  }
+  let copy: Record<string, unknown> | undefined;
+  for (const [k, v] of Object.entries(fields)) {
+    if (Object.hasOwn(bound, k) && Object.is(bound[k], v)) {
+      copy ??= { ...(fields as Record<string, unknown>) };
+      delete copy[k];
+    }
+  }
+  return copy ? [copy, ...args.slice(1)] : args;
+}
+
 export function createLogger(opts: LoggerOptions = {}): Logger {
   return pino(
     {
@@ -67,7 +96,12 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
       name: opts.name ?? 'ferry',
       base: { pid: process.pid },
       redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
-      hooks: { streamWrite: scrubSecrets },
+      hooks: {
+        streamWrite: scrubSecrets,
+        logMethod(args, method) {
+          return method.apply(this, dropBoundFields.call(this, args) as Parameters<typeof method>);
+        },
+      },
       serializers: { err: pino.stdSerializers.err },
     },
     opts.destination ?? pino.destination({ fd: 2, sync: true }),

@@ -148,6 +148,11 @@ export function formatReference(ref: Reference): string {
   return s;
 }
 
+/** `name:tag`, or `name@sha256:…` for a digest (a tag never holds a ':', a digest always does). */
+export function formatTarget(name: string, target: string): string {
+  return `${name}${target.includes(':') ? '@' : ':'}${target}`;
+}
+
 /** `host/repo`, as the contract's Image output names a repository. */
 export function repositoryName(ref: Reference): string {
   return `${ref.registry}/${ref.repository}`;

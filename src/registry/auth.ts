@@ -163,7 +163,8 @@ export class RegistryAuth {
 
   /** `retryable`: the credentials were renewed, so the caller may start the operation again. */
   authError(message: string, withHint: boolean, retryable = false, status = 401): FerryError {
-    const hint = withHint ? (this.side === 'source' ? ' (check --src-creds or --authfile)' : ' (check --dst-creds or --authfile)') : '';
+    // The hint names the caller's own settings (the CLI's flags); the library knows none.
+    const hint = withHint && this.credentials.hint ? ` (${this.credentials.hint})` : '';
     return new FerryError(this.side === 'source' ? 'SOURCE_AUTH' : 'DESTINATION_AUTH', message + hint, { side: this.side, status, retryable });
   }
 

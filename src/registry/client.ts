@@ -4,7 +4,7 @@
 import { AbortedError, FerryError, NetworkError, RegistryError, type ErrorCode, type Side } from '../errors.ts';
 import type { CredentialProvider } from '../auth/credentials.ts';
 import type { Logger } from '../log/logger.ts';
-import { registryEndpoint } from '../reference/reference.ts';
+import { formatTarget, registryEndpoint } from '../reference/reference.ts';
 import { digestOf, isDigest, type Digest } from '../reference/digest.ts';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES } from '../oci/manifest.ts';
 import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
@@ -168,9 +168,9 @@ export class RegistryClient {
       const declaredLength = Number(header(res, 'content-length') ?? '0');
       if (declaredLength > MAX_MANIFEST_BYTES) {
         await drain(res.body);
-        throw this.invalid(`manifest ${repository}:${target} is ${declaredLength} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`);
+        throw this.invalid(`manifest ${formatTarget(repository, target)} is ${declaredLength} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`);
       }
-      return { res, bytes: await readBounded(res.body, MAX_MANIFEST_BYTES, `manifest ${repository}:${target}`, this.side) };
+      return { res, bytes: await readBounded(res.body, MAX_MANIFEST_BYTES, `manifest ${formatTarget(repository, target)}`, this.side) };
     });
     if (!read) return undefined;
     const { res, bytes } = read;
@@ -179,7 +179,7 @@ export class RegistryClient {
     const algorithm = expected?.startsWith('sha512:') ? 'sha512' : 'sha256';
     const digest = digestOf(bytes, algorithm);
     if (expected && isDigest(expected) && expected !== digest) {
-      throw new FerryError('DIGEST_MISMATCH', `manifest ${repository}:${target} hashes to ${digest}, not ${expected}`, { side: this.side });
+      throw new FerryError('DIGEST_MISMATCH', `manifest ${formatTarget(repository, target)} hashes to ${digest}, not ${expected}`, { side: this.side });
     }
     return { bytes, mediaType, digest };
   }
@@ -193,7 +193,7 @@ export class RegistryClient {
       scopes: [repositoryScope(repository, this.side === 'source' ? ['pull'] : ['pull', 'push'])],
       headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') },
       accept: [200, 404],
-      what: `manifest ${repository}:${target}`,
+      what: `manifest ${formatTarget(repository, target)}`,
       signal,
     });
   }
@@ -207,14 +207,14 @@ export class RegistryClient {
       headers: { 'content-type': mediaType },
       body: bytes,
       accept: [200, 201],
-      what: `manifest ${repository}:${target}`,
+      what: `manifest ${formatTarget(repository, target)}`,
       signal,
     });
     await drain(res.body);
     const local = digestOf(bytes, target.startsWith('sha512:') ? 'sha512' : 'sha256');
     const reported = header(res, 'docker-content-digest');
     if (reported && isDigest(reported) && reported.split(':')[0] === local.split(':')[0] && reported !== local) {
-      throw new FerryError('DESTINATION_REJECTED', `registry stored manifest ${repository}:${target} as ${reported}, expected ${local}`, { side: this.side });
+      throw new FerryError('DESTINATION_REJECTED', `registry stored manifest ${formatTarget(repository, target)} as ${reported}, expected ${local}`, { side: this.side });
     }
     return local;
   }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { pushArtifactFor, pushImage, pushLargeImage, pushMultiArch, type PushedManifest } from '../harness/fixtures.ts';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.ts';
+import { linesWithDuplicateKeys } from '../harness/log-lines.ts';
 import { killAgents, plan, startAgent, startWorld, tempState, waitFor, VENDOR_USER, type AgentWorld } from './agent-harness.ts';
 
 const MiB = 1024 * 1024;
@@ -75,6 +76,9 @@ describe('ferry agent', () => {
     assert.equal((await localC.verifyImage('install_1/app', 'v1')).digest, idx.digest);
     assert.ok(world.cp.heartbeats.length >= 1, 'no heartbeat');
     assertNoSecrets(world, agent.logs());
+    // Every line (debug level: all of them) has each key once ("result delivered" had job_id twice).
+    assert.deepEqual(linesWithDuplicateKeys(agent.logs()), []);
+    assert.match(agent.logs(), /"msg":"result delivered"/);
   });
 
   test('a one-time token used twice: the second job fails with TOKEN_ALREADY_USED', async () => {
@@ -181,6 +185,8 @@ describe('ferry agent', () => {
     assert.equal(job.status, 'finished');
     assert.equal(job.results.length, 1);
     assert.match(agent.logs(), /retrying|backing off|failed/);
+    // The retry paths' lines too (they log the job's ids for callers without a job-bound logger).
+    assert.deepEqual(linesWithDuplicateKeys(agent.logs()), []);
   });
 
   test('SIGKILL mid-job, then a restart: attaches, renews credentials, finishes, reports once', async () => {
@@ -261,6 +267,11 @@ describe('ferry agent', () => {
     assertPrometheusText(text);
     assert.match(text, /ferry_jobs_total\{outcome="succeeded"\}/);
     assert.match(text, /ferry_blobs_total\{action="copied"\}/);
+    assert.match(text, /^ferry_build_info\{version="[^"]+",commit="[^"]+",node="v\d+[^"]*"\} 1$/m);
+    assert.match(text, /^process_cpu_seconds_total [0-9.]+$/m);
+    assert.match(text, /^process_resident_memory_bytes [1-9]\d+$/m);
+    assert.match(text, /^ferry_pending_results 0$/m);
+    assert.match(text, /^ferry_bytes_resent_total 0$/m);
 
     // Runner token rotated at the control plane: not ready until the new token is in the file.
     const readyz = async () => (await fetch(`${url}/readyz`)).status;

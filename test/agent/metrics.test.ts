@@ -232,11 +232,12 @@ describe('metrics registry', () => {
   });
 
   it('the agent metrics cover jobs, bytes, blobs, durations, registry errors and the control plane', () => {
-    const m = createAgentMetrics('1.2.3');
+    const m = createAgentMetrics('1.2.3', { commit: 'abc123def456' });
     const empty = parseExposition(m.registry.render());
     assert.equal(sample(empty, 'ferry_jobs_total', { outcome: 'succeeded' }), 0, 'known outcomes are exported before they happen');
-    assert.equal(sample(empty, 'ferry_build_info', { version: '1.2.3' }), 1);
-    const transfer = { blobs_copied: 3, blobs_skipped: 2, blobs_mounted: 1, blobs_restarted: 1, blobs_resumed: 0, bytes_transferred: 1000, bytes_resent: 0, bytes_reread_for_hash: 0, bytes_total: 5000, duration_ms: 1500 };
+    assert.equal(sample(empty, 'ferry_build_info', { version: '1.2.3', commit: 'abc123def456', node: process.version }), 1);
+    assert.equal(sample(empty, 'ferry_blobs_total', { action: 'resumed' }), 0);
+    const transfer = { blobs_copied: 3, blobs_skipped: 2, blobs_mounted: 1, blobs_restarted: 1, blobs_resumed: 2, bytes_transferred: 1000, bytes_resent: 300, bytes_reread_for_hash: 0, bytes_total: 5000, manifests_written: 2, duration_ms: 1500 };
     m.recordJob('succeeded', { transfer });
     m.recordJob('failed', { errorCode: 'SOURCE_AUTH' });
     m.recordJob('failed', { errorCode: 'SOURCE_AUTH' });
@@ -252,6 +253,8 @@ describe('metrics registry', () => {
     assert.equal(sample(f, 'ferry_image_bytes_total'), 5000);
     assert.equal(sample(f, 'ferry_blobs_total', { action: 'skipped' }), 2);
     assert.equal(sample(f, 'ferry_blobs_total', { action: 'mounted' }), 1);
+    assert.equal(sample(f, 'ferry_blobs_total', { action: 'resumed' }), 2);
+    assert.equal(sample(f, 'ferry_bytes_resent_total'), 300);
     assert.equal(sample(f, 'ferry_transfer_duration_seconds_count'), 1);
     assert.equal(sample(f, 'ferry_transfer_duration_seconds_bucket', { le: '2.5' }), 1);
     assert.equal(sample(f, 'ferry_transfer_duration_seconds_bucket', { le: '1' }), 0);
@@ -260,6 +263,34 @@ describe('metrics registry', () => {
     assert.equal(sample(f, 'ferry_control_plane_requests_total', { endpoint: 'claim', outcome: 'network' }), 1);
     assert.ok((sample(f, 'ferry_control_plane_last_success_timestamp_seconds') ?? 0) > 1.7e9);
     for (const fam of f.values()) if (fam.type === 'counter') assert.match(fam.name, /_total$/);
+  });
+
+  it('process CPU and memory, and pending results, are read at each scrape', () => {
+    const stats = { cpu: 1.5, rss: 50_000_000, heap: 20_000_000 };
+    const m = createAgentMetrics('1.2.3', {
+      process: { cpuSeconds: () => stats.cpu, residentBytes: () => stats.rss, heapUsedBytes: () => stats.heap, startTime: 1_800_000_000 },
+    });
+    let pending = 0;
+    m.watchPendingResults(() => pending);
+    let f = parseExposition(m.registry.render());
+    assert.equal(sample(f, 'process_cpu_seconds_total'), 1.5);
+    assert.equal(sample(f, 'process_resident_memory_bytes'), 50_000_000);
+    assert.equal(sample(f, 'nodejs_heap_size_used_bytes'), 20_000_000);
+    assert.equal(sample(f, 'process_start_time_seconds'), 1_800_000_000);
+    assert.equal(sample(f, 'ferry_pending_results'), 0);
+    Object.assign(stats, { cpu: 4.25, rss: 60_000_000 });
+    pending = 3;
+    f = parseExposition(m.registry.render());
+    assert.equal(sample(f, 'process_cpu_seconds_total'), 4.25);
+    assert.equal(sample(f, 'process_resident_memory_bytes'), 60_000_000);
+    assert.equal(sample(f, 'ferry_pending_results'), 3);
+    assert.equal(f.get('process_cpu_seconds_total')!.type, 'counter');
+    // The real process: numbers that make sense.
+    const real = parseExposition(createAgentMetrics('1.2.3').registry.render());
+    assert.ok((sample(real, 'process_cpu_seconds_total') ?? 0) > 0);
+    assert.ok((sample(real, 'process_resident_memory_bytes') ?? 0) > 10 * 1024 * 1024);
+    const start = sample(real, 'process_start_time_seconds') ?? 0;
+    assert.ok(start > Date.now() / 1000 - 3600 && start <= Date.now() / 1000 + 1, `start time ${start}`);
   });
 });
 

@@ -135,7 +135,9 @@ describe('JSON store and pending results', () => {
     await s1.save({ job_id: 'job-1', exec_id: 'exec-1', result: failed });
     await s1.save({ job_id: 'job-2', exec_id: 'exec-2', result: { success: true } });
     await s1.save({ job_id: 'job-1', exec_id: 'exec-1', result: failed }); // idempotent
+    assert.equal(s1.size, 2);
     const s2 = await PendingResultStore.open(dir);
+    assert.equal(s2.size, 2, 'a reopened store counts what an earlier run left');
     assert.deepEqual(
       (await s2.list()).map((p) => p.job_id).sort(),
       ['job-1', 'job-2'],
@@ -144,5 +146,8 @@ describe('JSON store and pending results', () => {
     await s2.remove('job-1', 'exec-1');
     assert.equal(await s2.get('job-1', 'exec-1'), undefined);
     assert.equal((await s2.list()).length, 1);
+    assert.equal(s2.size, 1);
+    await s2.remove('job-1', 'exec-1'); // gone already
+    assert.equal(s2.size, 1);
   });
 });

@@ -2,6 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { createLogger, registerSecret, scrubSecrets, type Logger } from '../../src/log/logger.ts';
+import { duplicateKeys } from '../harness/log-lines.ts';
 
 /** A logger writing into an array of lines, one per log call. */
 function capture(level = 'trace'): { log: Logger; lines: string[] } {
@@ -188,5 +189,30 @@ describe('redaction by path', () => {
     const o = JSON.parse(lines[0]!) as Record<string, unknown>;
     assert.equal(o.user, 'alice');
     assert.deepEqual(o.nested, { password: '[REDACTED]', keep: 1 });
+  });
+});
+
+describe('no key twice in a line', () => {
+  it('a field the logger already carries as a binding, with the same value, is written once', () => {
+    const { log, lines } = capture();
+    const job = log.child({ job_id: 'job-1', exec_id: 'exec-2' });
+    job.info({ job_id: 'job-1', exec_id: 'exec-2', success: true }, 'result delivered');
+    job.child({ side: 'source' }).warn({ side: 'source', job_id: 'job-1', n: 1 }, 'nested');
+    job.info('message only');
+    log.info({ job_id: 'job-1' }, 'unbound logger keeps the field');
+    for (const line of lines) assert.deepEqual(duplicateKeys(line), [], line);
+    const first = JSON.parse(lines[0]!) as Record<string, unknown>;
+    assert.deepEqual([first.job_id, first.exec_id, first.success, first.msg], ['job-1', 'exec-2', true, 'result delivered']);
+    assert.equal(JSON.parse(lines[1]!).n, 1);
+    assert.equal(JSON.parse(lines[3]!).job_id, 'job-1');
+    // A different value is a caller's bug, and shows: both are written.
+    job.info({ job_id: 'job-9' }, 'mismatch');
+    assert.deepEqual(duplicateKeys(lines[4]!), ['job_id']);
+  });
+
+  it('duplicateKeys finds repeated keys at any depth, and only those', () => {
+    assert.deepEqual(duplicateKeys('{"a":1,"b":{"c":[{"d":1,"d":2}],"c2":"x"},"a":"y"}'), ['b.c[0].d', 'a']);
+    assert.deepEqual(duplicateKeys('{"a":"\\"a\\":1","b":[1,2,{"a":1}],"c":{}}'), []);
+    assert.throws(() => duplicateKeys('{"a":1'), /not JSON/);
   });
 });
