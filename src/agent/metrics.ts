@@ -3,6 +3,7 @@
 import type { ContractCode } from '../errors.ts';
 import type { TransferStats } from '../copy/types.ts';
 import type { RequestEvent } from './control-plane-client.ts';
+import type { RegistryFlowStats } from '../transport/flow.ts';
 
 export type Labels = Record<string, string>;
 
@@ -214,6 +215,16 @@ export interface AgentMetrics {
   recordRegistryError(side: 'source' | 'destination', code: string): void;
   /** Pass as the control-plane client's observer. */
   observeControlPlane(e: RequestEvent): void;
+  /** Throttled answers per registry host (429, 503, ECR's ThrottlingException). */
+  registryThrottled: Counter;
+  /** Each registry host's current concurrency limit (AIMD, src/transport/flow.ts). */
+  registryConcurrency: Gauge;
+  /** Time each registry host was paused for every job (Retry-After). */
+  registryPaused: Counter;
+  /** The request rate each throttling registry host is paced at (requests/s). */
+  registryPace: Gauge;
+  /** Read the flow controller's per-registry state at every scrape. */
+  observeFlow(stats: () => RegistryFlowStats[]): void;
 }
 
 /** Seconds: a fast warm sync to a slow multi-gigabyte copy. */
@@ -244,6 +255,22 @@ export function createAgentMetrics(version: string, registry = new MetricsRegist
     blobs.inc({ action: 'restarted' }, t.blobs_restarted);
     transferDuration.observe(t.duration_ms / 1000);
   };
+  const registryThrottled = registry.counter({ name: 'ferry_registry_throttled_total', help: 'Answers refusing a request for load (429, 503, ECR ThrottlingException), by registry host.', labelNames: ['registry'] });
+  const registryConcurrency = registry.gauge({ name: 'ferry_registry_concurrency', help: 'Blob transfers allowed at once towards a registry host now (halved while it throttles).', labelNames: ['registry'] });
+  const registryPaused = registry.counter({ name: 'ferry_registry_paused_seconds_total', help: 'Time a registry host was paused for every job (Retry-After).', labelNames: ['registry'] });
+  const registryPace = registry.gauge({ name: 'ferry_registry_pace_requests_per_second', help: 'The request rate a throttling registry host is paced at.', labelNames: ['registry'] });
+  const observeFlow = (stats: () => RegistryFlowStats[]) => {
+    registry.onCollect(() => {
+      for (const s of stats()) {
+        const labels = { registry: s.registry };
+        // Counters from the flow controller's running totals.
+        registryThrottled.inc(labels, Math.max(0, s.throttled - registryThrottled.value(labels)));
+        registryPaused.inc(labels, Math.max(0, s.pausedMs / 1000 - registryPaused.value(labels)));
+        registryConcurrency.set(s.concurrency, labels);
+        registryPace.set(s.pace ?? 0, labels);
+      }
+    });
+  };
   return {
     registry,
     jobs,
@@ -270,5 +297,10 @@ export function createAgentMetrics(version: string, registry = new MetricsRegist
       controlPlaneRequests.inc({ endpoint: e.endpoint, outcome: e.outcome });
       if (e.outcome === 'ok') controlPlaneLastSuccess.set(Date.now() / 1000);
     },
+    registryThrottled,
+    registryConcurrency,
+    registryPaused,
+    registryPace,
+    observeFlow,
   };
 }

@@ -365,7 +365,7 @@ class CopyRun {
     const sameRegistry = this.mountFrom() !== undefined;
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
-        this.req.limits.run(this.dst.description, async () => {
+        this.req.limits.run(this.limitHosts(), async () => {
           const have = this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, this.req.signal));
           const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : sameRegistry ? 'mount' : 'copy';
           return { digest: b.digest, size: b.size, action };
@@ -398,7 +398,7 @@ class CopyRun {
       await Promise.all(
         [...blobs.values()].map((b) =>
           this.req.limits
-            .run(this.dst.description, () =>
+            .run(this.limitHosts(), () =>
               this.dstLimit(() => {
                 if (inner.signal.aborted) throw new AbortedError();
                 return this.transferBlob(b, present.get(b.digest)!, inner.signal);
@@ -432,7 +432,7 @@ class CopyRun {
     const present = new Map<Digest, Promise<boolean>>();
     for (const b of blobs.values()) {
       const known = this.known?.get(b.digest);
-      const check = known !== undefined ? Promise.resolve(known) : this.req.limits.check(this.dst.description, () => this.dst.hasBlob(b.digest, b.size, signal));
+      const check = known !== undefined ? Promise.resolve(known) : this.req.limits.check(this.limitHosts()[0]!, () => this.dst.hasBlob(b.digest, b.size, signal));
       // Awaited by the blob's transfer, which reports a failure; until then it is not unhandled.
       check.catch(() => undefined);
       present.set(b.digest, check);
@@ -599,6 +599,12 @@ class CopyRun {
     const dst = this.dst;
     if (!(src instanceof RegistrySource) || !(dst instanceof RegistryDestination)) return undefined;
     return src.client.registry === dst.client.registry && src.repository !== dst.repository ? src.repository : undefined;
+  }
+
+  /** The registry hosts a transfer holds slots of (src/copy/limits.ts): the destination's first, then the source's. */
+  private limitHosts(): string[] {
+    const dst = this.dst instanceof RegistryDestination ? this.dst.client.baseUrl.host : this.dst.description;
+    return this.src instanceof RegistrySource ? [dst, this.src.client.baseUrl.host] : [dst];
   }
 
   private emit(): void {
