@@ -5,6 +5,7 @@
 // a PutImage; src/transport/flow.ts takes those tokens). A ThrottlingException (or a 429 from the
 // registry endpoint) halves that action's pace, at most once a window, and pauses it for every
 // caller; good answers bring it back towards the documented figure.
+import { AbortedError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { parseEcrHost } from '../auth/cloud/hosts.ts';
 import { systemClock, type Clock } from './clock.ts';
@@ -29,6 +30,12 @@ export const ECR_API_RATES: Readonly<Record<string, number>> = {
   CreateRepository: 20,
 };
 
+/**
+ * ferry paces each action at this share of its quota: spacing requests evenly on this side does
+ * not make them arrive evenly (connections open, signing takes its time), and arrivals bunched
+ * up over the quota would be refused.
+ */
+export const QUOTA_HEADROOM = 0.9;
 /** A pace cut by throttling never goes below this share of the documented figure (nor below 1/s). */
 const MIN_SHARE = 1 / 16;
 /** How long an action pauses for everyone after a ThrottlingException (AWS sends no Retry-After). */
@@ -53,8 +60,9 @@ export function ecrActionOf(method: string, path: string): string | undefined {
 }
 
 /**
- * A token bucket: `rate` tokens a second, at most one second's worth saved up. Takers reserve
- * their token (the balance may go below zero) and wait until it is theirs, so they go in order.
+ * A token bucket: `rate` tokens a second, at most one second's worth saved up. Takers wait in
+ * line; one pump hands the tokens out as they come, at the pace of the moment (a cut or a pause
+ * holds everyone already waiting, not only those who come later).
  */
 export class TokenBucket {
   readonly nominal: number;
@@ -64,6 +72,8 @@ export class TokenBucket {
   pausedUntil = 0;
   private lastCut = Number.NEGATIVE_INFINITY;
   private lastGrowth: number;
+  private readonly line: Array<{ go: () => void }> = [];
+  private pumping = false;
 
   constructor(rate: number, now: number) {
     this.nominal = rate;
@@ -83,13 +93,55 @@ export class TokenBucket {
   }
 
   /** Wait for a token (and for a pause to end). */
-  async take(clock: Clock, signal?: AbortSignal): Promise<void> {
-    for (let now = clock.now(); now < this.pausedUntil; now = clock.now()) await clock.sleep(this.pausedUntil - now, signal);
+  take(clock: Clock, signal?: AbortSignal): Promise<void> {
     const now = clock.now();
-    this.refill(now);
-    this.tokens -= 1;
-    if (this.tokens < 0) await clock.sleep((-this.tokens * 1000) / this.rate, signal);
-    for (let t = clock.now(); t < this.pausedUntil; t = clock.now()) await clock.sleep(this.pausedUntil - t, signal);
+    if (this.line.length === 0 && now >= this.pausedUntil) {
+      this.refill(now);
+      if (this.tokens >= 1) {
+        this.tokens -= 1;
+        return Promise.resolve();
+      }
+    }
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(new AbortedError());
+      const place = {
+        go: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      const onAbort = () => {
+        const i = this.line.indexOf(place);
+        if (i >= 0) this.line.splice(i, 1);
+        reject(new AbortedError());
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.line.push(place);
+      void this.pump(clock);
+    });
+  }
+
+  private async pump(clock: Clock): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.line.length > 0) {
+        const now = clock.now();
+        if (now < this.pausedUntil) {
+          await clock.sleep(this.pausedUntil - now);
+          continue;
+        }
+        this.refill(now);
+        if (this.tokens >= 1) {
+          this.tokens -= 1;
+          this.line.shift()!.go();
+          continue;
+        }
+        await clock.sleep(Math.max(1, ((1 - this.tokens) * 1000) / this.rate));
+      }
+    } finally {
+      this.pumping = false;
+    }
   }
 
   /** Throttled: pause for everyone, and halve the pace (at most once a window). True when the pace was cut. */
@@ -105,7 +157,7 @@ export class TokenBucket {
     return true;
   }
 
-  /** A good answer: after a window without throttling, the pace grows by a tenth of the documented figure. */
+  /** A good answer: after a window without throttling, the pace grows by a tenth of its full figure. */
   succeeded(now: number, windowMs: number): void {
     if (this.rate >= this.nominal || now - this.lastGrowth < windowMs || now - this.lastCut < windowMs) return;
     this.refill(now);
@@ -122,7 +174,7 @@ export interface EcrQuotaStats {
 }
 
 export interface EcrQuotasOptions {
-  /** Requests per second by action, instead of the documented figures (tests). */
+  /** Requests per second by action, instead of the documented figures (tests); paced at QUOTA_HEADROOM of them too. */
   rates?: Partial<Record<string, number>>;
   clock?: Clock;
   /** The least time between two cuts of one action's pace, and between two growths. */
@@ -163,7 +215,7 @@ export class EcrQuotas {
     if (rate === undefined || !account) return undefined;
     let b = account.buckets.get(action);
     if (!b) {
-      b = new TokenBucket(rate, this.clock.now());
+      b = new TokenBucket(rate * QUOTA_HEADROOM, this.clock.now());
       account.buckets.set(action, b);
     }
     return b;

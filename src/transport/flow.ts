@@ -11,8 +11,9 @@
 // - A request rate: concurrency alone does not bound the rate when answers take milliseconds,
 //   so the first throttled answer also sets a pace — the answers the host let through since the
 //   pace was last set, over that time (the first time including the pause it asked for, which is
-//   what the burst cost), less a tenth — and requests then go out evenly spaced. The pace grows by
-//   5 % a window while it holds requests back and nothing is throttled.
+//   what the burst cost), less 5 % — and requests then go out evenly spaced. While it holds
+//   requests back and nothing is throttled, the pace grows by a tenth a window up to the granted
+//   rate, and by 5 % a window past it.
 // - Docker Hub's `ratelimit-limit` / `ratelimit-remaining`: once no pull is left, a manifest GET
 //   fails at once with REGISTRY_UNAVAILABLE naming the limit and when it frees up, instead of
 //   being sent and retried.
@@ -64,6 +65,8 @@ export interface RegistryFlowStats {
   pace: number | undefined;
 }
 
+/** The pace is set this far under the rate the host granted: spaced requests arrive a little bunched. */
+const GRANTED_SHARE = 0.95;
 /** The pace never goes below one request a second. */
 const MIN_RATE = 1;
 /** A host with nothing in flight for this long starts measuring its granted rate afresh. */
@@ -101,6 +104,13 @@ class HostFlow {
   epochStart: number | undefined;
   epochOk = 0;
   epochCut = false;
+  /**
+   * The epoch the last cut closed: its good answers (those still in flight at the cut are
+   * counted as they come in), its length, and the pace before the cut.
+   */
+  measured: { ok: number; spanMs: number; before: number } | undefined;
+  /** The rate the host granted, as last measured: the pace grows quickly up to it, slowly past it. */
+  granted: number | undefined;
   inFlight = 0;
   lastActive = 0;
   pull: PullLimit | undefined;
@@ -215,7 +225,7 @@ export class FlowControl {
       // Overloaded or failing, without saying for how long: fewer at once, no pace.
       this.cut(h, now, ticket.at, undefined);
     } else if (status < 500) {
-      this.answered(h, now);
+      this.answered(h, now, ticket.at);
       if (ticket.action) this.ecr.succeeded(h.host, ticket.action, this.log);
     }
   }
@@ -263,9 +273,10 @@ export class FlowControl {
     // A timeout says nothing about the rate; a throttled answer does.
     if (!throttle) return;
     const start = h.epochStart ?? now;
-    const elapsed = now - start + (h.epochCut ? 0 : (throttle.retryAfter ?? this.windowMs));
-    const granted = (h.epochOk * 1000) / Math.max(elapsed, 1);
-    h.rate = Math.max(MIN_RATE, Math.min(h.rate, granted * 0.9));
+    const elapsed = Math.max(1, now - start + (h.epochCut ? 0 : (throttle.retryAfter ?? this.windowMs)));
+    h.measured = { ok: h.epochOk, spanMs: elapsed, before: h.rate };
+    h.granted = (h.epochOk * 1000) / elapsed;
+    h.rate = Math.max(MIN_RATE, Math.min(h.rate, h.granted * GRANTED_SHARE));
     h.epochStart = now;
     h.epochOk = 0;
     h.epochCut = true;
@@ -280,14 +291,22 @@ export class FlowControl {
     h.nextAt = until;
   }
 
-  private answered(h: HostFlow, now: number): void {
-    h.epochOk += 1;
+  private answered(h: HostFlow, now: number, admittedAt: number): void {
+    const m = h.measured;
+    if (m && admittedAt <= h.lastCut) {
+      // Sent before the last cut and let through: part of what the host granted then.
+      m.ok += 1;
+      h.granted = (m.ok * 1000) / m.spanMs;
+      h.rate = Math.max(h.rate, Math.min(m.before, h.granted * GRANTED_SHARE));
+    } else h.epochOk += 1;
     h.state.answered(now, this.recoverAfterMs, this.log, { registry: h.host, concurrency: this.concurrency(h.host), pace_per_s: roundRate(h.rate) }, 'registry no longer throttling');
     if (now - h.lastCut < this.windowMs || now - h.lastGrowth < this.windowMs) return;
     h.lastGrowth = now;
     if (h.limit < this.ceiling) h.limit += 1;
     if (Number.isFinite(h.rate) && h.paced) {
-      h.rate += Math.max(1, h.rate * 0.05);
+      // Quickly back to the rate last granted, then gently past it (the registry may grant more now).
+      const below = h.granted !== undefined && h.rate < h.granted;
+      h.rate = below ? Math.min(h.granted!, h.rate + Math.max(1, h.rate * 0.1)) : h.rate + Math.max(0.5, h.rate * 0.05);
       h.paced = false;
     }
   }
