@@ -171,8 +171,8 @@ export class FlowControl {
   async admit(url: URL, method: string, signal?: AbortSignal): Promise<FlowTicket> {
     const h = this.flowOf(url.host);
     const start = this.clock.now();
-    // The granted rate is measured over busy time: after idling, afresh.
-    if (h.epochStart === undefined || (h.inFlight === 0 && start - h.lastActive > IDLE_MS)) {
+    // The granted rate is measured over busy time: after idling (not a pause the host asked for), afresh.
+    if (h.epochStart === undefined || (h.inFlight === 0 && start - h.lastActive > IDLE_MS && start >= h.pausedUntil)) {
       h.epochStart = start;
       h.epochOk = 0;
       h.epochCut = false;
