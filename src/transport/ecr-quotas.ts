@@ -36,6 +36,12 @@ export const ECR_API_RATES: Readonly<Record<string, number>> = {
  * up over the quota would be refused.
  */
 export const QUOTA_HEADROOM = 0.9;
+/**
+ * A bucket saves up half a second's worth of calls. The first calls of a burst open connections
+ * and arrive late, bunched up with the calls paced after them; a smaller burst keeps that bunch
+ * within what AWS saves up for the account.
+ */
+export const BURST_SECONDS = 0.5;
 /** A pace cut by throttling never goes below this share of the documented figure (nor below 1/s). */
 const MIN_SHARE = 1 / 16;
 /** How long an action pauses for everyone after a ThrottlingException (AWS sends no Retry-After). */
@@ -60,7 +66,7 @@ export function ecrActionOf(method: string, path: string): string | undefined {
 }
 
 /**
- * A token bucket: `rate` tokens a second, at most one second's worth saved up. Takers wait in
+ * A token bucket: `rate` tokens a second, at most BURST_SECONDS' worth saved up. Takers wait in
  * line; one pump hands the tokens out as they come, at the pace of the moment (a cut or a pause
  * holds everyone already waiting, not only those who come later).
  */
@@ -84,7 +90,7 @@ export class TokenBucket {
   }
 
   private get capacity(): number {
-    return Math.max(1, this.rate);
+    return Math.max(1, this.rate * BURST_SECONDS);
   }
 
   private refill(now: number): void {

@@ -132,7 +132,10 @@ export function createEcrClient(opts: EcrClientOptions): ECRClient {
       throw e;
     }
   };
-  client.middlewareStack.addRelativeTo(paced, { name: 'ferryEcrQuotas', relation: 'before', toMiddleware: 'httpSigningMiddleware', override: true });
+  // After signing, as close to the wire as a middleware gets: a call whose first attempt waits for
+  // credentials (or the SDK's lazy set-up) must not be let go early and then arrive in a bunch.
+  // (A signed request stays valid for 5 minutes; no bucket keeps a call waiting that long.)
+  client.middlewareStack.addRelativeTo(paced, { name: 'ferryEcrQuotas', relation: 'after', toMiddleware: 'httpSigningMiddleware', override: true });
   return client;
 }
 
