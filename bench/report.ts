@@ -21,6 +21,16 @@ export interface RunResult {
   ok: boolean;
   verified: boolean;
   error?: string;
+  /** Throttled workloads: what the throttling proxy in front of the destination saw. */
+  throttle?: {
+    /** Requests that reached the proxy, refused ones included. */
+    requests: number;
+    refused: number;
+    /** refused / requests. */
+    share: number;
+    /** The least time the granted requests could take at the granted rate: (requests - refused) / rate. */
+    floor_s: number;
+  };
 }
 
 export interface ToolSummary {
@@ -48,6 +58,9 @@ export interface ToolSummary {
   cpu_s_per_gib: number;
   registry_cpu_median_s: number;
   foreign_cpu_pct_mean: number;
+  /** Throttled workloads: the median share of requests refused (all runs, failed ones too) and of wall ÷ the rate's floor. */
+  refused_share_median?: number;
+  wall_over_floor_median?: number;
 }
 
 export interface WorkloadResult {
@@ -138,6 +151,12 @@ export function summarize(w: WorkloadResult, peers: string[]): void {
       cpu_s_per_gib: median(good.map((r) => r.cpu_s)) / (w.bytes / GiB),
       registry_cpu_median_s: median(good.map((r) => r.registry_cpu_s)),
       foreign_cpu_pct_mean: good.length ? good.reduce((n, r) => n + r.foreign_cpu_pct, 0) / good.length : NaN,
+      ...(runs.some((r) => r.throttle)
+        ? {
+            refused_share_median: median(runs.filter((r) => r.throttle).map((r) => r.throttle!.share)),
+            wall_over_floor_median: median(good.filter((r) => r.throttle).map((r) => r.wall_s / r.throttle!.floor_s)),
+          }
+        : {}),
     });
   }
   const peerSums = summaries.filter((s) => peers.includes(s.tool) && Number.isFinite(s.wall_median_s) && s.verified);
@@ -307,6 +326,46 @@ export function evaluateTargets(r: BenchResults): Target[] {
       ...(notes.length ? { note: notes.join('; ') } : {}),
     });
   }
+  {
+    // Issue 20: a throttled destination (20 requests/s, 429 + Retry-After: 1 beyond).
+    const pct = (x: number | undefined) => (x !== undefined && Number.isFinite(x) ? `${(x * 100).toFixed(1)} %` : '–');
+    const others = (w: WorkloadResult) =>
+      w.summary
+        .filter((s) => s.tool !== 'ferry' && s.refused_share_median !== undefined)
+        .map((s) => `${s.tool}: ${pct(s.refused_share_median)} refused${Number.isFinite(s.wall_median_s) ? `, ${f2(s.wall_median_s)} s (${f2(s.wall_over_floor_median ?? NaN)}× its floor)` : ''}${s.failures ? `, ${s.failures} of ${s.runs} runs failed` : ''}`)
+        .join('; ');
+    const w = wl('throttled');
+    const f = sum(w, 'ferry');
+    if (w && f) {
+      targets.push({
+        id: 'throttled-refused',
+        description: "throttled (many into 20 requests/s): at most 10 % of ferry's requests refused",
+        target: '≤ 10 %',
+        measured: `${pct(f.refused_share_median)} (median of ${f.runs} runs)`,
+        met: f.verified && f.refused_share_median !== undefined ? f.refused_share_median <= 0.1 : null,
+        ...(others(w) ? { note: others(w) } : {}),
+      });
+      targets.push({
+        id: 'throttled-wall',
+        description: "throttled: ferry's wall time ≤ 1.5 × its requests ÷ 20/s",
+        target: '≤ 1.5×',
+        measured: `${f2(f.wall_median_s)} s = ${f2(f.wall_over_floor_median ?? NaN)}× the floor (median ratio; ${f0(f.requests_destination_median)} requests granted at the destination)`,
+        met: f.verified && f.wall_over_floor_median !== undefined ? f.wall_over_floor_median <= 1.5 : null,
+      });
+    }
+    const fw = wl('throttled-fleet');
+    const ff = sum(fw, 'ferry');
+    if (fw && ff) {
+      targets.push({
+        id: 'throttled-fleet',
+        description: `throttled-fleet (${fw.images} images through one agent into 20 requests/s): no job fails, 429 share under 10 %`,
+        target: '0 failed, < 10 %',
+        measured: `${ff.failures} of ${ff.runs} runs failed; ${pct(ff.refused_share_median)} refused (median); ${f2(ff.wall_median_s)} s = ${f2(ff.wall_over_floor_median ?? NaN)}× the floor`,
+        met: ff.runs > 0 ? ff.failures === 0 && ff.verified && (ff.refused_share_median ?? 1) < 0.1 : null,
+        ...(others(fw) ? { note: others(fw) } : {}),
+      });
+    }
+  }
   if (r.startup?.length) {
     // The single executable is "the binary" when there is one; else the ferry that was run.
     // Judged on the command's own start-up, net of the harness, when /bin/true was measured beside it.
@@ -405,6 +464,17 @@ export function toMarkdown(r: BenchResults): string {
       );
     }
     L.push('');
+    if (w.summary.some((s) => s.refused_share_median !== undefined)) {
+      L.push('Through the throttle (20 requests/s granted, 429 + `Retry-After: 1` beyond; a fresh proxy each run). The floor is the granted requests ÷ 20/s.');
+      L.push('');
+      L.push('| tool | refused (median) | wall ÷ floor (median) | runs refused share |');
+      L.push('|---|---:|---:|---|');
+      for (const s of w.summary) {
+        const shares = (w.runs[s.tool] ?? []).map((x) => (x.throttle ? `${(x.throttle.share * 100).toFixed(1)} %${x.ok ? '' : ' (failed)'}` : '–'));
+        L.push(`| ${s.tool} | ${s.refused_share_median !== undefined ? `${(s.refused_share_median * 100).toFixed(1)} %` : '–'} | ${f2(s.wall_over_floor_median ?? NaN)} | ${shares.join(', ')} |`);
+      }
+      L.push('');
+    }
     const detail = w.summary
       .filter((s) => s.requests_detail)
       .map((s) => {

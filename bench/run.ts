@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { cpus, freemem, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { OciClient } from '../test/harness/oci-client.ts';
+import { startThrottleProxy, type ThrottleProxy } from '../test/harness/throttle-proxy.ts';
 import { ferryFleetModeLabel, ferryFleetSync, syncWithParallelCli, type FerryFleetMode, type FleetJob, type FleetMeasure, type FleetSync } from './fleet.ts';
 import { CLK_TCK, GNU_TIME, loadAverage, median, min, runMeasured, systemCpuTicks } from './measure.ts';
 import { addCounts, BenchRegistry } from './registries.ts';
@@ -206,8 +207,8 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
   if (leftOut.length) result.left_out = Object.fromEntries(leftOut.map((t) => [t.name, t.cannotCopyReferrers!]));
   const referrers = w.referrers === true;
 
-  const jobsInto = (prefix: string): FleetJob[] =>
-    images.map((i) => ({ source: `${env.src.host}/${i.repo}:${i.tag}`, destination: `${env.dst.host}/${prefix}/${i.repo}:${i.tag}` }));
+  const jobsInto = (prefix: string, dstHost = env.dst.host): FleetJob[] =>
+    images.map((i) => ({ source: `${env.src.host}/${i.repo}:${i.tag}`, destination: `${dstHost}/${prefix}/${i.repo}:${i.tag}` }));
   const agent = { ferryCommand: o.tool.ferryCommand, maxJobs: o.agentMaxJobs, concurrency: o.tool.ferryConcurrency };
   const baselineAgent = { ...agent, ferryCommand: o.tool.baselineCommand ?? [] };
   const syncFor = (t: Tool): FleetSync =>
@@ -237,7 +238,9 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
       const prefix = w.kind === 'warm' ? `warm/${t.name}` : `${w.name}/${t.name}-r${round}`;
       const stateDir = w.kind === 'warm' ? warmState.get(t.name)! : mkdtempSync(join(env.scratch, `state-${t.name}-`));
       const ctx: RunContext = { stateDir, dockerConfig: env.dockerConfig, referrers };
-      const jobs = jobsInto(prefix);
+      // A throttled workload writes through a fresh throttling proxy (its bucket full, as after a quiet second).
+      const throttle: ThrottleProxy | undefined = w.throttle ? await startThrottleProxy(env.dst.host, w.throttle) : undefined;
+      const jobs = jobsInto(prefix, throttle?.host);
 
       t.beforeRun?.();
       if (!o.quick) spawnSync('sync'); // nobody pays for the previous run's writeback
@@ -289,6 +292,11 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
         ok: m.failures.length === 0,
         verified: false,
       };
+      if (throttle && w.throttle) {
+        const refused = throttle.throttled();
+        run.throttle = { requests: throttle.requests.length, refused, share: throttle.refusedShare(), floor_s: (throttle.requests.length - refused) / w.throttle.perSecond };
+        await throttle.stop();
+      }
       if (m.failures.length) run.error = m.failures.slice(0, 3).join('\n');
       else {
         try {
@@ -304,6 +312,7 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
       o.log(
         `[${w.name}] round ${round}/${rounds} ${t.name.padEnd(6)} ${run.wall_s.toFixed(2)} s wall, ${cpu.toFixed(2)} s CPU, ` +
           `${run.rss_mib.toFixed(0)} MiB RSS, ${source.total}+${destination.total} requests, foreign CPU ${run.foreign_cpu_pct.toFixed(0)}%` +
+          (run.throttle ? `, ${run.throttle.refused} of ${run.throttle.requests} refused (${(run.throttle.share * 100).toFixed(1)} %), ${(run.wall_s / run.throttle.floor_s).toFixed(2)}× the floor` : '') +
           (run.ok ? ', verified' : `, FAILED: ${run.error}`),
       );
     }

@@ -38,6 +38,11 @@ export interface Workload {
    * their medians steady, for a few seconds more.
    */
   roundsPerRun?: number;
+  /**
+   * The destination behind a throttling proxy (test/harness/throttle-proxy.ts): it grants
+   * `perSecond` requests a second and answers 429 with Retry-After beyond. A fresh proxy each run.
+   */
+  throttle?: { perSecond: number; retryAfter: number };
 }
 
 export interface WorkloadSizes {
@@ -240,6 +245,27 @@ export function workloads(quick: boolean): Workload[] {
         await pushLargeImage(src, 'bench/huge', 'v1', { layerCount: 1, layerSize: s.hugeLarge, chunkSize: 32 * MiB, seed: 'bench/huge' });
         return [await describe(src, 'bench/huge', 'v1')];
       },
+    },
+    {
+      name: 'throttled',
+      kind: 'single',
+      description: `many (1 image, ${s.manyLayers} layers of ${fmt(s.manyMin)}–${fmt(s.manyMax)}) into a destination that grants 20 requests/s (429 + Retry-After: 1 beyond)`,
+      seedKey: 'many',
+      throttle: { perSecond: 20, retryAfter: 1 },
+      async seed(src) {
+        const rng = createRng('bench/many');
+        const layerSizes = Array.from({ length: s.manyLayers }, () => s.manyMin + rng.int(s.manyMax - s.manyMin));
+        await pushImage(src, 'bench/many', 'v1', { layerSizes, seed: 'bench/many' });
+        return [await describe(src, 'bench/many', 'v1')];
+      },
+    },
+    {
+      name: 'throttled-fleet',
+      kind: 'fleet',
+      description: `fleet (${s.fleetImages} images, cold) into a destination that grants 20 requests/s (429 + Retry-After: 1 beyond)`,
+      seedKey: 'fleet',
+      throttle: { perSecond: 20, retryAfter: 1 },
+      seed: seedFleet,
     },
     {
       name: 'fleet',

@@ -48,7 +48,8 @@ const { values } = parseArgs({
 if (values.help) {
   console.log(`usage: node scripts/bench.ts [options]
   --runs N                 runs per tool per workload (default 5; --quick: 1)
-  --workload a,b           big, many, multiarch, huge, huge-512m, huge-2g, fleet, warm, warm-signed (default: all)
+  --workload a,b           big, many, multiarch, huge, huge-512m, huge-2g, fleet, warm, warm-signed,
+                           throttled, throttled-fleet (default: all)
   --tools a,b              ferry, skopeo, crane, oras, node-floor (the reference Node copier, big and many only) (default: all)
   --quick                  tiny workloads, a smoke test; output to bench/.work/quick unless --out
   --out DIR                where RESULTS.md and results.json go (default: bench/ for a whole run —

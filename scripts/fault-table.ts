@@ -8,6 +8,7 @@ import type { FaultRow } from '../test/faults/report.ts';
 
 const SUITE_TITLES: Record<string, string> = {
   fault: 'Faults (test/faults/faults.test.ts)',
+  throttle: 'Throttled and slow registries (test/faults/throttle.test.ts)',
   resume: 'SIGKILL and restart (test/resume/sigkill.test.ts)',
   hostile: 'Hostile inputs',
   ecr: 'Amazon ECR',

@@ -107,7 +107,12 @@ export class Agent {
       plainHttp: cfg.plainHttp,
       userAgent: USER_AGENT,
       ...(cfg.transfer.bodyTimeoutMs !== undefined ? { bodyTimeoutMs: cfg.transfer.bodyTimeoutMs } : {}),
+      ...(cfg.transfer.readFloor !== undefined ? { readFloor: cfg.transfer.readFloor } : {}),
+      // One flow controller for every job: a registry's pause, pace and limits are everyone's.
+      concurrency: cfg.concurrency,
+      logger: this.log,
     });
+    this.metrics.observeFlow(() => transport.flow.stats());
     const settings = await this.settings(client);
     const ctx = this.jobContext(client, state, transport, settings);
     const heartbeat = this.heartbeatLoop(client, settings.heartbeat_interval_s * 1000);
@@ -150,7 +155,7 @@ export class Agent {
       client,
       state,
       transport,
-      limits: new TransferLimits(cfg.concurrency),
+      limits: new TransferLimits(cfg.concurrency, transport.flow),
       cache: new ContentCache(join(state.dir, 'cache')),
       placements: new BlobPlacements(),
       journal: UploadJournal.inStateDir(state.dir, this.log),

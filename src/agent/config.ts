@@ -69,7 +69,7 @@ export const AGENT_OPTIONS: readonly AgentOptionSpec[] = [
   },
   { flag: 'plain-http', env: 'FERRY_PLAIN_HTTP', type: 'list', group: G_REG, describe: 'Registry hosts (HOST[:PORT]) to reach over plain http; repeat or separate with commas.' },
   { flag: 'max-jobs', env: 'FERRY_MAX_JOBS', type: 'number', default: 2, group: G_RUN, describe: 'Jobs run at the same time (1-64).' },
-  { flag: 'concurrency', env: 'FERRY_CONCURRENCY', type: 'number', default: 8, group: G_RUN, describe: 'Blob transfers at the same time, shared by all jobs (1-256).' },
+  { flag: 'concurrency', env: 'FERRY_CONCURRENCY', type: 'number', default: 8, group: G_RUN, describe: 'Blob transfers at the same time, shared by all jobs (1-256); also the most towards any one registry, fewer while it throttles.' },
   { flag: 'health-addr', env: 'FERRY_HEALTH_ADDR', type: 'string', group: G_RUN, describe: 'Serve /healthz, /readyz and /metrics on HOST:PORT (or :PORT for all interfaces). Off when unset.' },
   { flag: 'log-level', env: 'FERRY_LOG_LEVEL', type: 'string', default: 'info', choices: LOG_LEVELS, group: G_RUN, describe: 'Log level.' },
   { flag: 'shutdown-grace', env: 'FERRY_SHUTDOWN_GRACE', type: 'number', default: 30, group: G_RUN, describe: 'Seconds running jobs get to finish after SIGTERM; unfinished ones are left to resume (0-3600).' },

@@ -4,6 +4,7 @@ import type { ContractCode } from '../errors.ts';
 import type { TransferStats } from '../copy/types.ts';
 import type { RequestEvent } from './control-plane-client.ts';
 import { COMMIT } from '../version.ts';
+import type { RegistryFlowStats } from '../transport/flow.ts';
 
 export type Labels = Record<string, string>;
 
@@ -247,6 +248,16 @@ export interface AgentMetrics {
   observeControlPlane(e: RequestEvent): void;
   /** Where ferry_pending_results reads its value at each scrape (the agent's pending-result store). */
   watchPendingResults(count: () => number): void;
+  /** Throttled answers per registry host (429, 503, ECR's ThrottlingException). */
+  registryThrottled: Counter;
+  /** Each registry host's current concurrency limit (AIMD, src/transport/flow.ts). */
+  registryConcurrency: Gauge;
+  /** Time each registry host was paused for every job (Retry-After). */
+  registryPaused: Counter;
+  /** The request rate each throttling registry host is paced at (requests/s). */
+  registryPace: Gauge;
+  /** Read the flow controller's per-registry state at every scrape. */
+  observeFlow(stats: () => RegistryFlowStats[]): void;
 }
 
 /** Seconds: a fast warm sync to a slow multi-gigabyte copy. */
@@ -303,6 +314,22 @@ export function createAgentMetrics(version: string, opts: AgentMetricsOptions = 
     blobs.inc({ action: 'resumed' }, t.blobs_resumed);
     transferDuration.observe(t.duration_ms / 1000);
   };
+  const registryThrottled = registry.counter({ name: 'ferry_registry_throttled_total', help: 'Answers refusing a request for load (429, 503, ECR ThrottlingException), by registry host.', labelNames: ['registry'] });
+  const registryConcurrency = registry.gauge({ name: 'ferry_registry_concurrency', help: 'Blob transfers allowed at once towards a registry host now (halved while it throttles).', labelNames: ['registry'] });
+  const registryPaused = registry.counter({ name: 'ferry_registry_paused_seconds_total', help: 'Time a registry host was paused for every job (Retry-After).', labelNames: ['registry'] });
+  const registryPace = registry.gauge({ name: 'ferry_registry_pace_requests_per_second', help: 'The request rate a throttling registry host is paced at.', labelNames: ['registry'] });
+  const observeFlow = (stats: () => RegistryFlowStats[]) => {
+    registry.onCollect(() => {
+      for (const s of stats()) {
+        const labels = { registry: s.registry };
+        // Counters from the flow controller's running totals.
+        registryThrottled.inc(labels, Math.max(0, s.throttled - registryThrottled.value(labels)));
+        registryPaused.inc(labels, Math.max(0, s.pausedMs / 1000 - registryPaused.value(labels)));
+        registryConcurrency.set(s.concurrency, labels);
+        registryPace.set(s.pace ?? 0, labels);
+      }
+    });
+  };
   return {
     registry,
     jobs,
@@ -334,5 +361,10 @@ export function createAgentMetrics(version: string, opts: AgentMetricsOptions = 
     watchPendingResults(count) {
       pendingCount = count;
     },
+    registryThrottled,
+    registryConcurrency,
+    registryPaused,
+    registryPace,
+    observeFlow,
   };
 }

@@ -7,6 +7,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { AbortedError, DigestMismatchError, FerryError, NetworkError } from '../errors.ts';
 import { parseDigest, type Digest } from '../reference/digest.ts';
 import type { ImageSource } from '../ends/types.ts';
+import { gaveUpSlow, isSlowBody } from '../transport/read-floor.ts';
 
 /** Hash state at an offset: lets an upload resume mid-blob without re-reading the prefix. */
 export interface HashCheckpoint {
@@ -111,8 +112,9 @@ export async function* readVerifiedBlob(opts: BlobReadOptions): AsyncGenerator<B
     } catch (e) {
       const err = e instanceof FerryError ? e : new NetworkError(`download of ${digest}: ${(e as Error).message}`, { side: 'source', cause: e });
       if (!err.retryable || signal?.aborted) throw err;
-      stalls = hasher.offset > before ? 0 : stalls + 1;
-      if (stalls >= maxStalls) throw err;
+      // A body under the read floor moved some bytes, but a drip is no way to finish: no progress.
+      stalls = hasher.offset > before && !isSlowBody(err) ? 0 : stalls + 1;
+      if (stalls >= maxStalls) throw isSlowBody(err) ? gaveUpSlow(err, stalls) : err;
       opts.onResume?.(hasher.offset, err);
     }
   }

@@ -29,13 +29,16 @@ export function makeLogger(flags: GlobalFlags, interactive: boolean, destination
   return createLogger({ level: flags['log-level'] ?? (interactive ? 'warn' : 'info'), ...(destination ? { destination } : {}) });
 }
 
-export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env): HttpTransport {
-  const { bodyTimeoutMs } = transferTuning(env);
+/** The process's transport; `concurrency` (`--concurrency`) is the most transfers at once towards one registry. */
+export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env, opts: { concurrency?: number; logger?: Logger } = {}): HttpTransport {
+  const { bodyTimeoutMs, readFloor } = transferTuning(env);
   return new HttpTransport({
     plainHttp: repeated(flags['plain-http']),
     caFiles: repeated(flags['ca-file']),
     userAgent: USER_AGENT,
     ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
+    ...(readFloor !== undefined ? { readFloor } : {}),
+    ...opts,
   });
 }
 

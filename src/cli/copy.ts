@@ -2,7 +2,7 @@
 import { isatty } from 'node:tty';
 import type { Options } from 'yargs';
 import { randomBytes } from 'node:crypto';
-import { UsageError, exitCodeFor, toFerryError, type Side } from '../errors.ts';
+import { AbortedError, FerryError, UsageError, exitCodeFor, toFerryError, type Side } from '../errors.ts';
 import { CloudCredentials, type EcrRepositorySettings } from '../auth/cloud/provider.ts';
 import { isEcrHost, isGarHost } from '../auth/cloud/hosts.ts';
 import type { Logger } from '../log/logger.ts';
@@ -16,18 +16,19 @@ import { ContentCache } from '../copy/content-cache.ts';
 import { UploadJournal } from '../ends/registry/journal.ts';
 import { transferTuning } from '../ends/registry/tuning.ts';
 import { TransferLimits } from '../copy/limits.ts';
-import type { CopyReport } from '../copy/types.ts';
+import type { CopyProgress, CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { ProgressDisplay, formatBytes } from './progress.ts';
 import { terminalLogDestination } from './terminal-log.ts';
-import { repeated, wholeNumber } from './options.ts';
+import { parseDuration, repeated, wholeNumber } from './options.ts';
 import { join } from 'node:path';
 
 export const copyOptions = {
   platform: { type: 'string', describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
   referrers: { type: 'boolean', default: false, describe: 'also copy referrers: signatures, SBOMs, attestations (API, fallback tag, cosign tags)' },
   // No yargs type: a `number` would turn "abc" into NaN before ferry sees it (wholeNumber checks it).
-  concurrency: { requiresArg: true, default: 8, describe: 'blob transfers at once (1-256)' },
+  concurrency: { requiresArg: true, default: 8, describe: 'blob transfers at once (1-256; also the most towards any one registry, fewer while it throttles)' },
+  timeout: { type: 'string', describe: 'give up when the copy is not done within DURATION (90s, 15m, 1h30m): REGISTRY_UNAVAILABLE; default: no deadline' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
   'dst-creds': { type: 'string', describe: 'destination credentials: USER:PASS, or env:NAME' },
   'src-aws-role-arn': { type: 'string', describe: 'ECR source: assume this IAM role (sts:AssumeRole from the AWS default chain)' },
@@ -54,6 +55,7 @@ export interface CopyArgs extends GlobalFlags {
   referrers: boolean;
   /** A number, or the text given when it is not one (checked by wholeNumber). */
   concurrency: number | string;
+  timeout?: string;
   'src-creds'?: string;
   'dst-creds'?: string;
   'src-aws-role-arn'?: string;
@@ -82,15 +84,22 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   const started = Date.now();
   let source: Reference | undefined;
   let destination: Reference | undefined;
-  const transport = makeTransport(args);
+  // A --concurrency that is not a number is reported below (wholeNumber); the transport takes the default till then.
+  const transport = makeTransport(args, process.env, { concurrency: typeof args.concurrency === 'number' ? args.concurrency : undefined, logger });
   let srcCloud: CloudCredentials | undefined;
   let dstCloud: CloudCredentials | undefined;
   const closers: Array<() => Promise<void>> = [];
   const abort = new AbortController();
   const onSigint = () => abort.abort();
   process.once('SIGINT', onSigint);
+  let deadline: NodeJS.Timeout | undefined;
+  let progress: CopyProgress | undefined;
   try {
     const concurrency = wholeNumber('concurrency', args.concurrency, 1, 256);
+    if (args.timeout !== undefined) {
+      const ms = parseDuration(args.timeout, '--timeout');
+      deadline = setTimeout(() => abort.abort(new DeadlineExceeded(args.timeout!, ms)), ms);
+    }
     const wanted = repeated(args.platform);
     const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
     const jobId = `copy-${randomBytes(4).toString('hex')}`;
@@ -137,17 +146,21 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       // Open chunked uploads are journaled, so that running the same command again after a crash continues them.
       copyDestination = registryCopyDestination(destination!, dstClient, { journal: UploadJournal.inStateDir(stateDir, logger), tuning });
     }
+    const onProgress = (p: CopyProgress) => {
+      progress = p;
+      display?.update(p);
+    };
     const report = await copyImage({
       source: copySource,
       destination: copyDestination,
       platforms,
       referrers: args.referrers,
-      limits: new TransferLimits(concurrency),
+      limits: new TransferLimits(concurrency, transport.flow),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
       signal: abort.signal,
       dryRun: args['dry-run'],
-      ...(display ? { onProgress: (p) => display.update(p) } : {}),
+      onProgress,
     });
     display?.finish();
     if (args.json) process.stdout.write(`${JSON.stringify(report)}\n`);
@@ -155,7 +168,9 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     if (!args.json && !interactive) logger.info({ digest: report.image.digest, transfer: report.transfer }, 'copy finished');
     return 0;
   } catch (e) {
-    const err = toFerryError(e);
+    const reason: unknown = abort.signal.reason;
+    // The deadline cut whatever was running: say so, not "cancelled".
+    const err = reason instanceof DeadlineExceeded && (e instanceof AbortedError || abort.signal.aborted) ? reason.explain(progress) : toFerryError(e);
     display?.finish();
     // On a terminal the one line below says it; a log line would say it twice.
     if (!interactive) logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
@@ -173,9 +188,33 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     return exitCodeFor(err);
   } finally {
     display?.finish();
+    clearTimeout(deadline);
     process.off('SIGINT', onSigint);
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
+  }
+}
+
+/**
+ * `--timeout` ran out. REGISTRY_UNAVAILABLE: the registries did not deliver within the time the
+ * operator allows (slow, throttling, dripping) — worth another try, later or with more time; the
+ * blobs already copied are not sent again.
+ */
+class DeadlineExceeded extends Error {
+  readonly flag: string;
+  readonly ms: number;
+  constructor(flag: string, ms: number) {
+    super(`--timeout ${flag}`);
+    this.flag = flag;
+    this.ms = ms;
+  }
+  explain(p: CopyProgress | undefined): FerryError {
+    const done = p && p.blobs_total > 0 ? ` (${p.blobs_done} of ${p.blobs_total} blobs, ${formatBytes(p.bytes_done)} of ${formatBytes(p.bytes_total)} done)` : '';
+    return new FerryError(
+      'REGISTRY_UNAVAILABLE',
+      `the copy did not finish within --timeout ${this.flag}${done}: the registries were too slow or throttled it; run it again (blobs already copied are not sent again) or allow more time`,
+      { retryable: true },
+    );
   }
 }
 

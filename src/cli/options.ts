@@ -37,3 +37,23 @@ export function repeated(value: string | string[] | undefined): string[] {
   if (value === undefined) return [];
   return (Array.isArray(value) ? value : [value]).map(String);
 }
+
+/**
+ * A duration as people write it: `90` or `90s`, `500ms`, `15m`, `1h30m`, `1.5h`. Milliseconds;
+ * a UsageError naming `flag` for anything else.
+ */
+export function parseDuration(value: string, flag: string): number {
+  const text = value.trim().toLowerCase();
+  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  let ms = 0;
+  if (/^\d+(\.\d+)?$/.test(text)) ms = Number(text) * 1000;
+  else {
+    const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
+    if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text) {
+      throw new UsageError(`${flag} must be a duration such as 90s, 15m or 1h30m, not "${value}"`);
+    }
+    for (const p of parts) ms += Number(p[1]) * units[p[2]!]!;
+  }
+  if (!(ms >= 1) || ms > 7 * 24 * 3_600_000) throw new UsageError(`${flag} must be a duration from 1 ms to 7 days, not "${value}"`);
+  return Math.round(ms);
+}

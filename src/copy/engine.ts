@@ -304,7 +304,7 @@ class CopyRun {
     const mountable = this.dst.mountableFrom?.(this.src) === true;
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
-        this.req.limits.run(this.dst.description, async () => {
+        this.req.limits.run(this.limitHosts(), async () => {
           const have = this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, this.req.signal));
           const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : mountable ? 'mount' : 'copy';
           return { digest: b.digest, size: b.size, action };
@@ -337,7 +337,7 @@ class CopyRun {
       await Promise.all(
         [...blobs.values()].map((b) =>
           this.req.limits
-            .run(this.dst.description, () =>
+            .run(this.limitHosts(), () =>
               this.dstLimit(() => {
                 if (inner.signal.aborted) throw new AbortedError();
                 return this.transferBlob(b, present.get(b.digest)!, inner.signal);
@@ -371,7 +371,7 @@ class CopyRun {
     const present = new Map<Digest, Promise<boolean>>();
     for (const b of blobs.values()) {
       const known = this.known?.get(b.digest);
-      const check = known !== undefined ? Promise.resolve(known) : this.req.limits.check(this.dst.description, () => this.dst.hasBlob(b.digest, b.size, signal));
+      const check = known !== undefined ? Promise.resolve(known) : this.req.limits.check(this.limitHosts()[0]!, () => this.dst.hasBlob(b.digest, b.size, signal));
       // Awaited by the blob's transfer, which reports a failure; until then it is not unhandled.
       check.catch(() => undefined);
       present.set(b.digest, check);
@@ -428,6 +428,12 @@ class CopyRun {
     const chunks = counted(readVerifiedBlob({ source, digest: b.digest, size: b.size, signal: copy.signal }), onBytes);
     await this.dst.writeBlob(b.digest, b.size, b.mediaType, chunks, copy.signal);
     return 'copied';
+  }
+
+  /** The registry hosts a transfer holds slots of (src/copy/limits.ts): the destination's first, then the source's. */
+  private limitHosts(): string[] {
+    const dst = this.dst.networkHost ?? this.dst.description;
+    return this.src.networkHost !== undefined ? [dst, this.src.networkHost] : [dst];
   }
 
   private emit(): void {

@@ -30,6 +30,8 @@ export interface BlobStream {
 export interface ImageSource {
   /** For messages: `registry host/repo`, `oci:/path`, `docker-archive:/path/x.tar`. */
   readonly description: string;
+  /** The network host (host:port) this end's requests go to: transfer slots and flow control are per host. Absent for local ends. */
+  readonly networkHost?: string;
   /**
    * A manifest by tag or digest; undefined when there is none. Bounded (4 MiB) and, when asked
    * for by digest, verified: a mismatch is DIGEST_MISMATCH.
@@ -161,6 +163,8 @@ export interface PutBlobResult {
 
 export interface ImageDestination extends DestinationCapabilities {
   readonly description: string;
+  /** As ImageSource.networkHost. */
+  readonly networkHost?: string;
   /** Blob writes this end takes at once (a tar archive: 1). */
   readonly maxConcurrentBlobs: number;
   /** False when the end holds one platform only (docker-archive): an index must be narrowed first. */

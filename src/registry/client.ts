@@ -12,6 +12,7 @@ import { RawBodyReader, type RawUpload } from '../transport/raw-http.ts';
 import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
 import { checkRedirectTarget, isMetadataOrLinkLocal, parseUrlFrom } from '../transport/address.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
+import { pullLimitExhausted } from '../transport/flow.ts';
 import { RegistryAuth } from './auth.ts';
 import { abortable } from '../util/abortable.ts';
 
@@ -768,12 +769,19 @@ export class RegistryClient {
       if (canRetry) throw this.restartWithRenewedCredentials(opts.what, status);
       throw this.auth.authError(`${this.registry} refused ${opts.what}, also with renewed credentials: ${parsed.message}`, false, false, status);
     }
+    // A pull limit that is used up frees up in hours: fail now, saying so, rather than retry.
+    const exhausted = pullLimitExhausted(this.registry, status, headers, parsed.message);
+    if (exhausted) throw this.blame(exhausted);
     if (isRetryableStatus(status)) {
       const retryAfter = parseRetryAfter(headers['retry-after']);
       const tooLong = retryAfter !== undefined && retryAfter > this.retry.maxRetryAfterMs;
       if (replayable && !tooLong && failures + 1 < this.retry.attempts) {
+        // Retry-After also paused the host for every request (src/transport/flow.ts): this wait
+        // runs alongside that pause, not after it, and the next attempt is admitted at the pace.
         const delay = Math.max(retryAfter ?? 0, backoffDelay(this.retry, failures + 1));
-        this.logger.info({ what: opts.what, status, delay_ms: delay }, 'registry busy or failing; retrying');
+        // Throttling is logged once per registry by the flow controller, not once per answer.
+        const level = status === 429 || (status === 503 && retryAfter !== undefined) ? 'debug' : 'info';
+        this.logger[level]({ what: opts.what, status, delay_ms: delay }, 'registry busy or failing; retrying');
         return { delay };
       }
       const detail = parsed.message ? `: ${parsed.message}` : '';

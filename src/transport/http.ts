@@ -5,13 +5,19 @@
 // certificates, and the scheme policy (TLS always, except loopback and hosts the operator named
 // as plain HTTP).
 // Redirects are followed here, by hand, so that credentials never leave their host.
+// Every request, on either path and at every redirect hop, is admitted by the process's flow
+// controller first (src/transport/flow.ts: per-host pauses, pace, ECR quotas) and reports its
+// answer to it.
 import { readFileSync } from 'node:fs';
 import type { Dispatcher } from './undici.ts';
 import { FerryError, NetworkError, UsageError } from '../errors.ts';
+import type { Logger } from '../log/logger.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget, parseUrlFrom } from './address.ts';
+import { FlowControl, type FlowTicket } from './flow.ts';
 import { proxyConfigured } from './proxy-env.ts';
 import { probeScheme, type SchemeProbe } from './scheme-probe.ts';
-import { RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type RawGetDeclined, type ResponseBodyStream } from './raw-http.ts';
+import { isTimeout, RawBodyReader, RawConnectionPool, RawUpload, rawExchange, type PreparedRequest, type RawConnectOptions, type RawGetDeclined, type ResponseBodyStream } from './raw-http.ts';
+import { DEFAULT_READ_FLOOR, FloorWatch, SlowBodyError, type ReadFloor } from './read-floor.ts';
 
 export interface TransportOptions {
   /** Hosts (host or host:port) that speak plain HTTP, never asked. Loopback hosts are asked (resolveScheme) and may use it. */
@@ -25,6 +31,14 @@ export interface TransportOptions {
   bodyTimeoutMs?: number;
   headersTimeoutMs?: number;
   connectTimeoutMs?: number;
+  /** A response body slower than this is stalled too (default: under 16 KiB/s for 30 s). */
+  readFloor?: ReadFloor;
+  /** The most blob transfers at once towards one registry (`--concurrency`): the flow controller's ceiling. */
+  concurrency?: number;
+  /** For the flow controller's lines (a registry starts or stops throttling). */
+  logger?: Logger;
+  /** The flow controller to use (default: one of this transport's own). */
+  flow?: FlowControl;
 }
 
 export type Body = Uint8Array | AsyncIterable<Uint8Array> | NodeJS.ReadableStream | undefined;
@@ -62,12 +76,17 @@ export class HttpTransport {
   /** Loopback hosts (host:port) a probe found speaking TLS or plain HTTP. */
   private readonly probed = new Map<string, Promise<SchemeProbe>>();
   private readonly connectTimeoutMs: number;
+  private readonly readFloor: ReadFloor;
   readonly userAgent: string;
+  /** Per-registry pauses, pace and concurrency limits, shared by every request of this transport. */
+  readonly flow: FlowControl;
 
   constructor(opts: TransportOptions = {}) {
     this.plainHttp = new Set((opts.plainHttp ?? []).map((h) => h.toLowerCase()));
     this.userAgent = opts.userAgent ?? 'ferry';
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
+    this.flow = opts.flow ?? new FlowControl({ ceiling: opts.concurrency, logger: opts.logger });
+    this.readFloor = opts.readFloor ?? DEFAULT_READ_FLOOR;
     const connect: Record<string, unknown> = { timeout: opts.connectTimeoutMs ?? 30_000 };
     const extraCa = loadCaFiles(opts.caFiles ?? []);
     if (extraCa.length > 0) {
@@ -100,6 +119,8 @@ export class HttpTransport {
           idleTimeoutMs: poolOptions.bodyTimeout,
           userAgent: this.userAgent,
           pool: this.rawPool,
+          readFloor: this.readFloor,
+          onStall: (host) => this.flow.timedOut(host),
         };
     // Loaded and made on first use: without a proxy, a copy between registries may never need
     // undici, and loading it (and node:http and node:assert with it) is ~10-20 ms of a start.
@@ -168,7 +189,15 @@ export class HttpTransport {
     let { url, headers } = req;
     for (let hop = 0; ; hop++) {
       this.checkScheme(url);
-      const r = await RawBodyReader.open({ url, headers }, this.raw, signal, 'source');
+      const ticket = await this.flow.admit(url, 'GET', signal);
+      let r: RawBodyReader | RawGetDeclined;
+      try {
+        r = await RawBodyReader.open({ url, headers }, this.raw, signal, 'source');
+      } catch (e) {
+        this.flow.settle(ticket, isTimeout(e) ? 'timeout' : 'failed');
+        throw e;
+      }
+      this.settleHead(ticket, r);
       if (r instanceof RawBodyReader || typeof r.declined === 'string') return r;
       const { status } = r.declined;
       if (status < 300 || status >= 400 || status === 304 || hop >= MAX_REDIRECTS) return r;
@@ -180,7 +209,26 @@ export class HttpTransport {
   async openRawUpload(method: 'PUT' | 'PATCH', req: PreparedRequest, contentLength: number, signal?: AbortSignal): Promise<RawUpload | undefined> {
     if (!this.raw) return undefined;
     this.checkScheme(req.url);
-    return RawUpload.open(method, req, contentLength, this.raw, signal);
+    const ticket = await this.flow.admit(req.url, method, signal);
+    let settled = false;
+    const settle = (answer: { status: number; headers: Record<string, string> } | Error) => {
+      if (settled) return;
+      settled = true;
+      this.flow.settle(ticket, answer instanceof Error ? (isTimeout(answer) ? 'timeout' : 'failed') : answer);
+    };
+    try {
+      return await RawUpload.open(method, req, contentLength, this.raw, signal, settle);
+    } catch (e) {
+      settle(e as Error);
+      throw e;
+    }
+  }
+
+  /** Tell the flow controller what a GET on ferry's own connection got. */
+  private settleHead(ticket: FlowTicket, r: RawBodyReader | RawGetDeclined): void {
+    if (r instanceof RawBodyReader) this.flow.settle(ticket, r.head);
+    else if (typeof r.declined === 'string') this.flow.settle(ticket, 'failed');
+    else this.flow.settle(ticket, r.declined);
   }
 
   /**
@@ -213,8 +261,11 @@ export class HttpTransport {
       // Streamed request bodies, and a GET whose 2xx answer is not framed by a Content-Length,
       // go through undici.
       const own = this.raw !== undefined && (req.body === undefined || req.body instanceof Uint8Array);
+      const ticket = await this.flow.admit(url, req.method, req.signal);
+      let viaUndici = false;
       try {
         const answer = !own ? undefined : req.method === 'GET' ? await this.get(url, headers, req.signal) : await this.exchange(req.method, url, headers, req.body as Uint8Array | undefined, req.signal);
+        viaUndici = answer === undefined;
         res =
           answer ??
           (await (await this.dispatcher()).request({
@@ -232,7 +283,13 @@ export class HttpTransport {
               ...(req.method === 'HEAD' ? { reset: false } : {}),
             }));
       } catch (e) {
+        this.flow.settle(ticket, isTimeout(e) ? 'timeout' : 'failed');
         throw networkError(e, url, req.signal);
+      }
+      this.flow.settle(ticket, { status: res.statusCode, headers: res.headers });
+      // A body streamed through undici gets the read floor too (ferry's own connections watch theirs).
+      if (viaUndici && req.method === 'GET' && this.readFloor.bytesPerSecond > 0) {
+        res = { ...res, body: new FlooredBody(res.body, url.host, this.readFloor, () => this.flow.timedOut(url.host)) };
       }
       if (!follow || res.statusCode < 300 || res.statusCode >= 400 || res.statusCode === 304) {
         return { status: res.statusCode, headers: res.headers, body: res.body, url };
@@ -312,6 +369,61 @@ function lowerCased(headers: Record<string, string>): Record<string, string> {
   const lower: Record<string, string> = {};
   for (const [name, value] of Object.entries(headers)) lower[name.toLowerCase()] = value;
   return lower;
+}
+
+/**
+ * An undici response body held to the read floor: its rate counts only the time spent waiting
+ * for it (not the time its reader takes between pieces). Too slow, it fails with a
+ * SlowBodyError; a body timeout is told to the flow controller.
+ */
+class FlooredBody implements ResponseBody {
+  private readonly inner: ResponseBody;
+  private readonly host: string;
+  private readonly floor: ReadFloor;
+  private readonly onStall: () => void;
+
+  constructor(inner: ResponseBody, host: string, floor: ReadFloor, onStall: () => void) {
+    this.inner = inner;
+    this.host = host;
+    this.floor = floor;
+    this.onStall = onStall;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    const watch = new FloorWatch(this.floor);
+    const it = this.inner[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        watch.release();
+        let r: IteratorResult<Uint8Array>;
+        try {
+          r = await it.next();
+        } catch (e) {
+          if (isTimeout(e)) this.onStall();
+          throw e;
+        }
+        watch.hold();
+        if (r.done) return;
+        const slow = watch.took(r.value.byteLength);
+        if (slow) {
+          this.onStall();
+          throw new SlowBodyError(this.host, slow.bytes, slow.ms, this.floor, undefined);
+        }
+        yield r.value;
+      }
+    } finally {
+      // Left early (a break, an error, the floor): the connection must not keep the rest.
+      await it.return?.();
+    }
+  }
+
+  dump(): Promise<void> {
+    return this.inner.dump();
+  }
+
+  destroy(): void {
+    this.inner.destroy();
+  }
 }
 
 /** An answer's body already read whole. */

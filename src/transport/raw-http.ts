@@ -26,6 +26,7 @@
 import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { AbortedError, NetworkError, type Side } from '../errors.ts';
+import { FloorWatch, SlowBodyError, type ReadFloor } from './read-floor.ts';
 
 export interface PreparedRequest {
   url: URL;
@@ -56,6 +57,23 @@ export interface RawConnectOptions {
   userAgent: string;
   /** Where connections wait between requests; without one, each connection serves one request. */
   pool?: RawConnectionPool | undefined;
+  /** A response body slower than this is stalled too (src/transport/read-floor.ts). */
+  readFloor?: ReadFloor | undefined;
+  /** Told of a body that stalled or dripped after its head came (the flow controller halves the host's concurrency). */
+  onStall?: ((host: string) => void) | undefined;
+}
+
+/** A timeout (no head, no answer, no bytes): the transport tells the flow controller (src/transport/flow.ts). */
+function timeoutError(message: string, side?: Side): NetworkError {
+  return Object.assign(new NetworkError(message, { side }), { timedOut: true });
+}
+
+/** Did this request fail for a timeout (ferry's own connections, or undici's)? */
+export function isTimeout(e: unknown): boolean {
+  const err = e as { timedOut?: unknown; code?: unknown; cause?: { code?: unknown } } | undefined;
+  if (err?.timedOut === true) return true;
+  const code = err?.code ?? err?.cause?.code;
+  return code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
 }
 
 /** The size a source's read buffer starts at, and keeps while other pipes read too: 4× fewer reads than Node's 64 KiB. */
@@ -539,14 +557,30 @@ export class RawBodyReader {
   private streaming = false;
   /** Idle periods in a row spent waiting for a streaming caller to take what was read. */
   private waitedForCaller = 0;
+  private readonly opts: RawConnectOptions;
+  /** The body's rate against the read floor, over the time spent waiting for its bytes. */
+  private readonly watch: FloorWatch | undefined;
 
-  private constructor(conn: RawConnection, user: ConnectionUser, head: ResponseHead, bodyLength: number, keepAlive: boolean, side: Side | undefined) {
+  private constructor(conn: RawConnection, user: ConnectionUser, head: ResponseHead, bodyLength: number, keepAlive: boolean, side: Side | undefined, opts: RawConnectOptions) {
     this.side = side;
     this.conn = conn;
     this.user = user;
     this.head = head;
     this.remaining = bodyLength;
     this.keepAlive = keepAlive;
+    this.opts = opts;
+    this.watch = opts.readFloor && opts.readFloor.bytesPerSecond > 0 ? new FloorWatch(opts.readFloor) : undefined;
+  }
+
+  /** Stop reading from the socket: nobody takes bytes now (the time does not count against the source). */
+  private holdReading(): void {
+    this.conn.socket.pause();
+    this.watch?.hold();
+  }
+
+  private resumeReading(): void {
+    this.watch?.release();
+    this.conn.socket.resume();
   }
 
   /**
@@ -631,7 +665,7 @@ export class RawBodyReader {
           resolve({ declined: parsed.head });
           return false;
         }
-        reader = new RawBodyReader(conn, user, parsed.head, length, parsed.keepAlive, side);
+        reader = new RawBodyReader(conn, user, parsed.head, length, parsed.keepAlive, side, opts);
         // Body bytes that came with the head (headBytes is a copy, not the shared buffer).
         const early = headBytes.subarray(parsed.bodyStart);
         if (early.byteLength > 0) reader.take(early);
@@ -647,7 +681,7 @@ export class RawBodyReader {
         // TLS verification) for the transport to explain; in the body, a retryable network error.
         error: (e) => fail(side || reader ? connectError(e, req.url, side) : e),
         timeout: () => {
-          const stalled = new NetworkError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, { side });
+          const stalled = timeoutError(`download from ${req.url.host} stalled: no bytes for ${opts.idleTimeoutMs} ms (read timeout)`, side);
           if (reader) reader.onIdle(stalled, opts.idleTimeoutMs);
           else fail(stalled);
         },
@@ -658,7 +692,7 @@ export class RawBodyReader {
         },
       };
       const conn = RawConnection.open(req.url, opts, fresh, user);
-      const headTimer = setTimeout(() => fail(new NetworkError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, { side })), opts.headersTimeoutMs + opts.connectTimeoutMs);
+      const headTimer = setTimeout(() => fail(timeoutError(`no response head from ${req.url.host} within ${opts.headersTimeoutMs} ms`, side)), opts.headersTimeoutMs + opts.connectTimeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
       conn.whenReady(() => {
         try {
@@ -677,13 +711,20 @@ export class RawBodyReader {
       this.fail(new NetworkError(`${this.conn.url.host} sent more than its Content-Length`, { side: this.side, retryable: false }));
       return;
     }
+    const slow = this.watch?.took(bytes.byteLength);
+    if (slow) {
+      // A drip: stalled as surely as a silent body; the caller resumes with Range on a new connection.
+      this.fail(new SlowBodyError(this.conn.url.host, slow.bytes, slow.ms, this.opts.readFloor!, this.side));
+      this.opts.onStall?.(this.conn.url.host);
+      return;
+    }
     if (this.deliver) {
       this.deliver(bytes);
       return;
     }
     // Nobody is taking bytes now (between two sinks): hold them, and read no more until taken.
     this.pending = bytes;
-    this.conn.socket.pause();
+    this.holdReading();
   }
 
   /**
@@ -698,6 +739,7 @@ export class RawBodyReader {
       return;
     }
     this.fail(e);
+    this.opts.onStall?.(this.conn.url.host);
   }
 
   private onEnd(): void {
@@ -765,10 +807,10 @@ export class RawBodyReader {
           // read again, only once every write is off the buffer.
           if (sink.busy) return;
           if (left === 0) return finish();
-          if (!this.pending) this.conn.socket.resume();
+          if (!this.pending) this.resumeReading();
         });
         if (rest) this.pending = rest;
-        if (!flushed || left === 0) this.conn.socket.pause();
+        if (!flushed || left === 0) this.holdReading();
         if (flushed && left === 0) finish();
       };
       this.deliver = (bytes) => {
@@ -782,7 +824,7 @@ export class RawBodyReader {
       const held = this.pending;
       this.pending = undefined;
       if (held) deliver(held);
-      if (!done && !this.pending && !sink.busy) this.conn.socket.resume();
+      if (!done && !this.pending && !sink.busy) this.resumeReading();
     });
   }
 
@@ -837,7 +879,7 @@ export class RawBodyReader {
     if (this.pending) {
       const piece = taken(this.pending);
       this.pending = undefined;
-      if (this.remaining > 0) this.conn.socket.resume();
+      if (this.remaining > 0) this.resumeReading();
       return Promise.resolve(piece);
     }
     if (this.remaining === 0) {
@@ -894,6 +936,8 @@ export class RawUpload {
   private waiters: (() => void)[] = [];
   /** Until the request head is sent: where a connection failure goes (open's reject). */
   private beforeOpen: ((e: Error) => void) | undefined;
+  /** Told once of the answer, or of why there is none (the transport's flow controller). */
+  private onAnswer: ((answer: ResponseHead | Error) => void) | undefined;
 
   private constructor(url: URL, contentLength: number, opts: RawConnectOptions, beforeOpen: (e: Error) => void) {
     this.url = url;
@@ -918,7 +962,7 @@ export class RawUpload {
         // Idle because the source has sent nothing to write (its reader times out on its own) is
         // not the destination stalling; idle with bytes still unsent to it, or its answer owed, is.
         if (!this.busy && this.written < this.contentLength && !this.answer.parsed) return;
-        this.fail(new NetworkError(`upload to ${url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`, { side: 'destination' }));
+        this.fail(timeoutError(`upload to ${url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`, 'destination'));
       },
       ended: () => {
         this.closed = true;
@@ -930,7 +974,14 @@ export class RawUpload {
   }
 
   /** Connect (or take an idle connection) and send the request head. */
-  static open(method: 'PUT' | 'PATCH', req: PreparedRequest, contentLength: number, opts: RawConnectOptions, signal?: AbortSignal): Promise<RawUpload> {
+  static open(
+    method: 'PUT' | 'PATCH',
+    req: PreparedRequest,
+    contentLength: number,
+    opts: RawConnectOptions,
+    signal?: AbortSignal,
+    onAnswer?: (answer: ResponseHead | Error) => void,
+  ): Promise<RawUpload> {
     const head = requestHead(method, req, opts.userAgent, contentLength);
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new AbortedError());
@@ -941,11 +992,12 @@ export class RawUpload {
       });
       const timer = setTimeout(() => {
         upload.close();
-        reject(new NetworkError(`cannot connect to ${req.url.host} within ${opts.connectTimeoutMs} ms`, { side: 'destination' }));
+        reject(timeoutError(`cannot connect to ${req.url.host} within ${opts.connectTimeoutMs} ms`, 'destination'));
       }, opts.connectTimeoutMs);
       upload.conn.whenReady(() => {
         clearTimeout(timer);
         upload.beforeOpen = undefined;
+        upload.onAnswer = onAnswer;
         upload.conn.socket.write(head);
         resolve(upload);
       });
@@ -993,7 +1045,7 @@ export class RawUpload {
     let reusable = false;
     const deadline = setTimeout(() => {
       timedOut = true;
-      this.fail(new NetworkError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, { side: 'destination' }));
+      this.fail(timeoutError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, 'destination'));
       this.wake();
     }, this.opts.headersTimeoutMs);
     try {
@@ -1005,11 +1057,18 @@ export class RawUpload {
           if (complete instanceof Error) throw complete;
           if (complete) {
             reusable = keepAlive && !this.closed && this.written === this.contentLength && answerEndsCleanly(head, body);
+            this.answered(head);
             return { ...head, body: complete };
           }
           // Cut short, or never finished: what arrived is the answer (its status is what counts).
-          if (this.closed || timedOut) return { ...head, body };
-        } else if (this.failure) throw this.failure;
+          if (this.closed || timedOut) {
+            this.answered(head);
+            return { ...head, body };
+          }
+        } else if (this.failure) {
+          this.answered(this.failure);
+          throw this.failure;
+        }
         await new Promise<void>((r) => this.waiters.push(r));
       }
     } finally {
@@ -1018,7 +1077,14 @@ export class RawUpload {
     }
   }
 
+  private answered(answer: ResponseHead | Error): void {
+    const told = this.onAnswer;
+    this.onAnswer = undefined;
+    told?.(answer);
+  }
+
   close(): void {
+    this.answered(this.failure ?? new AbortedError('upload closed before its answer'));
     this.conn.release(this.user, false);
   }
 }
@@ -1069,7 +1135,7 @@ function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | u
       },
       // The socket's own error (its code: refused, reset, TLS verification) for the transport to explain.
       error: (e) => settle(e),
-      timeout: () => settle(new NetworkError(`${method} to ${req.url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`)),
+      timeout: () => settle(timeoutError(`${method} to ${req.url.host} stalled: nothing moved for ${opts.idleTimeoutMs} ms`)),
       ended: () => {
         // A body without a length ends with the connection.
         const { parsed } = incoming;
@@ -1079,7 +1145,7 @@ function exchangeOnce(method: string, req: PreparedRequest, body: Uint8Array | u
       },
     };
     const conn = RawConnection.open(req.url, opts, fresh, user);
-    const timer = setTimeout(() => settle(new NetworkError(`no answer from ${req.url.host} to ${method} within ${opts.headersTimeoutMs} ms`)), opts.headersTimeoutMs + opts.connectTimeoutMs);
+    const timer = setTimeout(() => settle(timeoutError(`no answer from ${req.url.host} to ${method} within ${opts.headersTimeoutMs} ms`)), opts.headersTimeoutMs + opts.connectTimeoutMs);
     signal?.addEventListener('abort', onAbort, { once: true });
     if (signal?.aborted) return onAbort();
     conn.whenReady(() => {

@@ -431,6 +431,11 @@ export interface AwsStandinOptions {
   instanceRoleName?: string;
   /** Lifetime of IMDS role credentials, seconds. Default 6 h. */
   imdsCredentialLifetimeSeconds?: number;
+  /**
+   * ECR's API quotas, as AWS enforces them: requests per second per action (a token bucket
+   * holding one second's worth); beyond, 400 ThrottlingException "Rate exceeded".
+   */
+  ecrRates?: Record<string, number>;
 }
 
 export class AwsStandin {
@@ -464,6 +469,9 @@ export class AwsStandin {
   readonly completedLayers: Array<{ repositoryName: string; digest: string; size: number }> = [];
   /** Faults: flip a byte of the next accepted part as it is stored (CompleteLayerUpload then finds another digest). */
   corruptNextLayerPart = false;
+  /** When each signed ECR call arrived (Date.now()), per operation, and which were throttled. */
+  readonly ecrCallTimes = new Map<string, Array<{ at: number; throttled: boolean }>>();
+  private readonly ecrBuckets = new Map<string, { tokens: number; at: number }>();
 
   private readonly identities = new Map<string, SigV4Identity>();
   private readonly imdsTokens = new Map<string, number>();
@@ -777,6 +785,20 @@ export class AwsStandin {
     res.end(JSON.stringify({ __type: type, message }));
   }
 
+  /** The `ecrRates` quota of `op`: true when a call may go through now. */
+  private ecrGrant(op: string): boolean {
+    const rate = this.options.ecrRates?.[op];
+    if (rate === undefined) return true;
+    const now = Date.now();
+    const b = this.ecrBuckets.get(op) ?? { tokens: rate, at: now };
+    b.tokens = Math.min(rate, b.tokens + ((now - b.at) * rate) / 1000);
+    b.at = now;
+    this.ecrBuckets.set(op, b);
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
   private ecrOk(res: ServerResponse, body: unknown): void {
     res.writeHead(200, { 'content-type': 'application/x-amz-json-1.1', 'x-amzn-requestid': randomUUID() });
     res.end(JSON.stringify(body));
@@ -788,6 +810,11 @@ export class AwsStandin {
     if (req.method !== 'POST' || !target.startsWith(prefix)) return this.ecrError(res, 400, 'UnknownOperationException', '');
     const op = target.slice(prefix.length);
     this.bump(op);
+    const throttled = !this.ecrGrant(op);
+    const times = this.ecrCallTimes.get(op) ?? [];
+    times.push({ at: Date.now(), throttled });
+    this.ecrCallTimes.set(op, times);
+    if (throttled) return this.ecrError(res, 400, 'ThrottlingException', 'Rate exceeded');
     if (!String(req.headers['content-type'] ?? '').startsWith('application/x-amz-json-1.1')) return this.ecrError(res, 400, 'SerializationException', 'Unsupported content type');
     const check = verifySigV4({ method: 'POST', target: req.url ?? '/', headers: headerPairs(req), body }, (k) => this.identities.get(k), {
       service: 'ecr',

@@ -1,7 +1,9 @@
 // A reverse proxy in front of a real registry that injects network and server faults on
 // matching requests: error statuses, connections cut mid-download or mid-upload, a flipped byte,
-// a stalled body, interim answers (100 Continue, 103 Early Hints) before the registry's own.
-// Bodies stream through both ways, so it works for multi-hundred-MiB blobs.
+// a stalled or dripping body, interim answers (100 Continue, 103 Early Hints) before the registry's own.
+// Bodies stream through both ways, so it works for multi-hundred-MiB blobs. It can also throttle like a
+// cloud registry (N requests/s, 429 + Retry-After beyond) and count pulls like Docker Hub
+// (ratelimit-limit / ratelimit-remaining).
 import { Agent, createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
@@ -68,6 +70,12 @@ export type FaultRule = RuleMatch &
         /** Let this many body bytes through before the stall (default 0: stall right after the headers). */
         afterBytes?: number;
       }
+    | {
+        /** Let `afterBytes` of the body through (default 0), then send the rest at `bytesPerSecond`, a tenth every 100 ms: a source that drips. */
+        action: 'drip';
+        bytesPerSecond: number;
+        afterBytes?: number;
+      }
   );
 
 export interface ProxiedRequest {
@@ -76,12 +84,14 @@ export interface ProxiedRequest {
   path: string;
   /** Status sent to the client; 0 if the connection was cut before any response. */
   status: number;
-  /** The fault applied to this request, if any. */
-  fault?: FaultRule['action'];
+  /** The fault applied to this request, if any (`throttle`, `pull-limit`: refused by those options). */
+  fault?: FaultRule['action'] | 'throttle' | 'pull-limit';
   /** When the request arrived (Date.now()). */
   at: number;
   /** The request's Range header, if any. */
   range?: string;
+  /** When the response was finished or the connection closed (Date.now()); undefined while in flight. */
+  doneAt?: number;
 }
 
 export interface ActiveRule {
@@ -98,6 +108,18 @@ export interface FaultProxyOptions {
    * `proxy_request_buffering on`): a client that dies mid-upload leaves the registry untouched.
    */
   bufferRequestBodies?: boolean;
+  /**
+   * Grant `perSecond` requests a second (a token bucket holding `burst`, default one second's
+   * worth) and answer the rest 429 TOOMANYREQUESTS with `Retry-After: retryAfter` (default 1):
+   * a throttling cloud registry. Checked before the rules.
+   */
+  throttle?: { perSecond: number; burst?: number; retryAfter?: number };
+  /**
+   * Count manifest GETs as pulls, as Docker Hub does: every manifest answer carries
+   * `ratelimit-limit: <limit>;w=<windowS>` and `ratelimit-remaining`; a GET with none left is
+   * answered 429 TOOMANYREQUESTS "You have reached your pull rate limit".
+   */
+  pullLimit?: { limit: number; remaining: number; windowS: number };
 }
 
 export interface FaultProxy {
@@ -113,6 +135,10 @@ export interface FaultProxy {
   /** Number of logged requests matching the filter (all if none). */
   count(filter?: { method?: string; path?: RegExp }): number;
   resetLog(): void;
+  /** Requests answered 429 by the throttle (`throttle` option). */
+  throttled(): number;
+  /** Pulls left (`pullLimit` option). */
+  pullsLeft(): number | undefined;
   /** Rules are tried in the order added; the first live match applies. */
   addRule(rule: FaultRule): ActiveRule;
   clearRules(): void;
@@ -145,6 +171,19 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
   const timers = new Set<NodeJS.Timeout>();
   let proxyHost = '';
   let uploaded = 0;
+  let throttled = 0;
+  const bucket = opts.throttle ? { tokens: opts.throttle.burst ?? opts.throttle.perSecond, at: Date.now() } : undefined;
+  let pullsLeft = opts.pullLimit?.remaining;
+  /** The throttle: true when the request may go on. */
+  const grant = (): boolean => {
+    if (!bucket || !opts.throttle) return true;
+    const now = Date.now();
+    bucket.tokens = Math.min(opts.throttle.burst ?? opts.throttle.perSecond, bucket.tokens + ((now - bucket.at) * opts.throttle.perSecond) / 1000);
+    bucket.at = now;
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  };
 
   const take = (req: IncomingMessage): FaultRule | undefined => {
     for (const state of rules) {
@@ -174,6 +213,31 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
     const entry: ProxiedRequest = { method: req.method ?? 'GET', path: req.url ?? '/', status: 0, at: Date.now() };
     if (typeof req.headers.range === 'string') entry.range = req.headers.range;
     requests.push(entry);
+    res.on('close', () => (entry.doneAt = Date.now()));
+    const refuse = (headers: Record<string, string>, message: string): void => {
+      req.resume();
+      const body = JSON.stringify({ errors: [{ code: 'TOOMANYREQUESTS', message }] });
+      entry.status = 429;
+      res.writeHead(429, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers });
+      res.end(body);
+    };
+    if (!grant()) {
+      throttled += 1;
+      entry.fault = 'throttle';
+      refuse({ 'retry-after': String(opts.throttle!.retryAfter ?? 1) }, 'too many requests');
+      return;
+    }
+    const isManifestRead = /\/manifests\/[^/]+$/.test((req.url ?? '').split('?')[0]!) && (req.method === 'GET' || req.method === 'HEAD');
+    const pullHeaders = (): Record<string, string> =>
+      opts.pullLimit ? { 'ratelimit-limit': `${opts.pullLimit.limit};w=${opts.pullLimit.windowS}`, 'ratelimit-remaining': `${pullsLeft};w=${opts.pullLimit.windowS}` } : {};
+    if (opts.pullLimit && isManifestRead && req.method === 'GET') {
+      if (pullsLeft! <= 0) {
+        entry.fault = 'pull-limit';
+        refuse(pullHeaders(), 'You have reached your pull rate limit. You may increase the limit by authenticating and upgrading');
+        return;
+      }
+      pullsLeft! -= 1;
+    }
     const rule = take(req);
     if (rule) entry.fault = rule.action;
     req.on('data', (chunk: Buffer) => (uploaded += chunk.byteLength));
@@ -263,7 +327,7 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
 
     const answer = (upRes: IncomingMessage): void => {
       entry.status = upRes.statusCode ?? 0;
-      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardable(upRes.headers));
+      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, { ...forwardable(upRes.headers), ...(isManifestRead ? pullHeaders() : {}) });
 
       if (rule?.action === 'reset-after-bytes' && rule.on !== 'request') {
         res.flushHeaders();
@@ -309,6 +373,51 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
           }
         });
         upRes.on('end', () => res.end());
+        return;
+      }
+
+      if (rule?.action === 'drip') {
+        res.flushHeaders();
+        const queue: Buffer[] = [];
+        let passed = 0;
+        let ended = false;
+        const slice = Math.max(1, Math.round(rule.bytesPerSecond / 10));
+        const timer = setInterval(() => {
+          let budget = slice;
+          while (budget > 0 && queue.length > 0) {
+            const head = queue[0]!;
+            const n = Math.min(budget, head.byteLength);
+            res.write(head.subarray(0, n));
+            if (n === head.byteLength) queue.shift();
+            else queue[0] = head.subarray(n);
+            budget -= n;
+          }
+          if (queue.length > 0) return;
+          if (ended) {
+            clearInterval(timer);
+            timers.delete(timer);
+            res.end();
+          } else upRes.resume();
+        }, 100);
+        timers.add(timer);
+        upRes.on('data', (chunk: Buffer) => {
+          const room = (rule.afterBytes ?? 0) - passed;
+          if (room > 0) {
+            const now = chunk.subarray(0, room);
+            passed += now.byteLength;
+            res.write(now);
+            chunk = chunk.subarray(now.byteLength);
+          }
+          if (chunk.byteLength === 0) return;
+          queue.push(chunk);
+          upRes.pause();
+        });
+        upRes.on('end', () => (ended = true));
+        res.on('close', () => {
+          clearInterval(timer);
+          timers.delete(timer);
+          upRes.destroy();
+        });
         return;
       }
 
@@ -399,6 +508,8 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
 
   return {
     uploadedBytes: () => uploaded,
+    throttled: () => throttled,
+    pullsLeft: () => pullsLeft,
     host: proxyHost,
     url: `http://${proxyHost}`,
     target: targetHost,

@@ -10,7 +10,8 @@
 //     server answers.
 // With it, ecr:GetAuthorizationToken in the registry's region yields base64 `AWS:<password>`,
 // used as Basic credentials. Tokens are cached in memory until shortly before they expire.
-import { ECRClient, GetAuthorizationTokenCommand, DescribeRepositoriesCommand, CreateRepositoryCommand, type Repository, type Tag } from '@aws-sdk/client-ecr';
+import { ECRClient, GetAuthorizationTokenCommand, DescribeRepositoriesCommand, CreateRepositoryCommand, type Repository, type ServiceInputTypes, type ServiceOutputTypes, type Tag } from '@aws-sdk/client-ecr';
+import type { FinalizeRequestMiddleware } from '@smithy/types';
 import { STSClient, AssumeRoleCommand, AssumeRoleWithWebIdentityCommand, type Credentials as StsCredentials } from '@aws-sdk/client-sts';
 import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
 import { FerryError, NetworkError, type Side } from '../../errors.ts';
@@ -21,6 +22,7 @@ import { awsRequestHandler } from './aws-http.ts';
 import { fetchGcpIdentityToken, gcpMetadataServerAnswers } from './gcp-metadata.ts';
 import { normalizeHost, parseEcrHost, type EcrHost } from './hosts.ts';
 import { renewalTime } from '../renewal.ts';
+import { sharedEcrQuotas, type EcrQuotas } from '../../transport/ecr-quotas.ts';
 
 /** AWS credentials as the SDK consumes them. */
 export interface AwsCredentials {
@@ -86,7 +88,13 @@ export interface EcrClientOptions {
   region?: string;
   credentials?: AwsCredentialsProvider;
   maxAttempts?: number;
+  /** The API quotas' buckets (default: the process's, shared by every client and transport). */
+  quotas?: EcrQuotas;
+  /** For the line saying ECR started or stopped throttling. */
+  logger?: Logger;
 }
+
+const THROTTLING_CODES = new Set(['ThrottlingException', 'Throttling', 'TooManyRequestsException', 'RequestLimitExceeded']);
 
 /**
  * An ECR API client for a registry host's region. Honours AWS_ENDPOINT_URL_ECR (and the
@@ -100,7 +108,7 @@ export function createEcrClient(opts: EcrClientOptions): ECRClient {
   // An explicitly configured endpoint (AWS_ENDPOINT_URL_ECR, a VPC endpoint) is used as is;
   // the SDK refuses FIPS/dual-stack flags together with a custom endpoint.
   const custom = hasConfiguredEndpoint('ECR');
-  return new ECRClient({
+  const client = new ECRClient({
     region,
     useFipsEndpoint: !custom && (host?.fips ?? false),
     useDualstackEndpoint: !custom && (host?.dualStack ?? false),
@@ -108,6 +116,32 @@ export function createEcrClient(opts: EcrClientOptions): ECRClient {
     ...(opts.credentials ? { credentials: opts.credentials } : {}),
     ...awsRequestHandler(),
   });
+  // Every attempt (the SDK's retries included) takes a token of its action's bucket, shared with
+  // every other client and transport of this process; a ThrottlingException cuts that action's
+  // pace and pauses it for all of them (src/transport/ecr-quotas.ts). The SDK's own retry waits
+  // alongside that pause, not on top of it.
+  const quotas = opts.quotas ?? sharedEcrQuotas();
+  const paced: FinalizeRequestMiddleware<ServiceInputTypes, ServiceOutputTypes> = (next, context) => async (args) => {
+    const action = String(context.commandName ?? '').replace(/Command$/, '');
+    const input = (args.input ?? {}) as { registryId?: unknown; registryIds?: unknown };
+    const id = typeof input.registryId === 'string' ? input.registryId : Array.isArray(input.registryIds) && typeof input.registryIds[0] === 'string' ? input.registryIds[0] : host?.account;
+    const account = { account: id ?? 'default', region };
+    await quotas.take(account, action);
+    try {
+      const out = await next(args);
+      quotas.succeeded(account, action, opts.logger);
+      return out;
+    } catch (e) {
+      const f = classifyAwsError(e);
+      if (THROTTLING_CODES.has(f.code) || f.status === 429) quotas.throttled(account, action, opts.logger);
+      throw e;
+    }
+  };
+  // After signing, as close to the wire as a middleware gets: a call whose first attempt waits for
+  // credentials (or the SDK's lazy set-up) must not be let go early and then arrive in a bunch.
+  // (A signed request stays valid for 5 minutes; no bucket keeps a call waiting that long.)
+  client.middlewareStack.addRelativeTo(paced, { name: 'ferryEcrQuotas', relation: 'after', toMiddleware: 'httpSigningMiddleware', override: true });
+  return client;
 }
 
 /** Is an endpoint configured through the environment for this SDK service id (AWS_ENDPOINT_URL[_<ID>])? */
@@ -182,7 +216,7 @@ export class EcrCredentials implements CredentialProvider {
     const key = `${host.region}|${host.fips}|${host.dualStack}`;
     let c = this.ecrClients.get(key);
     if (!c) {
-      c = createEcrClient({ registry: host.host, credentials: this.awsCredentials(host), maxAttempts: this.opts.maxAttempts });
+      c = createEcrClient({ registry: host.host, credentials: this.awsCredentials(host), maxAttempts: this.opts.maxAttempts, logger: this.log });
       this.ecrClients.set(key, c);
     }
     return c;

@@ -12,6 +12,7 @@ import { RegistrySource } from './source.ts';
 import type { ImageSource } from '../types.ts';
 import type { RegistryClient } from '../../registry/client.ts';
 import { checkDigest, type BlobHasher } from '../../blob/verify.ts';
+import { gaveUpSlow, isSlowBody } from '../../transport/read-floor.ts';
 
 /**
  * Blobs from this size on take the pipe: by default every one. ferry's own connections are kept
@@ -86,8 +87,9 @@ export class PipedBlobRead {
         const err = e instanceof FerryError ? e : new NetworkError(`download of ${req.digest}: ${(e as Error).message}`, { side: 'source', cause: e });
         // Only a broken download is continued here; everything else is the caller's to judge.
         if (err.side !== 'source' || !err.retryable || signal?.aborted || sink.hasAnswer) throw err;
-        stalls = sink.written > before ? 0 : stalls + 1;
-        if (stalls >= (req.maxStalls ?? 5)) throw err;
+        // A drip under the read floor counts as no progress (src/transport/read-floor.ts).
+        stalls = sink.written > before && !isSlowBody(err) ? 0 : stalls + 1;
+        if (stalls >= (req.maxStalls ?? 5)) throw isSlowBody(err) ? gaveUpSlow(err, stalls) : err;
         req.onResume?.(this.hasher.offset, err);
       }
     }

@@ -50,6 +50,10 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
   readonly client: RegistryClient;
   readonly repository: string;
   readonly description: string;
+
+  get networkHost(): string {
+    return this.client.baseUrl.host;
+  }
   readonly maxConcurrentBlobs = Infinity;
   private readonly journal: UploadJournal | undefined;
   private readonly journalOwner: string | undefined;

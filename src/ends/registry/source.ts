@@ -9,6 +9,10 @@ export class RegistrySource implements ImageSource {
   readonly repository: string;
   readonly description: string;
 
+  get networkHost(): string {
+    return this.client.baseUrl.host;
+  }
+
   constructor(client: RegistryClient, repository: string) {
     this.client = client;
     this.repository = repository;

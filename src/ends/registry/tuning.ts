@@ -1,6 +1,7 @@
 // Transfer tuning from the environment, the same for `ferry copy`, `ferry sync` and the agent
 // (README, "Transfer tuning"). Bad values are usage errors that name the variable.
 import { UsageError } from '../../errors.ts';
+import { DEFAULT_READ_FLOOR, type ReadFloor } from '../../transport/read-floor.ts';
 import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
 import { ecrLayerTuning } from './ecr-layer-upload.ts';
 
@@ -8,14 +9,48 @@ export interface TransferTuning {
   upload: UploadTuning;
   /** A response body that sends no byte for this long is stalled (undefined: the transport's default, 60 s). */
   bodyTimeoutMs?: number;
+  /** A response body slower than this is stalled too (undefined: the transport's default, under 16 KiB/s for 30 s). */
+  readFloor?: ReadFloor;
 }
 
 export function transferTuning(env: NodeJS.ProcessEnv): TransferTuning {
   const bodyTimeoutMs = readTimeoutMs(env);
+  const floor = readFloor(env);
   return {
     upload: { ...uploadTuning(env), ...ecrLayerTuning(env), ...pipeTuning(env) },
     ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
+    ...(floor !== undefined ? { readFloor: floor } : {}),
   };
+}
+
+/**
+ * FERRY_READ_FLOOR_BYTES_PER_SECOND and FERRY_READ_FLOOR_SECONDS: a response body that sends
+ * fewer bytes a second than the floor over a whole window (time spent waiting for it) is treated
+ * as stalled, like a silent one: the download resumes with Range on a new connection, and after
+ * five such reads in a row the copy fails naming the host and the rate. Default: under 16 KiB/s
+ * for 30 s; a floor of 0 turns it off.
+ */
+export function readFloor(env: NodeJS.ProcessEnv): ReadFloor | undefined {
+  const rawRate = env.FERRY_READ_FLOOR_BYTES_PER_SECOND?.trim();
+  const rawWindow = env.FERRY_READ_FLOOR_SECONDS?.trim();
+  if (!rawRate && !rawWindow) return undefined;
+  let bytesPerSecond = DEFAULT_READ_FLOOR.bytesPerSecond;
+  let windowMs = DEFAULT_READ_FLOOR.windowMs;
+  if (rawRate) {
+    const n = Number(rawRate);
+    if (!/^\d+$/.test(rawRate) || !Number.isSafeInteger(n) || n > 1024 * 1024 * 1024) {
+      throw new UsageError(`FERRY_READ_FLOOR_BYTES_PER_SECOND must be a whole number of bytes a second (0 for no floor), not "${rawRate}"`);
+    }
+    bytesPerSecond = n;
+  }
+  if (rawWindow) {
+    const s = Number(rawWindow);
+    if (!/^\d+(\.\d+)?$/.test(rawWindow) || !(s >= 0.1 && s <= 3600)) {
+      throw new UsageError(`FERRY_READ_FLOOR_SECONDS must be a number of seconds from 0.1 to 3600, not "${rawWindow}"`);
+    }
+    windowMs = Math.round(s * 1000);
+  }
+  return { bytesPerSecond, windowMs };
 }
 
 /**
