@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { startControlPlane, DEFAULT_RUNNER_TOKEN, type ControlPlane } from '../harness/control-plane.ts';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
+import { freePort } from '../harness/ports.ts';
 import { after, before } from 'node:test';
 
 const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
@@ -39,6 +40,8 @@ export async function startWorld(opts: { leaseS?: number; tokenTtlS?: number } =
   const issuedTokens: string[] = [];
   const ts = vendor.tokenServer!;
   const cpOptions: ControlPlaneOptions = {
+    // A leased port: goDown()/comeUp() and a restart from saved state listen on it again.
+    port: await freePort(),
     leaseS: opts.leaseS ?? 30,
     settings: { heartbeat_interval_s: 1, poll_interval_s: 1, lease_s: opts.leaseS ?? 30 },
     // The one-time token buys a pull-only registry token for exactly the job's repository.
