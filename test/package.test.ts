@@ -154,8 +154,13 @@ describe('npm run package: single executables', () => {
     assert.equal(help.code, 0, help.stderr);
     // A rejected code cache would say so here (src/sea/main.ts).
     assert.equal(help.stderr, '');
-    const commands = [...help.stdout.matchAll(/^ {2}ferry (\w+)/gm)].map((m) => m[1]);
-    assert.ok(commands.includes('copy') && commands.includes('inspect') && commands.includes('version'), help.stdout);
+    const commandsOf = (text: string) => [...text.matchAll(/^ {2}ferry (\w+)/gm)].map((m) => m[1]!);
+    const commands = commandsOf(help.stdout);
+    // Every command of the sources, the agent among them: a help text the parse misses fails here.
+    const fromSource = await run([process.execPath, join(root, 'src/main.ts'), '--help']);
+    assert.equal(fromSource.code, 0, fromSource.stderr);
+    assert.deepEqual(commands, commandsOf(fromSource.stdout), help.stdout);
+    for (const c of ['copy', 'inspect', 'sync', 'agent', 'version']) assert.ok(commands.includes(c), `${c} missing from:\n${help.stdout}`);
     for (const command of commands) {
       const r = await run([x64, command!, '--help']);
       assert.equal(r.code, 0, `${command} --help: ${r.stderr}`);
@@ -165,12 +170,10 @@ describe('npm run package: single executables', () => {
     const bad = await run([x64, 'copy', '--json', 'not a reference', `${reg.host}/x/y:z`]);
     assert.equal(bad.code, 2, bad.stderr);
     assert.equal(JSON.parse(bad.stdout).error.code, 'USAGE');
-    if (commands.includes('agent')) {
-      // The agent's configuration check runs (and names what is missing) inside the binary too.
-      const agent = await run([x64, 'agent'], { FERRY_RUNNER_TOKEN: '' });
-      assert.equal(agent.code, 2, agent.stderr);
-      assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
-    }
+    // The agent's configuration check runs (and names what is missing) inside the binary too.
+    const agent = await run([x64, 'agent'], { FERRY_RUNNER_TOKEN: '' });
+    assert.equal(agent.code, 2, agent.stderr);
+    assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
   });
 
   test('the main bundle\'s code cache is made after a training copy: it holds what a copy compiles, not only the top level', async () => {
