@@ -48,6 +48,18 @@ export type FaultRule = RuleMatch &
         ms: number;
       }
     | {
+        /**
+         * Forward the request at once, but hold the registry's answer until `until()` is true
+         * (looked at every few ms), or `maxMs` passed (default 10 s): to show what a client sends
+         * before an answer comes back, by a condition instead of a guess at how long to wait.
+         * The request's log entry says which released it (`held`).
+         */
+        action: 'hold';
+        /** `request`: the held request's log entry. */
+        until: (request: ProxiedRequest) => boolean;
+        maxMs?: number;
+      }
+    | {
         /** Send the response headers (and the first `afterBytes` of the body), then nothing for `ms`; then cut the connection (default) or carry on. */
         action: 'stall';
         ms: number;
@@ -69,6 +81,8 @@ export interface ProxiedRequest {
   at: number;
   /** The request's Range header, if any. */
   range?: string;
+  /** For a held answer: released by its condition, or by maxMs running out. */
+  held?: 'condition' | 'timeout';
 }
 
 export interface ActiveRule {
@@ -355,6 +369,24 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
       upRes.pipe(res);
     };
     upstream.on('response', (upRes) => {
+      if (rule?.action === 'hold') {
+        const deadline = Date.now() + (rule.maxMs ?? 10_000);
+        const look = (): void => {
+          const met = rule.until(entry);
+          if (met || Date.now() >= deadline) {
+            entry.held = met ? 'condition' : 'timeout';
+            answer(upRes);
+            return;
+          }
+          const timer = setTimeout(() => {
+            timers.delete(timer);
+            look();
+          }, 5);
+          timers.add(timer);
+        };
+        look();
+        return;
+      }
       if (rule?.action !== 'delay') return answer(upRes);
       const timer = setTimeout(() => {
         timers.delete(timer);
