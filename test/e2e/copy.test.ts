@@ -460,7 +460,7 @@ describe('ferry copy: usage errors', () => {
     assert.match(r.json.error.message, new RegExp(`^${host.replaceAll('.', '\\.')}: .*(SSL|TLS)`));
     assert.ok(firstBytes.length >= 1, 'ferry never connected to the server');
     assert.deepEqual(firstBytes.filter((b) => b !== 0x16), [], 'a connection began with something other than a TLS handshake record (0x16)');
-    assert.deepEqual(requests, [], 'a plain HTTP request reached the server');
+    assert.deepEqual([...requests], [], 'a plain HTTP request reached the server');
 
     // Named with --plain-http, the same server gets plain requests, and sees them: the checks above could see one.
     const plain = await runFerry(['copy', '--json', '--plain-http', host, `${host}/a:v1`, '127.0.0.1:9/a:v1'], { timeoutMs: 60_000 });
