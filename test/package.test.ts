@@ -176,6 +176,27 @@ describe('npm run package: single executables', () => {
     assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
   });
 
+  test('dist/ferry starts under its heap cap; --node-options overrides it, NODE_OPTIONS does not reach it', async () => {
+    // A preload that reports the heap limit V8 was started with, and the flags.
+    const probe = join(out, 'heap-probe.cjs');
+    writeFileSync(probe, "process.stderr.write('heap ' + JSON.stringify({ limit: require('node:v8').getHeapStatistics().heap_size_limit / 1048576, execArgv: process.execArgv }) + '\\n');\n");
+    const heapOf = (r: Run) => {
+      assert.equal(r.code, 0, r.stderr);
+      const line = r.stderr.split('\n').find((l) => l.startsWith('heap '));
+      return line ? (JSON.parse(line.slice(5)) as { limit: number; execArgv: string[] }) : undefined;
+    };
+    const execArgv = (JSON.parse(readFileSync(join(root, 'pkg.config.json'), 'utf8')) as { execArgv: string[] }).execArgv;
+    const cap = Number(execArgv.find((f) => f.startsWith('--max-old-space-size='))?.split('=')[1]);
+    assert.ok(cap > 0, 'the executable has a heap cap');
+    const own = heapOf(await run([x64, `--node-options=--require ${probe}`, 'version']));
+    assert.ok(own, 'the --node-options preload did not run');
+    assert.deepEqual(own.execArgv.slice(0, execArgv.length), execArgv);
+    assert.ok(own.limit >= cap && own.limit <= cap + 8, `heap limit ${own.limit} MiB under --max-old-space-size=${cap}`);
+    const raised = heapOf(await run([x64, 'version', `--node-options=--max-old-space-size=${cap * 3} --require ${probe}`]));
+    assert.ok(raised && raised.limit >= cap * 3 && raised.limit <= cap * 3 + 8, `--node-options did not raise the cap: ${JSON.stringify(raised)}`);
+    assert.equal(heapOf(await run([x64, 'version'], { NODE_OPTIONS: `--require ${probe}` })), undefined, 'NODE_OPTIONS reached the binary');
+  });
+
   test('the main bundle\'s code cache is made after a training copy: it holds what a copy compiles, not only the top level', async () => {
     // scripts/sea-code-cache.ts runs the bundle's copy against scripts/sea-training.ts's registry
     // first. A cache made straight after compiling holds little beyond each module's top level.
