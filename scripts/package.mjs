@@ -142,8 +142,10 @@ async function main() {
       // The main script is small; the code cache that matters is the bundle's, an asset.
       useCodeCache: false,
       execArgv: target.execArgv ?? config.execArgv ?? [],
-      // NODE_OPTIONS may still add flags (operators' debugging), but cannot drop these.
-      execArgvExtension: 'env',
+      // `--node-options="..."` (anywhere on the command line, taken out before ferry sees it) adds
+      // flags after these, so it can also override them: the heap cap (pkg.config.json). NODE_OPTIONS
+      // could only add flags, never override one of these, and is not read by the executable.
+      execArgvExtension: 'cli',
       assets: Object.fromEntries(SEA_BUNDLES.flatMap((b) => [[b.asset, wrappedPath(b)], ...(codeCache ? [[b.codeCache, cacheFileFor(b)]] : [])])),
     };
     writeFileSync(seaConfig, JSON.stringify(sea, null, 2));

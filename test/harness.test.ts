@@ -1,10 +1,15 @@
 // Proves the end-to-end test harness itself: real registries start, fixtures push and verify,
 // auth is enforced by the registries, and the fault proxy does what its rules say.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { test, type TestContext } from 'node:test';
 import { startCraneRegistry } from './harness/crane-registry.ts';
 import { startDistribution } from './harness/distribution.ts';
 import { startFaultProxy } from './harness/fault-proxy.ts';
+import { freePort, leasedPorts } from './harness/ports.ts';
+import { portListener } from './harness/process.ts';
 import {
   layerSeed,
   MEDIA,
@@ -336,3 +341,46 @@ test('fault proxy: passes traffic through and applies each rule kind', async (t:
   assert.equal(proxy.count({ method: 'POST' }), 1);
   assert.equal(proxy.count(), proxy.requests.length);
 });
+
+test('ports: below the ephemeral range, each leased machine-wide for the life of the process', async () => {
+  const [ephemeral] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+  const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
+  assert.equal(new Set(ports).size, ports.length, 'a port handed out twice');
+  for (const p of ports) assert.ok(p >= 1024 && p < ephemeral!, `${p} is in the ephemeral range (from ${ephemeral})`);
+  assert.ok(ports.every((p) => leasedPorts().includes(p)));
+  // Another process (another test file, another worktree) cannot lease any of them, and its own
+  // ports are none of ours.
+  const child = spawnSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import { createServer } from 'node:net';
+       import { freePort } from ${JSON.stringify(new URL('./harness/ports.ts', import.meta.url).pathname)};
+       const taken = [];
+       for (const p of ${JSON.stringify(ports)}) {
+         await new Promise((resolve) => { const s = createServer(); s.once('error', () => { taken.push(p); resolve(); }); s.listen({ path: '\\0ferry-test-port-' + p }, () => s.close(resolve)); });
+       }
+       const mine = await Promise.all(Array.from({ length: 20 }, () => freePort()));
+       console.log(JSON.stringify({ taken, mine }));`,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(child.status, 0, child.stderr);
+  const { taken, mine } = JSON.parse(child.stdout) as { taken: number[]; mine: number[] };
+  assert.deepEqual(taken.sort(), [...ports].sort(), 'the other process could take a lease this one holds');
+  assert.deepEqual(mine.filter((p) => ports.includes(p)), []);
+});
+
+for (const kind of ['distribution', 'crane'] as const) {
+  test(`${kind}: a registry whose port another server holds is not taken for ready`, async (t: TestContext) => {
+    // The impostor answers GET /v2/ as a registry would; the registry started on its port cannot bind.
+    const port = await freePort();
+    const impostor = createHttpServer((_req, res) => res.writeHead(200, { 'docker-distribution-api-version': 'registry/2.0' }).end('{}'));
+    await new Promise<void>((r) => impostor.listen(port, '127.0.0.1', r));
+    t.after(() => new Promise<void>((r) => impostor.close(() => r())));
+    assert.equal(portListener(port, process.pid), 'self');
+    const start = kind === 'distribution' ? () => startDistribution({ port }) : () => startCraneRegistry({ port });
+    await assert.rejects(start(), /not from the registry started|registry process exited/);
+  });
+}

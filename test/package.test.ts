@@ -154,8 +154,13 @@ describe('npm run package: single executables', () => {
     assert.equal(help.code, 0, help.stderr);
     // A rejected code cache would say so here (src/sea/main.ts).
     assert.equal(help.stderr, '');
-    const commands = [...help.stdout.matchAll(/^ {2}ferry (\w+)/gm)].map((m) => m[1]);
-    assert.ok(commands.includes('copy') && commands.includes('inspect') && commands.includes('version'), help.stdout);
+    const commandsOf = (text: string) => [...text.matchAll(/^ {2}ferry (\w+)/gm)].map((m) => m[1]!);
+    const commands = commandsOf(help.stdout);
+    // Every command of the sources, the agent among them: a help text the parse misses fails here.
+    const fromSource = await run([process.execPath, join(root, 'src/main.ts'), '--help']);
+    assert.equal(fromSource.code, 0, fromSource.stderr);
+    assert.deepEqual(commands, commandsOf(fromSource.stdout), help.stdout);
+    for (const c of ['copy', 'inspect', 'sync', 'agent', 'version']) assert.ok(commands.includes(c), `${c} missing from:\n${help.stdout}`);
     for (const command of commands) {
       const r = await run([x64, command!, '--help']);
       assert.equal(r.code, 0, `${command} --help: ${r.stderr}`);
@@ -165,12 +170,31 @@ describe('npm run package: single executables', () => {
     const bad = await run([x64, 'copy', '--json', 'not a reference', `${reg.host}/x/y:z`]);
     assert.equal(bad.code, 2, bad.stderr);
     assert.equal(JSON.parse(bad.stdout).error.code, 'USAGE');
-    if (commands.includes('agent')) {
-      // The agent's configuration check runs (and names what is missing) inside the binary too.
-      const agent = await run([x64, 'agent'], { FERRY_RUNNER_TOKEN: '' });
-      assert.equal(agent.code, 2, agent.stderr);
-      assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
-    }
+    // The agent's configuration check runs (and names what is missing) inside the binary too.
+    const agent = await run([x64, 'agent'], { FERRY_RUNNER_TOKEN: '' });
+    assert.equal(agent.code, 2, agent.stderr);
+    assert.match(agent.stderr, /USAGE: .*control-plane-url/s);
+  });
+
+  test('dist/ferry starts under its heap cap; --node-options overrides it, NODE_OPTIONS does not reach it', async () => {
+    // A preload that reports the heap limit V8 was started with, and the flags.
+    const probe = join(out, 'heap-probe.cjs');
+    writeFileSync(probe, "process.stderr.write('heap ' + JSON.stringify({ limit: require('node:v8').getHeapStatistics().heap_size_limit / 1048576, execArgv: process.execArgv }) + '\\n');\n");
+    const heapOf = (r: Run) => {
+      assert.equal(r.code, 0, r.stderr);
+      const line = r.stderr.split('\n').find((l) => l.startsWith('heap '));
+      return line ? (JSON.parse(line.slice(5)) as { limit: number; execArgv: string[] }) : undefined;
+    };
+    const execArgv = (JSON.parse(readFileSync(join(root, 'pkg.config.json'), 'utf8')) as { execArgv: string[] }).execArgv;
+    const cap = Number(execArgv.find((f) => f.startsWith('--max-old-space-size='))?.split('=')[1]);
+    assert.ok(cap > 0, 'the executable has a heap cap');
+    const own = heapOf(await run([x64, `--node-options=--require ${probe}`, 'version']));
+    assert.ok(own, 'the --node-options preload did not run');
+    assert.deepEqual(own.execArgv.slice(0, execArgv.length), execArgv);
+    assert.ok(own.limit >= cap && own.limit <= cap + 8, `heap limit ${own.limit} MiB under --max-old-space-size=${cap}`);
+    const raised = heapOf(await run([x64, 'version', `--node-options=--max-old-space-size=${cap * 3} --require ${probe}`]));
+    assert.ok(raised && raised.limit >= cap * 3 && raised.limit <= cap * 3 + 8, `--node-options did not raise the cap: ${JSON.stringify(raised)}`);
+    assert.equal(heapOf(await run([x64, 'version'], { NODE_OPTIONS: `--require ${probe}` })), undefined, 'NODE_OPTIONS reached the binary');
   });
 
   test('the main bundle\'s code cache is made after a training copy: it holds what a copy compiles, not only the top level', async () => {

@@ -25,6 +25,7 @@ import { DEFAULT_SETTINGS, type RunnerSettings } from './contract.ts';
 import { ControlPlaneClient } from './control-plane-client.ts';
 import { Readiness, controlPlaneCheck, startHealthServer, type HealthServer } from './health.ts';
 import { runJob, type JobContext, type JobOutcome } from './job.ts';
+import { heapCapWarning, heapLimitMiB } from './memory.ts';
 import { createAgentMetrics, type AgentMetrics } from './metrics.ts';
 import { flushPendingResults } from './results.ts';
 import { openState, type AgentState } from './state.ts';
@@ -89,7 +90,10 @@ export class Agent {
     for (const w of cfg.warnings) this.log.warn(w);
     const state = await openState(cfg.stateDir, this.log);
     this.metrics.watchPendingResults(() => state.pendingResults.size);
-    this.log.info({ instance_id: state.instanceId, runner_id: cfg.runnerId, local_registry: cfg.localRegistry, version: VERSION }, 'ferry agent starting');
+    const heapLimit = heapLimitMiB();
+    const heapWarning = heapCapWarning(cfg.maxJobs, cfg.concurrency, heapLimit);
+    if (heapWarning) this.log.warn(heapWarning);
+    this.log.info({ instance_id: state.instanceId, runner_id: cfg.runnerId, local_registry: cfg.localRegistry, version: VERSION, heap_limit_mib: heapLimit }, 'ferry agent starting');
     const client = new ControlPlaneClient({
       url: cfg.controlPlaneUrl,
       runnerId: cfg.runnerId,

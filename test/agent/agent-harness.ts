@@ -2,15 +2,18 @@
 // vendor registry with token auth (the one-time token buys a scoped pull token) and a local
 // registry. Every log line the agent writes is captured.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startControlPlane, DEFAULT_RUNNER_TOKEN, type ControlPlane } from '../harness/control-plane.ts';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
+import { freePort } from '../harness/ports.ts';
 import { after, before } from 'node:test';
 
 const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
+/** The V8 flags the executable starts with (pkg.config.json execArgv; `node src/main.ts` ignores the shebang's): agents run under the heap cap they ship with. */
+const EXEC_ARGV = (JSON.parse(readFileSync(new URL('../../pkg.config.json', import.meta.url), 'utf8')) as { execArgv: string[] }).execArgv;
 
 export interface AgentWorld {
   vendor: DistributionRegistry;
@@ -39,6 +42,8 @@ export async function startWorld(opts: { leaseS?: number; tokenTtlS?: number } =
   const issuedTokens: string[] = [];
   const ts = vendor.tokenServer!;
   const cpOptions: ControlPlaneOptions = {
+    // A leased port: goDown()/comeUp() and a restart from saved state listen on it again.
+    port: await freePort(),
     leaseS: opts.leaseS ?? 30,
     settings: { heartbeat_interval_s: 1, poll_interval_s: 1, lease_s: opts.leaseS ?? 30 },
     // The one-time token buys a pull-only registry token for exactly the job's repository.
@@ -93,6 +98,7 @@ export function startAgent(world: AgentWorld, stateDir: string, args: string[] =
   const proc = spawn(
     process.execPath,
     [
+      ...EXEC_ARGV,
       MAIN,
       'agent',
       '--control-plane-url',

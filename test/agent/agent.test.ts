@@ -176,7 +176,9 @@ describe('ferry agent', () => {
     const agent = startAgent(world, tempState(), ['--exit-when-idle']);
     await waitFor('the job to start', () => world.cp.job(jobId).executions.length > 0, 90_000);
     await world.cp.goDown();
+    const downAt = Date.now();
     await new Promise((r) => setTimeout(r, 15_000));
+    const upAt = Date.now();
     await world.cp.comeUp();
     assert.equal(await agent.exited, 0, agent.logs().slice(-2000));
     stall.remove();
@@ -184,7 +186,18 @@ describe('ferry agent', () => {
     if (job.status !== 'finished') console.log(agent.logs().slice(-6000));
     assert.equal(job.status, 'finished');
     assert.equal(job.results.length, 1);
-    assert.match(agent.logs(), /retrying|backing off|failed/);
+    // The job met the outage and waited it out: warnings of this job, logged while the control
+    // plane was down, that a request to it was refused and will be tried again.
+    const refused = `ECONNREFUSED 127.0.0.1:${world.cp.port}`;
+    const waited = logLines(agent.logs()).filter(
+      (l) => l.level === 40 && l.job_id === jobId && l.time >= downAt && l.time <= upAt && /; retrying$/.test(String(l.msg)) && String(l.problem).includes(refused),
+    );
+    assert.ok(waited.length >= 1, `no warning of job ${jobId} that the control plane (${refused}) was retried during the outage`);
+    // The poll loop backed off too.
+    assert.ok(
+      logLines(agent.logs()).some((l) => l.level === 40 && l.msg === 'control plane unavailable; backing off' && l.time >= downAt && l.time <= upAt && String(l.problem).includes(refused)),
+      'the poll loop did not back off during the outage',
+    );
     // The retry paths' lines too (they log the job's ids for callers without a job-bound logger).
     assert.deepEqual(linesWithDuplicateKeys(agent.logs()), []);
   });
@@ -294,13 +307,61 @@ async function waitForAsync(what: string, fn: () => Promise<boolean>, timeoutMs:
   }
 }
 
-/** Every line is a comment (# HELP / # TYPE) or `name{labels} value`. */
+/** The agent's JSON log lines (anything else on its stderr is skipped). */
+function logLines(text: string): Array<Record<string, unknown> & { level: number; time: number; msg: string }> {
+  const out = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      out.push(JSON.parse(line));
+    } catch {
+      // a line cut by the end of the capture
+    }
+  }
+  return out;
+}
+
+// The Prometheus text format (0.0.4), line by line.
+const METRIC_NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
+const LABEL = '[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*"';
+const VALUE = '(?:[+-]?(?:[0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NaN|[+-]Inf)';
+const SAMPLE_LINE = new RegExp(`^(${METRIC_NAME})(\\{(?:${LABEL}(?:,${LABEL})*,?)?\\})? ${VALUE}(?: -?[0-9]+)?$`);
+const HELP_LINE = new RegExp(`^# HELP (${METRIC_NAME}) (?:[^\\\\\\n]|\\\\[\\\\n])*$`);
+const TYPE_LINE = new RegExp(`^# TYPE (${METRIC_NAME}) (counter|gauge|histogram|summary|untyped)$`);
+const FAMILY_SUFFIXES: Record<string, string[]> = { histogram: ['_bucket', '_sum', '_count'], summary: ['', '_sum', '_count'] };
+
+/**
+ * Every line is a HELP or TYPE line, or a sample of the family the last TYPE line declared
+ * (a histogram's as NAME_bucket with an `le` label, NAME_sum, NAME_count); each family is
+ * declared once.
+ */
 function assertPrometheusText(text: string): void {
-  const sample = /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? -?[0-9.eE+-]+|NaN|[+-]Inf$/;
   const lines = text.trim().split('\n');
   assert.ok(lines.length > 5);
+  const declared = new Set<string>();
+  let family: { name: string; type: string } | undefined;
   for (const l of lines) {
-    if (l.startsWith('# HELP ') || l.startsWith('# TYPE ')) continue;
-    assert.match(l, sample, `not a Prometheus sample line: ${l}`);
+    const type = TYPE_LINE.exec(l);
+    if (type) {
+      assert.ok(!declared.has(type[1]!), `${type[1]} declared twice`);
+      declared.add(type[1]!);
+      family = { name: type[1]!, type: type[2]! };
+      continue;
+    }
+    if (HELP_LINE.test(l)) continue;
+    const sample = SAMPLE_LINE.exec(l);
+    assert.ok(sample, `not a Prometheus sample line: ${JSON.stringify(l)}`);
+    assert.ok(family, `a sample before any TYPE line: ${l}`);
+    const names = (FAMILY_SUFFIXES[family.type] ?? ['']).map((suffix) => family!.name + suffix);
+    assert.ok(names.includes(sample[1]!), `${sample[1]} is not a sample of the ${family.type} ${family.name}`);
+    if (sample[1] === `${family.name}_bucket`) assert.match(sample[2] ?? '', /[{,]le="[^"]+"/, `a histogram bucket without le: ${l}`);
   }
 }
+
+test('the Prometheus text check rejects what is not the format', () => {
+  const good = '# HELP x_total Things.\n# TYPE x_total counter\nx_total{a="b\\"c"} 1\nx_total{a="d"} +Inf\n# HELP h Durations.\n# TYPE h histogram\nh_bucket{le="0.5"} 2\nh_sum 1.5e-3\nh_count 2';
+  assertPrometheusText(good);
+  for (const bad of ['x_total 1 junk', 'x_total{a="b"} NaN junk', 'junk x_total +Inf', 'x_total{a="b} 1', 'x_total{a="b"}1', 'y_total 1', 'h_bucket 2', 'x_total{a="b"\n} 1']) {
+    assert.throws(() => assertPrometheusText(`${good.split('\nh_count')[0]}\n${bad}`), `accepted ${JSON.stringify(bad)}`);
+  }
+});

@@ -19,6 +19,7 @@ import { PendingResultStore } from '../../src/agent/state.ts';
 import { FileTokenSource, StaticTokenSource } from '../../src/agent/token-source.ts';
 import { VERSION } from '../../src/version.ts';
 import { startControlPlane, type ControlPlane } from '../harness/control-plane.ts';
+import { freePort } from '../harness/ports.ts';
 import { createRng } from '../harness/seed.ts';
 
 // ---- helpers ----
@@ -82,7 +83,8 @@ describe('control-plane client', () => {
   let dir: string;
 
   before(async () => {
-    cp = await startControlPlane({ leaseS: 30 });
+    // A leased port: the outage tests take it down and bring it back on the same one.
+    cp = await startControlPlane({ leaseS: 30, port: await freePort() });
     log = captureLogger();
     a = client(cp, log.logger);
     b = client(cp, log.logger, { instanceId: 'instance-b' });

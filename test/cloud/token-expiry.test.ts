@@ -38,6 +38,7 @@ let localC: OciClient;
 /** Per-test hooks, called by the registry fronts. */
 let onRequest: (method: string, path: string, length: number | undefined) => void = () => undefined;
 let delayMs: (method: string, path: string) => number = () => 0;
+let hold: (method: string, path: string, authorization: string | undefined) => Promise<void> | undefined = () => undefined;
 
 const awsEnv = (): Record<string, string> => ({ ...aws.env(), ...proxyEnv(proxy.url), AWS_ACCESS_KEY_ID: TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: TEST_SECRET_ACCESS_KEY });
 const gcpEnv = (): Record<string, string> => ({ GCE_METADATA_HOST: gcp.metadataHost, ...proxyEnv(proxy.url) });
@@ -47,7 +48,11 @@ before(async () => {
   gcp = await GcpStandin.start();
   pki = makeTestPki([aws.registryHost(), 'us-west1-docker.pkg.dev']);
   proxy = await startConnectProxy();
-  const hooks = { onRequest: (m: string, p: string, l: number | undefined) => onRequest(m, p, l), delayMs: (m: string, p: string) => delayMs(m, p) };
+  const hooks = {
+    onRequest: (m: string, p: string, l: number | undefined) => onRequest(m, p, l),
+    delayMs: (m: string, p: string) => delayMs(m, p),
+    hold: (m: string, p: string, a: string | undefined) => hold(m, p, a),
+  };
   [ecr, gar, local] = await Promise.all([
     startEcrRegistry({ aws, pki, proxy, ...hooks }),
     startGarRegistry({ gcp, pki, proxy, repositories: ['ferry-test-project/images'], ...hooks }),
@@ -67,6 +72,7 @@ after(async () => {
 beforeEach(() => {
   onRequest = () => undefined;
   delayMs = () => 0;
+  hold = () => undefined;
   aws.options.ecrTokenLifetimeSeconds = 3600;
   gcp.options.accessTokenLifetimeSeconds = 3600;
 });
@@ -82,15 +88,58 @@ function once(method: string, path: RegExp, action: () => void, minLength = -1):
   };
 }
 
+/**
+ * By what share of its lifetime before expiry a short-lived token must have been renewed: 5 %
+ * (ferry renews 10 % ahead, src/auth/cloud/expiry.ts; issue 19 asks for 20 % on short lifetimes).
+ * The test's own number, so a ferry that renews later fails it whatever src says.
+ */
+const RENEWED_BY = 0.05;
+
+/**
+ * A copy that outlives the first token by a condition, not by slowing every request down and
+ * hoping: each request that carries the first token issued from here on is answered only once
+ * that token is within RENEWED_BY of its expiry, where ferry must have renewed it. Whatever ferry sends after such an
+ * answer, it sends from inside that window, so it must already carry a renewed token: one sent
+ * with the first one would arrive while that one is still valid (and pass), and show that ferry
+ * did not renew ahead. The hold is judged on this machine's clock, which ferry reads too.
+ */
+function holdFirstToken(firstToken: () => { secret: string; expiresAt: number } | undefined, lifetimeMs: number): { secret?: string; releasedAt?: number } {
+  const held: { secret?: string; releasedAt?: number } = {};
+  hold = (_m, _p, authorization) => {
+    const t = firstToken();
+    if (!t || basicPassword(authorization) !== t.secret) return undefined;
+    held.secret = t.secret;
+    const until = t.expiresAt - RENEWED_BY * lifetimeMs;
+    held.releasedAt = until;
+    return new Promise((resolve) => setTimeout(resolve, Math.max(0, until - Date.now())));
+  };
+  return held;
+}
+
+/** Requests sent after the first token's hold carry another token; none was refused as expired; renewals are few. */
+function assertRenewedAhead(requests: Array<{ at: number; authorization: string | undefined; note?: string; method: string; path: string }>, held: { secret?: string; releasedAt?: number }, issued: number): void {
+  assert.ok(held.secret && held.releasedAt, 'no request carried the first token');
+  const later = requests.filter((q) => q.at > held.releasedAt! && basicPassword(q.authorization) !== undefined);
+  assert.ok(later.length >= 1, 'nothing was sent after the first token entered its renewal window: the copy did not outlive it');
+  const stale = later.filter((q) => basicPassword(q.authorization) === held.secret);
+  assert.deepEqual(stale.map((q) => `${q.method} ${q.path}`), [], 'sent with the first token after the point where it had to be renewed');
+  // Renewed ahead of time: the registry never saw an expired token.
+  assert.deepEqual(requests.filter((q) => q.note === 'expired token').map((q) => `${q.method} ${q.path}`), []);
+  // Renewed, and not in a storm: one token for the held stretch, one (perhaps two) for the rest.
+  assert.ok(issued >= 2 && issued <= 4, `${issued} tokens issued for one copy`);
+  console.log(`# ${issued} tokens issued; ${later.length} requests after the first token's renewal point, none with it`);
+}
+
 describe('Amazon ECR', () => {
-  test('3-second authorization tokens: renewed before they expire, through a copy that outlasts them', async () => {
+  test('5-second authorization tokens: renewed before they expire, through a copy that outlasts them', async () => {
     const img = await pushImage(ecr.client, 'team/long', 'v1', { layerSizes: LAYERS });
-    aws.options.ecrTokenLifetimeSeconds = 3;
-    // Each blob download (the config and 4 layers, one at a time) takes 0.9 s: the last one
-    // starts ~3.6 s after the first token, well past the point where it is renewed (2.7 s, 10 %
-    // before it runs out). With 0.6 s it started at ~2.4–2.6 s, and a fast run needed no renewal.
-    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 900 : 0);
-    const tokens = aws.count('GetAuthorizationToken');
+    aws.options.ecrTokenLifetimeSeconds = 5;
+    const issuedBefore = aws.issuedEcrTokens.length;
+    const first = () => aws.issuedEcrTokens[issuedBefore];
+    const held = holdFirstToken(() => {
+      const t = first();
+      return t && { secret: t.password, expiresAt: t.expiresAt.getTime() };
+    }, 5000);
     const start = ecr.requests.length;
     const home = freshHome();
     const r = await runFerryIsolated(
@@ -100,9 +149,8 @@ describe('Amazon ECR', () => {
     );
     assert.equal(r.code, 0, r.stderr);
     assert.equal((await localC.verifyImage('long', 'v1')).digest, img.digest);
-    assert.ok(aws.count('GetAuthorizationToken') - tokens >= 2, `expected the token to be renewed, ${aws.count('GetAuthorizationToken') - tokens} issued`);
-    // Renewed ahead of time: the registry never saw an expired token.
-    assert.deepEqual(ecr.requests.slice(start).filter((q) => q.note === 'expired token'), []);
+    const mine = ecr.requests.slice(start);
+    assertRenewedAhead(mine, held, aws.issuedEcrTokens.length - issuedBefore);
     assertNoSecrets(r, aws.issuedEcrTokens.flatMap((t) => [t.password, t.authorizationToken]), [home.home]);
   });
 
@@ -152,14 +200,14 @@ describe('Amazon ECR', () => {
 });
 
 describe('Artifact Registry', () => {
-  test('3-second access tokens from the metadata server: renewed before they expire, through a copy that outlasts them', async () => {
+  test('5-second access tokens from the metadata server: renewed before they expire, through a copy that outlasts them', async () => {
     const img = await pushImage(gar.client, 'ferry-test-project/images/long', 'v1', { layerSizes: LAYERS });
-    gcp.options.accessTokenLifetimeSeconds = 3;
-    // 1 s per blob GET, one at a time: the fifth GET leaves at least 4 s after the first token,
-    // past its 3 s lifetime whatever ferry's own overhead (600 ms left ~2.4 s, which a faster
-    // start-up brought under the 2.7 s renewal point: a CI run saw one token).
-    delayMs = (m, p) => (m === 'GET' && BLOB_GET.test(p) ? 1000 : 0);
-    const tokens = gcp.count('metadata:token');
+    gcp.options.accessTokenLifetimeSeconds = 5;
+    const issuedBefore = gcp.issued.length;
+    const held = holdFirstToken(() => {
+      const t = gcp.issued[issuedBefore];
+      return t && { secret: t.token, expiresAt: t.expiresAt };
+    }, 5000);
     const start = gar.requests.length;
     const home = freshHome();
     const r = await runFerryIsolated(
@@ -169,8 +217,7 @@ describe('Artifact Registry', () => {
     );
     assert.equal(r.code, 0, r.stderr);
     assert.equal((await localC.verifyImage('gar-long', 'v1')).digest, img.digest);
-    assert.ok(gcp.count('metadata:token') - tokens >= 2, `expected the token to be renewed, ${gcp.count('metadata:token') - tokens} issued`);
-    assert.deepEqual(gar.requests.slice(start).filter((q) => q.note === 'expired token'), []);
+    assertRenewedAhead(gar.requests.slice(start), held, gcp.issued.length - issuedBefore);
     assertNoSecrets(r, gcp.issued.map((t) => t.token), [home.home]);
   });
 

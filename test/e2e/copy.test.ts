@@ -3,6 +3,9 @@
 // After every copy the destination is checked with the harness's own independent client.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { startCraneRegistry, type CraneRegistry } from '../harness/crane-registry.ts';
 import type { FaultProxy } from '../harness/fault-proxy.ts';
@@ -264,15 +267,24 @@ describe('ferry copy through a fault-injecting proxy', () => {
   test('503 storms and 429 with Retry-After are retried', async () => {
     await pushImage(srcC, 'busy/app', 'v1', { layerSizes: [10_000, 20_000] });
     const r503 = srcProxy.addRule({ method: 'GET', path: /\/blobs\//, action: 'status', status: 503, times: 3 });
+    // Retry-After: 1 is longer than ferry's own backoff before a first or second retry (at most 200 and 400 ms).
     const r429 = dstProxy.addRule({ method: 'HEAD', path: /\/blobs\//, action: 'status', status: 429, retryAfter: 1, times: 2 });
-    const started = Date.now();
+    dstProxy.resetLog();
     const r = await copyVia('busy/app');
     r503.remove();
     r429.remove();
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r503.hits(), 3);
     assert.equal(r429.hits(), 2);
-    assert.ok(Date.now() - started >= 1000, 'Retry-After was not honoured');
+    // Measured where it happens: at the proxy, from each 429 to the next request for the same blob.
+    const log = dstProxy.requests;
+    const refused = log.filter((q) => q.status === 429);
+    assert.equal(refused.length, 2);
+    for (const q of refused) {
+      const again = log.slice(log.indexOf(q) + 1).find((n) => n.method === q.method && n.path === q.path);
+      assert.ok(again, `${q.method} ${q.path} was not sent again after its 429`);
+      assert.ok(again.at - q.at >= 1000, `${q.method} ${q.path} was sent again ${again.at - q.at} ms after its 429 (Retry-After: 1)`);
+    }
     await assertSameImage(srcC, 'busy/app', 'v1', dstC, 'busy/app', 'v1');
   });
 
@@ -430,12 +442,51 @@ describe('ferry copy: usage errors', () => {
     assert.match(r.json.error.message, /connect/);
   });
 
-  test('plain HTTP is refused for a non-loopback host not named with --plain-http', async () => {
-    const r = await runFerry(['copy', '--json', 'registry.invalid/a:v1', '127.0.0.1:9/a:v1'], { timeoutMs: 60_000 });
-    assert.equal(r.code, 1);
-    // https is attempted (and fails to resolve) — never plain http
-    assert.match(r.json.error.message, /registry\.invalid/);
+  test('plain HTTP is refused for a non-loopback host not named with --plain-http', async (t) => {
+    // A registry that speaks only plain HTTP, on an address of this machine that is not loopback
+    // (ferry may speak plain HTTP to loopback by itself). It records the first byte of every
+    // connection, and every request it could read.
+    const address = nonLoopbackAddress();
+    assert.ok(address, 'this test needs an IPv4 address of the machine that is not loopback; none was found');
+    const firstBytes: number[] = [];
+    const requests: string[] = [];
+    const server = createHttpServer((req, res) => {
+      requests.push(`${req.method} ${req.url}`);
+      res.writeHead(404, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' });
+      res.end(JSON.stringify({ errors: [{ code: 'MANIFEST_UNKNOWN', message: 'manifest unknown' }] }));
+    });
+    server.on('connection', (socket: Socket) => socket.once('data', (d: Buffer) => firstBytes.push(d[0]!)));
+    await new Promise<void>((resolve) => server.listen(0, address, resolve));
+    t.after(() => {
+      server.closeAllConnections();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+    const host = `${address}:${(server.address() as AddressInfo).port}`;
+
+    const r = await runFerry(['copy', '--json', `${host}/a:v1`, '127.0.0.1:9/a:v1'], { timeoutMs: 60_000 });
+    server.closeAllConnections();
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.json.error.code, 'REGISTRY_UNAVAILABLE');
+    // ferry spoke TLS, and says where the handshake failed (a plain-HTTP server's answer is no TLS record).
+    assert.match(r.json.error.message, new RegExp(`^${host.replaceAll('.', '\\.')}: .*(SSL|TLS)`));
+    assert.ok(firstBytes.length >= 1, 'ferry never connected to the server');
+    assert.deepEqual(firstBytes.filter((b) => b !== 0x16), [], 'a connection began with something other than a TLS handshake record (0x16)');
+    assert.deepEqual([...requests], [], 'a plain HTTP request reached the server');
+
+    // Named with --plain-http, the same server gets plain requests, and sees them: the checks above could see one.
+    const plain = await runFerry(['copy', '--json', '--plain-http', host, `${host}/a:v1`, '127.0.0.1:9/a:v1'], { timeoutMs: 60_000 });
+    server.closeAllConnections();
+    assert.equal(plain.json.error.code, 'SOURCE_NOT_FOUND', plain.stderr);
+    assert.ok(requests.includes('GET /v2/a/manifests/v1'), `requests seen: ${requests.join(', ')}`);
   });
 });
+
+/** An IPv4 address of this machine that is not loopback. */
+function nonLoopbackAddress(): string | undefined {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return undefined;
+}
 
 export type { PushedManifest };

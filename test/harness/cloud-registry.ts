@@ -260,9 +260,11 @@ export interface FrontHooks {
   onRequest?: (method: string, path: string, length: number | undefined) => void;
   /** Hold a request this long before answering it (to make a copy outlive short-lived tokens). */
   delayMs?: (method: string, path: string) => number;
+  /** Hold a request (its credentials already checked) until the promise settles: to make a copy outlive a token by a condition, not a guess at how long it takes. */
+  hold?: (method: string, path: string, authorization: string | undefined) => Promise<void> | undefined;
 }
 
-/** `decide` with the hooks around it: onRequest on arrival, credentials checked then, the delay after. */
+/** `decide` with the hooks around it: onRequest on arrival, credentials checked then, the delay and the hold after. */
 function withHooks(hooks: FrontHooks, decide: (req: IncomingMessage, url: URL) => Promise<Decision>): (req: IncomingMessage, url: URL) => Promise<Decision> {
   return async (req, url) => {
     const length = req.headers['content-length'];
@@ -270,6 +272,7 @@ function withHooks(hooks: FrontHooks, decide: (req: IncomingMessage, url: URL) =
     const d = await decide(req, url);
     const ms = hooks.delayMs?.(req.method ?? 'GET', url.pathname) ?? 0;
     if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+    await hooks.hold?.(req.method ?? 'GET', url.pathname, req.headers.authorization);
     return d;
   };
 }

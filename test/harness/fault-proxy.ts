@@ -63,6 +63,18 @@ export type FaultRule = RuleMatch &
         whileHeld: () => Promise<void>;
       }
     | {
+        /**
+         * Forward the request at once, but hold the registry's answer until `until()` is true
+         * (looked at every few ms), or `maxMs` passed (default 10 s): to show what a client sends
+         * before an answer comes back, by a condition instead of a guess at how long to wait.
+         * The request's log entry says which released it (`held`).
+         */
+        action: 'hold';
+        /** `request`: the held request's log entry. */
+        until: (request: ProxiedRequest) => boolean;
+        maxMs?: number;
+      }
+    | {
         /** Send the response headers (and the first `afterBytes` of the body), then nothing for `ms`; then cut the connection (default) or carry on. */
         action: 'stall';
         ms: number;
@@ -92,6 +104,8 @@ export interface ProxiedRequest {
   range?: string;
   /** When the response was finished or the connection closed (Date.now()); undefined while in flight. */
   doneAt?: number;
+  /** For a held answer: released by its condition, or by maxMs running out. */
+  held?: 'condition' | 'timeout';
 }
 
 export interface ActiveRule {
@@ -487,6 +501,24 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
           () => answer(upRes),
           () => answer(upRes),
         );
+        return;
+      }
+      if (rule?.action === 'hold') {
+        const deadline = Date.now() + (rule.maxMs ?? 10_000);
+        const look = (): void => {
+          const met = rule.until(entry);
+          if (met || Date.now() >= deadline) {
+            entry.held = met ? 'condition' : 'timeout';
+            answer(upRes);
+            return;
+          }
+          const timer = setTimeout(() => {
+            timers.delete(timer);
+            look();
+          }, 5);
+          timers.add(timer);
+        };
+        look();
         return;
       }
       if (rule?.action !== 'delay') return answer(upRes);

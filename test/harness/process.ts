@@ -1,7 +1,7 @@
 // Child processes for the registries the harness runs: started with their output in a log file,
 // killed by the test that started them, and never left behind when the test process dies.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { get as httpsGet } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -137,24 +137,87 @@ export function readLog(logFile: string, maxChars = Infinity): string {
   return text.length > maxChars ? text.slice(-maxChars) : text;
 }
 
+/** Inodes of the TCP sockets listening on `port` (IPv4 and IPv6), from the kernel's socket tables. */
+function listeningInodes(port: number): Set<string> {
+  const inodes = new Set<string>();
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(table, 'utf8');
+    } catch {
+      continue; // no IPv6
+    }
+    for (const line of text.split('\n').slice(1)) {
+      // sl local_address rem_address st ... inode: the state 0A is LISTEN.
+      const f = line.trim().split(/\s+/);
+      if (f.length > 9 && f[3] === '0A' && f[1]!.endsWith(`:${hexPort}`)) inodes.add(f[9]!);
+    }
+  }
+  return inodes;
+}
+
+/** Inodes of the sockets among the open files of process `pid`. */
+function socketInodes(pid: number): Set<string> {
+  const inodes = new Set<string>();
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return inodes; // gone
+  }
+  for (const fd of fds) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return inodes;
+}
+
 /**
- * Poll `GET <url>/v2/` until the registry answers (200, or 401 when auth is on). Fails early if
- * the process exits, with the end of its log in the message.
+ * Who listens on TCP `port`: the process `pid`, another one, or nobody. A listening socket
+ * cannot change hands while its process lives, so once `pid` is the listener, every answer on
+ * that port is its answer.
+ */
+export function portListener(port: number, pid: number): 'self' | 'other' | 'none' {
+  const listening = listeningInodes(port);
+  if (listening.size === 0) return 'none';
+  const own = socketInodes(pid);
+  return [...listening].some((i) => own.has(i)) ? 'self' : 'other';
+}
+
+/**
+ * Poll `GET <url>/v2/` until the registry answers (200, or 401 when auth is on), then make
+ * sure the answer was the started process's: a registry that could not bind its port (another
+ * server holds it) must not pass for ready because that server answered. Fails early if the
+ * process exits, with the end of its log in the message.
  */
 export async function waitForRegistry(url: string, proc: ManagedProcess, logFile: string, timeoutMs = 15_000, caPath?: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const port = Number(new URL(url).port);
   let lastError = '';
   while (Date.now() < deadline) {
     if (!proc.running()) {
       throw new Error(`registry process exited (${await proc.exited}) before it was ready:\n${readLog(logFile, 4000)}`);
     }
+    let status: number | undefined;
     try {
       // Over TLS with a test CA: node:https, which takes the CA (fetch does not).
-      const status = caPath ? await httpsStatus(`${url}/v2/`, caPath) : await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) }).then(async (res) => (await res.arrayBuffer(), res.status));
-      if (status === 200 || status === 401) return;
+      status = caPath ? await httpsStatus(`${url}/v2/`, caPath) : await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) }).then(async (res) => (await res.arrayBuffer(), res.status));
       lastError = `GET /v2/ answered ${status}`;
     } catch (e) {
       lastError = (e as Error).message;
+    }
+    if (status === 200 || status === 401) {
+      const listener = portListener(port, proc.pid);
+      if (listener === 'self') return;
+      await proc.stop();
+      throw new Error(
+        `${url} answered, but not from the registry started (pid ${proc.pid}): ${listener === 'other' ? 'another process listens on the port' : 'nothing listens on it now'}:\n${readLog(logFile, 4000)}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -428,54 +428,74 @@ describe('kept-alive connections', () => {
 });
 
 describe('the read buffer of a pipe', () => {
-  test('alone, it doubles after each read that fills it, up to 4 MiB; beside another it goes back to 256 KiB', () => {
-    const before = ReadBuffer.open();
+  // How a buffer grows depends on how many pipes read at once, which raw-http.ts counts for the
+  // whole process: a test above that left a pipe open would change what these see. Each takes a
+  // module instance of its own (a distinct URL is a distinct ES module), with its own count.
+  let instances = 0;
+  const isolated = async (): Promise<typeof import('../../src/transport/raw-http.ts')> => {
+    const fresh = (await import(`../../src/transport/raw-http.ts?isolated=${++instances}`)) as typeof import('../../src/transport/raw-http.ts');
+    assert.equal(fresh.ReadBuffer.open(), 0, 'a fresh module instance counts no open buffer');
+    return fresh;
+  };
+
+  test('alone, it doubles after each read that fills it, up to 4 MiB; beside another it goes back to 256 KiB', async () => {
+    const { ReadBuffer, PIPE_BUFFER_BYTES, PIPE_BUFFER_MAX_BYTES } = await isolated();
     const a = new ReadBuffer();
     let buf = a.next(0);
     assert.equal(buf.byteLength, PIPE_BUFFER_BYTES);
-    assert.equal(ReadBuffer.open(), before + 1);
+    assert.equal(ReadBuffer.open(), 1);
     assert.equal(a.next(100).byteLength, PIPE_BUFFER_BYTES, 'a read that did not fill the buffer is no reason to grow');
-    if (before === 0) {
-      const sizes: number[] = [];
-      for (let i = 0; i < 6; i++) {
-        buf = a.next(buf.byteLength);
-        sizes.push(buf.byteLength);
-      }
-      assert.deepEqual(sizes, [512, 1024, 2048, 4096, 4096, 4096].map((k) => k * 1024));
-      assert.equal(PIPE_BUFFER_MAX_BYTES, 4 * 1024 * 1024);
+    const sizes: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      buf = a.next(buf.byteLength);
+      sizes.push(buf.byteLength);
     }
+    assert.deepEqual(sizes, [512, 1024, 2048, 4096, 4096, 4096].map((k) => k * 1024));
+    assert.equal(PIPE_BUFFER_MAX_BYTES, 4 * 1024 * 1024);
     const b = new ReadBuffer();
     assert.equal(b.next(0).byteLength, PIPE_BUFFER_BYTES);
     assert.equal(a.next(buf.byteLength).byteLength, PIPE_BUFFER_BYTES, 'beside another pipe a grown buffer goes back');
     assert.equal(b.next(PIPE_BUFFER_BYTES).byteLength, PIPE_BUFFER_BYTES, 'beside another pipe a full read does not grow it');
     b.release();
     b.release();
-    assert.equal(ReadBuffer.open(), before + 1, 'a second release counts nothing');
+    assert.equal(ReadBuffer.open(), 1, 'a second release counts nothing');
     assert.equal(a.next(PIPE_BUFFER_BYTES).byteLength, 2 * PIPE_BUFFER_BYTES, 'alone again, it grows again');
     a.release();
-    assert.equal(ReadBuffer.open(), before);
+    assert.equal(ReadBuffer.open(), 0);
   });
 
-  test('between two downloads on one connection a 256 KiB buffer is kept, not counted; a grown one is not kept', () => {
-    const before = ReadBuffer.open();
+  test('between two downloads on one connection a 256 KiB buffer is kept, not counted; a grown one is not kept', async () => {
+    const { ReadBuffer, PIPE_BUFFER_BYTES } = await isolated();
     const c = new ReadBuffer();
     const first = c.next(0);
     assert.equal(c.park(), true);
-    assert.equal(ReadBuffer.open(), before, 'a parked buffer does not count as reading');
+    assert.equal(ReadBuffer.open(), 0, 'a parked buffer does not count as reading');
     c.claim();
-    assert.equal(ReadBuffer.open(), before + 1);
+    assert.equal(ReadBuffer.open(), 1);
     assert.equal(c.next(100), first, 'the next download reads into the same memory');
     c.release();
-    assert.equal(ReadBuffer.open(), before);
-    if (before === 0) {
-      const g = new ReadBuffer();
-      let buf = g.next(0);
-      buf = g.next(buf.byteLength);
-      assert.equal(buf.byteLength, 2 * PIPE_BUFFER_BYTES);
-      assert.equal(g.park(), false, 'a grown buffer: the connection is closed, not kept');
-      assert.equal(ReadBuffer.open(), 0);
-      g.release();
-      assert.equal(ReadBuffer.open(), 0);
+    assert.equal(ReadBuffer.open(), 0);
+    const g = new ReadBuffer();
+    let buf = g.next(0);
+    buf = g.next(buf.byteLength);
+    assert.equal(buf.byteLength, 2 * PIPE_BUFFER_BYTES);
+    assert.equal(g.park(), false, 'a grown buffer: the connection is closed, not kept');
+    assert.equal(ReadBuffer.open(), 0);
+    g.release();
+    assert.equal(ReadBuffer.open(), 0);
+  });
+
+  test('the isolation holds: a pipe left open in the shared module does not reach an isolated one', async () => {
+    const leaked = new ReadBuffer();
+    leaked.next(0);
+    try {
+      const { ReadBuffer, PIPE_BUFFER_BYTES } = await isolated();
+      const a = new ReadBuffer();
+      const buf = a.next(0);
+      assert.equal(a.next(buf.byteLength).byteLength, 2 * PIPE_BUFFER_BYTES, 'it grew: the leaked pipe was not counted');
+      a.release();
+    } finally {
+      leaked.release();
     }
   });
 });

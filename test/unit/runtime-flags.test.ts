@@ -25,13 +25,18 @@ test('this Node accepts every flag, and they take effect', () => {
   const r = spawnSync(process.execPath, [...config.execArgv, '-e', `
     const v8 = require('node:v8');
     const semi = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
-    console.log(JSON.stringify({ execArgv: process.execArgv, newSpace: semi.space_size }));`], { encoding: 'utf8' });
+    console.log(JSON.stringify({ execArgv: process.execArgv, newSpace: semi.space_size, heapLimit: v8.getHeapStatistics().heap_size_limit }));`], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stderr, '', 'Node warned about a flag');
-  const out = JSON.parse(r.stdout) as { execArgv: string[]; newSpace: number };
+  const out = JSON.parse(r.stdout) as { execArgv: string[]; newSpace: number; heapLimit: number };
   assert.deepEqual(out.execArgv.slice(0, config.execArgv.length), config.execArgv);
   // --max-semi-space-size=1: the young generation (two semi-spaces) stays within a few MiB.
   assert.ok(out.newSpace <= 3 * 1024 * 1024, `new space ${out.newSpace} bytes`);
+  // --max-old-space-size: the heap's limit is the cap (plus the young generation), not the host's memory's share.
+  const cap = Number(/^--max-old-space-size=(\d+)$/.exec(config.execArgv.find((f) => f.startsWith('--max-old-space-size=')) ?? '')?.[1]);
+  assert.ok(cap > 0, 'the executable starts with a heap cap (--max-old-space-size)');
+  const MiB = 1024 * 1024;
+  assert.ok(out.heapLimit >= cap * MiB && out.heapLimit <= (cap + 8) * MiB, `heap limit ${out.heapLimit / MiB} MiB under --max-old-space-size=${cap}`);
 });
 
 test("the flags leave V8's flag hash alone, so Node's own code cache for its built-in modules stays valid", () => {
