@@ -25,6 +25,12 @@ export interface DistributionOptions {
    * restart(); null leaves it unset (random per start), as a misconfigured replica would.
    */
   httpSecret?: string | null;
+  /**
+   * Serve TLS (http.tls; distribution then offers HTTP/2 by ALPN) with this certificate, e.g. from
+   * makeTestPki (cloud-registry.ts). `host` names the registry in host and url (default 127.0.0.1;
+   * the certificate must hold it, e.g. `localhost`); the caller's process must trust the CA.
+   */
+  tls?: { certPath: string; keyPath: string; host?: string };
 }
 
 export interface DistributionRegistry extends RegistryHandle {
@@ -57,8 +63,8 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
   const logFile = join(dir, 'registry.log');
   const configPath = join(dir, 'config.yml');
   const port = opts.port ?? (await freePort());
-  const host = `127.0.0.1:${port}`;
-  const url = `http://${host}`;
+  const host = `${opts.tls?.host ?? '127.0.0.1'}:${port}`;
+  const url = `${opts.tls ? 'https' : 'http'}://${host}`;
 
   let tokenServer: TokenServer | undefined;
   const ownsTokenServer = auth === 'token' && !opts.tokenServer;
@@ -88,7 +94,8 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
     `storage:\n  filesystem:\n    rootdirectory: ${q(storageDir)}\n  delete:\n    enabled: true\n` +
     // No background purge of upload sessions: tests decide when uploads die.
     `  maintenance:\n    uploadpurging:\n      enabled: false\n` +
-    `http:\n  addr: ${q(host)}\n` +
+    `http:\n  addr: ${q(`127.0.0.1:${port}`)}\n` +
+    (opts.tls ? `  tls:\n    certificate: ${q(opts.tls.certPath)}\n    key: ${q(opts.tls.keyPath)}\n` : '') +
     (secret === null ? '' : `  secret: ${q(secret)}\n`) +
     `  headers:\n    X-Content-Type-Options: [nosniff]\n` +
     authYaml;
