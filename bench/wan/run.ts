@@ -37,15 +37,15 @@ export interface WanBenchOptions {
 export async function runWanBench(o: WanBenchOptions): Promise<WanResults> {
   if (!existsSync(GNU_TIME)) throw new Error(`${GNU_TIME} not found: install the Debian package "time" (sudo bash scripts/install-system-deps.sh)`);
   const selected = selectWanWorkloads(wanWorkloads(o.quick), o.workloads);
-  mkdirSync(o.workDir, { recursive: true });
-  const scratch = mkdtempSync(join(o.workDir, 'wan-'));
-  const dockerConfig = join(scratch, 'docker-config');
-  mkdirSync(dockerConfig);
   const started = new Date();
   const load0 = loadAverage();
   const commit = gitHead();
 
   const lab = await startWanLab({ log: o.log });
+  mkdirSync(o.workDir, { recursive: true });
+  const scratch = mkdtempSync(join(o.workDir, 'wan-'));
+  const dockerConfig = join(scratch, 'docker-config');
+  mkdirSync(dockerConfig);
   const all = wanTools(o.tool, lab.wrap);
   const tools = o.tools?.length ? all.filter((t) => o.tools!.includes(t.name)) : all;
   const missing = (o.tools ?? []).filter((n) => !all.some((t) => t.name === n));
