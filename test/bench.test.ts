@@ -212,8 +212,8 @@ function readBytes(s: Socket, n: number): Promise<number> {
   });
 }
 
-async function viaProxy(model: LinkModel, target: number) {
-  const proxy = await startLatencyProxy([{ name: 'x', listenHost: '127.0.0.1', listenPort: 0, targetHost: '127.0.0.1', targetPort: target }], model);
+async function viaProxy(model: LinkModel, target: number, now?: () => number) {
+  const proxy = await startLatencyProxy([{ name: 'x', listenHost: '127.0.0.1', listenPort: 0, targetHost: '127.0.0.1', targetPort: target }], model, now ? { now } : {});
   const open = async () => {
     const t0 = performance.now();
     const s = netConnect(proxy.routes[0]!.port, '127.0.0.1');
@@ -261,6 +261,35 @@ test('the latency proxy delays each direction by RTT/2, the TCP handshake includ
     }
     s.destroy();
     assert.equal(proxy.counters().x!.connections, 1);
+  } finally {
+    await proxy.stop();
+    server.close();
+  }
+});
+
+test('the latency proxy strands no connection on a clock that jitters as an early timer makes it look: a thousand short ones all answer', { timeout: 120_000 }, async () => {
+  const server = await timingServer();
+  // Every other reading 1.5 ms behind: a timer that fires early reads a time before the gate it
+  // was set for, the next reading after it (a skopeo "TLS handshake timeout" came of this).
+  let reads = 0;
+  const jittery = () => performance.now() - (++reads % 2 ? 1.5 : 0);
+  const { proxy, open } = await viaProxy({ rttMs: 6 }, server.port, jittery);
+  try {
+    let stuck = 0;
+    for (let batch = 0; batch < 20; batch++) {
+      await Promise.all(
+        Array.from({ length: 50 }, async () => {
+          const { s } = await open();
+          s.write('PING');
+          // A connection the proxy forgot would wait forever; 5 s is hundreds of its RTTs.
+          const answered = await Promise.race([readBytes(s, 4).then(() => true), sleep(5000).then(() => false)]);
+          if (!answered) stuck++;
+          s.destroy();
+        }),
+      );
+    }
+    assert.equal(stuck, 0, `${stuck} of 1000 connections never got their answer`);
+    assert.equal(proxy.counters().x!.connections, 1000);
   } finally {
     await proxy.stop();
     server.close();

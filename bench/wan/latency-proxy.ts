@@ -64,7 +64,7 @@ const RTO_MIN_MS = 200;
 /** Bytes read from a sender and not yet let onto the link, before reading from it pauses. */
 const PENDING_HIGH = 256 * 1024;
 
-const now = () => performance.now();
+const realNow = () => performance.now();
 
 /** A FIFO link in one direction: each chunk takes its serialization time at the rate. */
 export class SerialLink {
@@ -108,8 +108,10 @@ class Direction {
   /** Nothing is released before this time (the handshake's round trip). */
   private readonly gate: number;
   private readonly delivered: (n: number) => void;
+  private readonly now: () => number;
 
-  constructor(from: Socket, to: Socket, model: LinkModel, link: SerialLink, gate: number, delivered: (n: number) => void) {
+  constructor(from: Socket, to: Socket, model: LinkModel, link: SerialLink, gate: number, delivered: (n: number) => void, now: () => number) {
+    this.now = now;
     this.from = from;
     this.to = to;
     this.link = link;
@@ -148,7 +150,7 @@ class Direction {
 
   private pump(): void {
     if (this.dead) return;
-    const t = now();
+    const t = this.now();
     // Deliveries due: write to the receiver; its acknowledgement starts back once the bytes are
     // in the receiving socket (a receiver that does not read delays it, as a closed window would).
     while (this.transit.length && this.transit[0]!.due <= t) {
@@ -160,7 +162,7 @@ class Direction {
       const n = item.buf.length;
       this.to.write(item.buf, () => {
         this.delivered(n);
-        this.acks.push({ at: now() + this.oneWay, n });
+        this.acks.push({ at: this.now() + this.oneWay, n });
         this.schedule();
       });
     }
@@ -196,17 +198,25 @@ class Direction {
         this.transit.push({ due: Math.max(t + this.oneWay, last), buf: null });
       }
     }
-    this.schedule();
+    this.schedule(t);
   }
 
-  private schedule(): void {
+  /**
+   * Arm the timer for the next thing due. `t` is the time pump() judged the gate by: a timer
+   * that fired a hair early left bytes before the gate, so the gate must be waited for again
+   * even if the clock has passed it since (judging by a second reading once stranded a
+   * ClientHello: skopeo's "TLS handshake timeout", about one connection in a thousand).
+   */
+  private schedule(t = this.now()): void {
     if (this.dead) return;
     let next = Infinity;
     if (this.transit.length) next = Math.min(next, this.transit[0]!.due);
     if (this.acks.length) next = Math.min(next, this.acks[0]!.at);
     if (this.pending.length || (this.fromEnded && !this.finQueued)) {
-      const t = now();
+      // Before the gate: wait for it. Past it with room in the window: nothing may be left
+      // waiting for a timer that is not there, so pump at once (after a pump, this is never so).
       if (t < this.gate) next = Math.min(next, this.gate);
+      else if (!this.pending.length || this.cwnd - this.unacked > 0) next = Math.min(next, t);
     }
     if (next === Infinity) return this.clearTimer();
     if (this.timer && this.timerAt <= next) return;
@@ -217,12 +227,14 @@ class Direction {
       this.timer = undefined;
       this.timerAt = Infinity;
       this.pump();
-    }, Math.max(0, Math.ceil(next - now())));
+    }, Math.max(0, Math.ceil(next - this.now())));
   }
 }
 
 /** Start the proxy: one listener per route. */
-export async function startLatencyProxy(routes: Route[], model: LinkModel): Promise<LatencyProxy> {
+/** `now`: the clock (default performance.now; tests give a jittery one). */
+export async function startLatencyProxy(routes: Route[], model: LinkModel, opts: { now?: () => number } = {}): Promise<LatencyProxy> {
+  const now = opts.now ?? realNow;
   if (!(model.rttMs >= 0)) throw new Error(`latency proxy: RTT must be ≥ 0 ms, not ${model.rttMs}`);
   const shared = { up: new SerialLink(model.bandwidthBps), down: new SerialLink(model.bandwidthBps) };
   const perConnection = model.bandwidthScope === 'connection';
@@ -245,8 +257,8 @@ export async function startLatencyProxy(routes: Route[], model: LinkModel): Prom
       const links = perConnection ? { up: new SerialLink(model.bandwidthBps), down: new SerialLink(model.bandwidthBps) } : shared;
       // Client → server: held until the handshake's round trip is over. Server → client: a server
       // speaks only after it has heard the client, so no gate is needed there.
-      const up = new Direction(client, upstream, model, links.up, accepted + model.rttMs, (n) => (c.bytesUp += n));
-      const down = new Direction(upstream, client, model, links.down, accepted, (n) => (c.bytesDown += n));
+      const up = new Direction(client, upstream, model, links.up, accepted + model.rttMs, (n) => (c.bytesUp += n), now);
+      const down = new Direction(upstream, client, model, links.down, accepted, (n) => (c.bytesDown += n), now);
       client.on('close', (hadError) => {
         if (hadError || !client.readableEnded) up.abort();
       });
