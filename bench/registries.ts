@@ -76,8 +76,9 @@ export class BenchRegistry {
     this.pid = pid;
   }
 
-  static async start(role: 'source' | 'destination'): Promise<BenchRegistry> {
-    const handle = await startDistribution();
+  /** `start` makes the registry (default: plain HTTP on loopback; the WAN lab's serve TLS). */
+  static async start(role: 'source' | 'destination', start: () => Promise<DistributionRegistry> = () => startDistribution()): Promise<BenchRegistry> {
+    const handle = await start();
     return new BenchRegistry(role, handle, findPidByArg(handle.configPath));
   }
 

@@ -12,6 +12,7 @@ import { addCounts, BenchRegistry } from './registries.ts';
 import { evaluateTargets, summarize, toMarkdown, type BenchResults, type RunResult, type WorkloadResult } from './report.ts';
 import { makeTools, registryVersion, type RunContext, type Tool, type ToolSettings } from './tools.ts';
 import { selectWorkloads, workloads, type SourceImage, type Workload } from './workloads.ts';
+import { withWanSection } from './wan/report.ts';
 
 export interface BenchOptions {
   runs: number;
@@ -158,7 +159,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResults> {
   results.targets = evaluateTargets(results);
   mkdirSync(o.outDir, { recursive: true });
   writeFileSync(join(o.outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  writeFileSync(join(o.outDir, 'RESULTS.md'), toMarkdown(results));
+  writeFileSync(join(o.outDir, 'RESULTS.md'), withWanSection(toMarkdown(results), o.outDir));
   return results;
 }
 

@@ -10,6 +10,9 @@
 //   npm run bench -- --ferry-node-args=--cpu-prof,--cpu-prof-dir=/tmp/prof   profile ferry's runs
 //
 // Workloads: big, many, multiarch, huge (= huge-512m + huge-2g), fleet, warm.
+//
+//   npm run bench -- --wan                         the WAN mode (bench/wan/): TLS registries by
+//                                                  name through a latency proxy, RTT 50 ms; needs root
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -17,6 +20,8 @@ import { parseArgs } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { runBench } from '../bench/run.ts';
 import { evaluateTargets, toMarkdown, type BenchResults } from '../bench/report.ts';
+import { runWanBench } from '../bench/wan/run.ts';
+import { evaluateWanTargets, WAN_RESULTS_FILE, withWanSection, type WanResults } from '../bench/wan/report.ts';
 
 const root = new URL('..', import.meta.url).pathname;
 
@@ -40,6 +45,12 @@ const { values } = parseArgs({
     timeout: { type: 'string', default: '900' },
     'startup-runs': { type: 'string' },
     render: { type: 'string' },
+    wan: { type: 'boolean', default: false },
+    'wan-rtt': { type: 'string', default: '50' },
+    'wan-bandwidth': { type: 'string' },
+    'wan-bandwidth-scope': { type: 'string', default: 'link' },
+    'wan-window': { type: 'string', default: 'tcp' },
+    'wan-max-window': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
   allowPositionals: false,
@@ -69,7 +80,19 @@ if (values.help) {
                            before/after comparisons in the same run (see docs/performance.md)
   --timeout S              per run (default 900)
   --render DIR             only rewrite DIR/RESULTS.md (and the targets) from DIR/results.json
-  --startup-runs N         'ferry version' start-up runs (default 20; --quick: 2); dist/ferry too when it exists`);
+  --startup-runs N         'ferry version' start-up runs (default 20; --quick: 2); dist/ferry too when it exists
+
+WAN mode (bench/wan/, docs/performance.md "The WAN lab"; needs root):
+  --wan                    registries serving TLS (test CA), reached by name through a latency proxy;
+                           workloads many, multiarch, fleet (5 images × 4 installs; ferry as one agent,
+                           the peers --fleet-parallel CLIs at once), big (200 Mbit/s). Writes
+                           results-wan.json and the WAN section of RESULTS.md (bench/ for a whole run:
+                           every WAN workload and tool, ferry as shipped, 3 runs or more, the default link)
+  --wan-rtt MS             round-trip time (default 50; the issue's other settings: 20, 150)
+  --wan-bandwidth MBIT     cap every workload's link at MBIT Mbit/s each way (default: none; big: 200)
+  --wan-bandwidth-scope link|connection   one link shared by every connection (default) or a cap per connection
+  --wan-window tcp|none    model TCP's window (initial 10 segments, slow start, cap; default) or only delay
+  --wan-max-window BYTES   the window's cap (default 4 MiB)`);
   process.exit(0);
 }
 
@@ -78,7 +101,13 @@ if (values.render !== undefined) {
   const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults;
   results.targets = evaluateTargets(results);
   writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
-  writeFileSync(join(values.render, 'RESULTS.md'), toMarkdown(results));
+  const wanFile = join(values.render, WAN_RESULTS_FILE);
+  if (existsSync(wanFile)) {
+    const wan = JSON.parse(readFileSync(wanFile, 'utf8')) as WanResults;
+    wan.targets = evaluateWanTargets(wan);
+    writeFileSync(wanFile, `${JSON.stringify(wan, null, 2)}\n`);
+  }
+  writeFileSync(join(values.render, 'RESULTS.md'), withWanSection(toMarkdown(results), values.render));
   console.log(`rewrote ${join(values.render, 'RESULTS.md')}`);
   process.exit(0);
 }
@@ -153,6 +182,68 @@ const runsWanted = int(values.runs, 'runs') ?? (quick ? 1 : 5);
 const wholeRun =
   !values.workload && !values.tools && !values['ferry-baseline'] && !values['ferry-node-args'] && (values.ferry ?? 'binary') === 'binary' && runsWanted >= 3;
 const outDir = values.out ? resolve(values.out) : join(root, quick ? 'bench/.work/quick' : wholeRun ? 'bench' : 'bench/.work/partial');
+
+if (values.wan) {
+  const num = (v: string | undefined, name: string): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) {
+      console.error(`--${name} wants a positive number, not ${v}`);
+      process.exit(2);
+    }
+    return n;
+  };
+  const scope = values['wan-bandwidth-scope'];
+  const window = values['wan-window'];
+  if (scope !== 'link' && scope !== 'connection') {
+    console.error(`--wan-bandwidth-scope is link or connection, not ${scope}`);
+    process.exit(2);
+  }
+  if (window !== 'tcp' && window !== 'none') {
+    console.error(`--wan-window is tcp or none, not ${window}`);
+    process.exit(2);
+  }
+  const link = {
+    rttMs: num(values['wan-rtt'], 'wan-rtt') ?? 50,
+    bandwidthMbps: num(values['wan-bandwidth'], 'wan-bandwidth'),
+    bandwidthScope: scope,
+    window,
+    maxWindowBytes: num(values['wan-max-window'], 'wan-max-window'),
+  } as const;
+  // Only a whole WAN run at the default link replaces the published WAN section.
+  const wholeWan = wholeRun && link.rttMs === 50 && !link.bandwidthMbps && scope === 'link' && window === 'tcp' && !link.maxWindowBytes;
+  const wanOut = values.out ? resolve(values.out) : join(root, quick ? 'bench/.work/quick-wan' : wholeWan ? 'bench' : 'bench/.work/partial-wan');
+  const wan = await runWanBench({
+    runs: runsWanted,
+    quick,
+    workloads: list(values.workload),
+    tools: list(values.tools),
+    outDir: wanOut,
+    workDir: join(root, 'bench/.work'),
+    tool: {
+      ferryCommand,
+      ferryLabel,
+      baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? [node, values['ferry-baseline']] : [values['ferry-baseline']]) : undefined,
+      craneJobs: int(values['crane-jobs'], 'crane-jobs'),
+      orasConcurrency: int(values['oras-concurrency'], 'oras-concurrency'),
+      ferryConcurrency: int(values['ferry-concurrency'], 'ferry-concurrency'),
+    },
+    link,
+    fleetParallel: int(values['fleet-parallel'], 'fleet-parallel') ?? 4,
+    agentMaxJobs: int(values['agent-max-jobs'], 'agent-max-jobs') ?? 8,
+    timeoutMs: (int(values.timeout, 'timeout') ?? 900) * 1000,
+    log: (line) => console.log(line),
+  });
+  const failedWan = wan.workloads.flatMap((w) => w.summary.filter((s) => !s.verified).map((s) => `${w.name}/${s.tool}`));
+  console.log('');
+  for (const t of wan.targets) console.log(`${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'NOT '} ${t.description}: ${t.measured}`);
+  console.log(`\nwrote ${wanOut}/${WAN_RESULTS_FILE} and RESULTS.md${!values.out && !quick && !wholeWan ? ' (a partial WAN run: bench/ keeps the published one)' : ''}`);
+  if (failedWan.length) {
+    console.error(`bench: WAN runs failed or were not byte-exact: ${failedWan.join(', ')}`);
+    process.exit(1);
+  }
+  process.exit(0);
+}
 
 const results = await runBench({
   runs: runsWanted,

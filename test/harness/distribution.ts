@@ -26,8 +26,13 @@ export interface DistributionOptions {
    * restart(); null leaves it unset (random per start), as a misconfigured replica would.
    */
   httpSecret?: string | null;
-  /** Serve TLS with this certificate and key (PEM files), e.g. from makeTestPki with IP:127.0.0.1. */
-  tls?: { certPath: string; keyPath: string; caPath: string };
+  /**
+   * Serve TLS (http.tls; distribution then offers HTTP/2 by ALPN) with this certificate and key
+   * (PEM files), e.g. from makeTestPki. `host` names the registry in host and url (default
+   * 127.0.0.1; the certificate must hold it, e.g. `localhost` or IP:127.0.0.1). The readiness
+   * check trusts `caPath` when given; otherwise the caller's process must trust the CA.
+   */
+  tls?: { certPath: string; keyPath: string; caPath?: string; host?: string };
   /**
    * Run under `prlimit --fsize`: any file the registry writes stops at this many bytes, and the
    * write fails ("file too large"), as on a full disk: distribution answers that upload with 500.
@@ -65,7 +70,7 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
   const logFile = join(dir, 'registry.log');
   const configPath = join(dir, 'config.yml');
   const port = opts.port ?? (await freePort());
-  const host = `127.0.0.1:${port}`;
+  const host = `${opts.tls?.host ?? '127.0.0.1'}:${port}`;
   const url = `${opts.tls ? 'https' : 'http'}://${host}`;
 
   let tokenServer: TokenServer | undefined;
@@ -96,9 +101,9 @@ export async function startDistribution(opts: DistributionOptions = {}): Promise
     `storage:\n  filesystem:\n    rootdirectory: ${q(storageDir)}\n  delete:\n    enabled: true\n` +
     // No background purge of upload sessions: tests decide when uploads die.
     `  maintenance:\n    uploadpurging:\n      enabled: false\n` +
-    `http:\n  addr: ${q(host)}\n` +
-    (secret === null ? '' : `  secret: ${q(secret)}\n`) +
+    `http:\n  addr: ${q(`127.0.0.1:${port}`)}\n` +
     (opts.tls ? `  tls:\n    certificate: ${q(opts.tls.certPath)}\n    key: ${q(opts.tls.keyPath)}\n` : '') +
+    (secret === null ? '' : `  secret: ${q(secret)}\n`) +
     `  headers:\n    X-Content-Type-Options: [nosniff]\n` +
     authYaml;
   writeFileSync(configPath, config);
