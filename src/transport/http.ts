@@ -7,7 +7,7 @@
 // Redirects are followed here, by hand, so that credentials never leave their host.
 import { readFileSync } from 'node:fs';
 import type { Dispatcher } from './undici.ts';
-import { FerryError, NetworkError, UsageError } from '../errors.ts';
+import { AbortedError, FerryError, NetworkError, UsageError } from '../errors.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget, parseUrlFrom } from './address.ts';
 import { proxyConfigured } from './proxy-env.ts';
 import { probeScheme, type SchemeProbe } from './scheme-probe.ts';
@@ -370,9 +370,7 @@ function networkError(e: unknown, url: URL, signal?: AbortSignal): FerryError {
     });
   }
   if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') {
-    const ab = new FerryError('INTERNAL', `request to ${url.host} was cancelled`, { cause: e });
-    ab.name = 'AbortedError';
-    return ab;
+    return new AbortedError(`request to ${url.host} was cancelled`, { cause: e });
   }
   const code = err.code ?? err.cause?.code ?? '';
   if (TLS_CODES.has(code)) {
