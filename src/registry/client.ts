@@ -601,7 +601,7 @@ export class RegistryClient {
         // A registry that answered before taking the whole body: its answer says why.
         if (!upload.hasAnswer || signal?.aborted) throw e;
       }
-      answer = await upload.response();
+      answer = await upload.response(signal);
     } catch (e) {
       upload.close();
       throw this.blame(e);

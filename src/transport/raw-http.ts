@@ -987,8 +987,8 @@ export class RawUpload {
     return this.answer.parsed !== undefined;
   }
 
-  /** The registry's answer: head and (bounded) body. */
-  async response(): Promise<ResponseHead & { body: Buffer }> {
+  /** The registry's answer: head and (bounded) body. An abort of `signal` gives up waiting and drops the connection. */
+  async response(signal?: AbortSignal): Promise<ResponseHead & { body: Buffer }> {
     let timedOut = false;
     let reusable = false;
     const deadline = setTimeout(() => {
@@ -996,6 +996,9 @@ export class RawUpload {
       this.fail(new NetworkError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, { side: 'destination' }));
       this.wake();
     }, this.opts.headersTimeoutMs);
+    const onAbort = () => this.fail(new AbortedError());
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
     try {
       for (;;) {
         if (this.answer.parsed) {
@@ -1014,6 +1017,7 @@ export class RawUpload {
       }
     } finally {
       clearTimeout(deadline);
+      signal?.removeEventListener('abort', onAbort);
       this.conn.release(this.user, reusable);
     }
   }
