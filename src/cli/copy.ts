@@ -2,7 +2,7 @@
 import { isatty } from 'node:tty';
 import type { Options } from 'yargs';
 import { randomBytes } from 'node:crypto';
-import { UsageError, exitCodeFor, toFerryError, type Side } from '../errors.ts';
+import { UsageError, exitCodeFor, toFerryError, type FerryError, type Side } from '../errors.ts';
 import { CloudCredentials, type EcrRepositorySettings } from '../auth/cloud/provider.ts';
 import { isEcrHost, isGarHost } from '../auth/cloud/hosts.ts';
 import type { Logger } from '../log/logger.ts';
@@ -20,6 +20,7 @@ import type { CopyReport } from '../copy/types.ts';
 import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, type GlobalFlags } from './context.ts';
 import { ProgressDisplay, formatBytes } from './progress.ts';
 import { repeated } from './options.ts';
+import { Interruption, interruptGraceMs } from './interrupt.ts';
 import { join } from 'node:path';
 
 export const copyOptions = {
@@ -81,9 +82,19 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   let srcCloud: CloudCredentials | undefined;
   let dstCloud: CloudCredentials | undefined;
   const closers: Array<() => Promise<void>> = [];
-  const abort = new AbortController();
-  const onSigint = () => abort.abort();
-  process.once('SIGINT', onSigint);
+  let display: ProgressDisplay | undefined;
+  // Ctrl-C / SIGTERM: the uploads in flight finish their chunk (the grace), then the copy stops, resumable.
+  const interruption = new Interruption({
+    graceMs: interruptGraceMs(process.env),
+    onPark: (signal, graceMs) => {
+      // The display's last frame stays as it is; the notice goes below it.
+      display?.finish();
+      display = undefined;
+      const again = signal === 'SIGINT' ? 'press Ctrl-C again' : 'send SIGTERM again';
+      process.stderr.write(`ferry: ${signal}: stopping; letting the uploads in flight finish their chunk so the copy can be resumed (up to ${graceMs / 1000} s; ${again} to stop now)\n`);
+    },
+    onStopNow: (signal) => process.stderr.write(`ferry: ${signal} again: stopping now\n`),
+  }).listen();
   try {
     if (!Number.isInteger(args.concurrency) || args.concurrency < 1 || args.concurrency > 256) {
       throw new UsageError(`--concurrency must be a whole number from 1 to 256, not ${args.concurrency}`);
@@ -134,7 +145,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       // Open chunked uploads are journaled, so that running the same command again after a crash continues them.
       copyDestination = registryCopyDestination(destination!, dstClient, { journal: UploadJournal.inStateDir(stateDir, logger), tuning });
     }
-    const display = interactive ? new ProgressDisplay(process.stderr) : undefined;
+    if (interactive && !interruption.signal) display = new ProgressDisplay(process.stderr);
     const report = await copyImage({
       source: copySource,
       destination: copyDestination,
@@ -143,9 +154,10 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       limits: new TransferLimits(args.concurrency),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
-      signal: abort.signal,
+      signal: interruption.stop.signal,
+      park: interruption.park.signal,
       dryRun: args['dry-run'],
-      ...(display ? { onProgress: (p) => display.update(p) } : {}),
+      ...(display ? { onProgress: (p) => display?.update(p) } : {}),
     });
     display?.finish();
     if (args.json) process.stdout.write(`${JSON.stringify(report)}\n`);
@@ -153,6 +165,8 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     if (!args.json && !interactive) logger.info({ digest: report.image.digest, transfer: report.transfer }, 'copy finished');
     return 0;
   } catch (e) {
+    display?.finish();
+    if (interruption.signal) return reportInterrupted(args, interruption, toFerryError(e), started, logger);
     const err = toFerryError(e);
     logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
     if (args.json) {
@@ -168,10 +182,34 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     process.stderr.write(`ferry: ${err.code}: ${err.message}\n`);
     return exitCodeFor(err);
   } finally {
-    process.off('SIGINT', onSigint);
+    interruption.close();
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
   }
+}
+
+/**
+ * The copy stopped because of a signal: the journal keeps what the next run continues, so the
+ * way on is the same command. An error other than the stop itself (one that happened during the
+ * grace) is logged; the next run meets it again if it lasts.
+ */
+function reportInterrupted(args: CopyArgs, interruption: Interruption, err: FerryError, started: number, logger: Logger): number {
+  const message = 'interrupted: run the same command to resume';
+  if (err.code !== 'INTERRUPTED') logger.warn({ code: err.code, side: err.side, status: err.status }, `while stopping: ${err.message}`);
+  logger.info({ signal: interruption.signal }, message);
+  if (args.json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        source: args.source,
+        destination: args.destination,
+        interrupted: interruption.signal,
+        error: { code: 'INTERRUPTED', message },
+        transfer: { duration_ms: Date.now() - started },
+      })}\n`,
+    );
+  }
+  process.stderr.write(`ferry: ${message}\n`);
+  return interruption.exitCode;
 }
 
 const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/;
