@@ -18,8 +18,13 @@ export const CONTRACT_CODES = [
 ] as const;
 
 export type ContractCode = (typeof CONTRACT_CODES)[number];
-/** USAGE: bad flags, a bad reference or a bad local file — exit code 2, never a registry's fault. */
-export type ErrorCode = ContractCode | 'USAGE';
+/**
+ * USAGE: bad flags, a bad reference or a bad local file — exit code 2, never a registry's fault.
+ * INTERRUPTED: the caller stopped the operation (Ctrl-C, SIGTERM, a cancelled job, the agent
+ * shutting down) — nobody's fault, and never a job's result (the agent leaves such a job open or
+ * reports nothing, as the contract says).
+ */
+export type ErrorCode = ContractCode | 'USAGE' | 'INTERRUPTED';
 export type Side = 'source' | 'destination';
 
 export interface FerryErrorOptions {
@@ -84,7 +89,7 @@ export class NetworkError extends FerryError {
 /** The operation was cancelled by its caller (job cancelled, SIGINT). */
 export class AbortedError extends FerryError {
   constructor(message = 'operation cancelled', opts: FerryErrorOptions = {}) {
-    super('INTERNAL', message, opts);
+    super('INTERRUPTED', message, opts);
     this.name = 'AbortedError';
   }
 }
@@ -101,12 +106,20 @@ export function toFerryError(e: unknown): FerryError {
   return new FerryError('INTERNAL', err.message, { cause: err });
 }
 
-/** The code the agent reports to the control plane: USAGE errors in a plan become INVALID_PLAN. */
+/**
+ * The code the agent reports to the control plane: USAGE errors in a plan become INVALID_PLAN.
+ * An interrupted job is never reported (it is left open, or was cancelled); reporting one as a
+ * failure would be a bug in ferry, and is said so.
+ */
 export function contractCode(e: FerryError): ContractCode {
-  return e.code === 'USAGE' ? 'INVALID_PLAN' : e.code;
+  if (e.code === 'USAGE') return 'INVALID_PLAN';
+  if (e.code === 'INTERRUPTED') return 'INTERNAL';
+  return e.code;
 }
 
-/** Process exit code for the CLI: 2 for bad local input, 1 for everything else. */
+/** Process exit code for the CLI: 2 for bad local input, 130 for an interruption (128 + SIGINT), 1 for everything else. */
 export function exitCodeFor(e: FerryError): number {
-  return e.code === 'USAGE' ? 2 : 1;
+  if (e.code === 'USAGE') return 2;
+  if (e.code === 'INTERRUPTED') return 130;
+  return 1;
 }

@@ -40,7 +40,7 @@ test('npm run demo: the agent syncs a job end to end and the image is verified',
 
 test('docs/troubleshooting.md explains every error code ferry can report', () => {
   const doc = readFileSync(`${root}docs/troubleshooting.md`, 'utf8');
-  for (const code of [...CONTRACT_CODES, 'USAGE']) assert.match(doc, new RegExp(`^\\| \`${code}\` \\| .+ \\| .+ \\|$`, 'm'), `${code} has no row with a meaning and a remedy`);
+  for (const code of [...CONTRACT_CODES, 'USAGE', 'INTERRUPTED']) assert.match(doc, new RegExp(`^\\| \`${code}\` \\| .+ \\| .+ \\|$`, 'm'), `${code} has no row with a meaning and a remedy`);
 });
 
 test('every ferry copy flag is in the README\'s option table', () => {

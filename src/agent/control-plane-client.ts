@@ -70,6 +70,8 @@ export type ControlPlaneErrorKind =
   | 'malformed';
 
 export interface ControlPlaneErrorOptions {
+  /** The code, where the request says what it is (a plan the control plane will not serve: INVALID_PLAN). */
+  code?: ErrorCode;
   status?: number;
   serverCode?: string;
   retryAfterMs?: number;
@@ -92,7 +94,7 @@ export class ControlPlaneError extends FerryError {
   readonly requestId: string;
 
   constructor(kind: ControlPlaneErrorKind, endpoint: string, message: string, opts: ControlPlaneErrorOptions) {
-    const code: ErrorCode = kind === 'gone' && (opts.serverCode === 'TOKEN_ALREADY_USED' || opts.serverCode === 'TOKEN_EXPIRED') ? opts.serverCode : 'INTERNAL';
+    const code: ErrorCode = opts.code ?? (kind === 'gone' && (opts.serverCode === 'TOKEN_ALREADY_USED' || opts.serverCode === 'TOKEN_EXPIRED') ? opts.serverCode : 'INTERNAL');
     const retryable = ['network', 'timeout', 'unavailable', 'throttled', 'unauthorized', 'too-large', 'malformed'].includes(kind);
     super(code, message, { retryable, ...(opts.status !== undefined ? { status: opts.status } : {}), ...(opts.cause !== undefined ? { cause: opts.cause } : {}) });
     this.name = 'ControlPlaneError';
@@ -420,7 +422,13 @@ export class ControlPlaneClient {
    */
   async plan(jobId: string, opts: CallOptions & { localRegistry?: LocalRegistry } = {}): Promise<Plan> {
     const res = await this.send({ name: 'plan', method: 'GET', path: `/v1/runner-jobs/${seg(jobId)}/plan`, signal: opts.signal }, { tooLargeIsError: false });
-    this.expect(res, [200]);
+    try {
+      this.expect(res, [200]);
+    } catch (e) {
+      // Outages are waited out by the caller; any other refusal means this job has no plan to run.
+      if (!(e instanceof ControlPlaneError) || e.retryable) throw e;
+      throw this.planRefused(e, jobId);
+    }
     if (res.body === undefined) throw new FerryError('INVALID_PLAN', `invalid plan: the plan is larger than ${this.maxResponseBytes} bytes`);
     let raw: unknown;
     try {
@@ -431,6 +439,26 @@ export class ControlPlaneClient {
     const plan = parsePlan(raw, opts.localRegistry ? { localRegistry: opts.localRegistry } : {});
     if (plan.source.auth.kind === 'one-time-token') registerSecret(plan.source.auth.one_time_token);
     return plan;
+  }
+
+  /**
+   * The control plane would not serve a job's plan (a 4xx, not an outage): INVALID_PLAN, saying
+   * which side and what to check. A 404: it has no plan for the job; a 403: it refuses this runner.
+   */
+  private planRefused(e: ControlPlaneError, jobId: string): ControlPlaneError {
+    const why =
+      e.kind === 'not-found'
+        ? `the control plane has no plan for job ${jobId}: check the job in the control plane (it may have been deleted, or its plan not stored)`
+        : e.kind === 'forbidden'
+          ? `the control plane refused runner ${this.runnerId} the plan of job ${jobId}: check that the runner token (${this.tokens.description}) is this runner's and that the control plane assigns the job to it`
+          : `the control plane would not serve the plan of job ${jobId}: check the job in the control plane`;
+    return new ControlPlaneError(e.kind, e.endpoint, `invalid plan: ${why} (${e.message})`, {
+      code: 'INVALID_PLAN',
+      requestId: e.requestId,
+      ...(e.status !== undefined ? { status: e.status } : {}),
+      ...(e.serverCode !== undefined ? { serverCode: e.serverCode } : {}),
+      cause: e,
+    });
   }
 
   /**

@@ -8,7 +8,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { FerryError, UsageError } from '../errors.ts';
+import { UsageError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { checkResultBody, ID_PATTERN, type ResultBody } from './contract.ts';
 import { isPlainObject } from './validate.ts';
@@ -42,17 +42,21 @@ export async function ensureStateDir(dir: string): Promise<string> {
  */
 export async function loadOrCreateInstanceId(dir: string, logger?: Logger): Promise<string> {
   const path = join(dir, INSTANCE_ID_FILE);
-  const existing = await readInstanceId(path, logger);
-  if (existing !== undefined) return existing;
-  const fresh = randomUUID();
-  if (await atomicCreateFile(path, `${fresh}\n`, 0o644)) {
-    logger?.info({ instance_id: fresh, path }, 'created a new instance id');
-    return fresh;
+  // Twice: when another process created it first, its id is read on the second pass (one that is
+  // not an id is moved aside on the first, and created afresh on the second).
+  for (let pass = 0; pass < 2; pass++) {
+    const existing = await readInstanceId(path, logger);
+    if (existing !== undefined) return existing;
+    const fresh = randomUUID();
+    if (await atomicCreateFile(path, `${fresh}\n`, 0o644)) {
+      logger?.info({ instance_id: fresh, path }, 'created a new instance id');
+      return fresh;
+    }
   }
-  // Another process created it first: use theirs.
-  const theirs = await readInstanceId(path, logger);
-  if (theirs === undefined) throw new FerryError('INTERNAL', `${path} appeared but holds no valid instance id`);
-  return theirs;
+  // Something is in its place that can neither be read nor replaced: a dangling symlink, a socket.
+  throw new UsageError(
+    `--state-dir: ${path} exists but cannot be read as this agent's instance id (a dangling symlink, or not a regular file): remove it and start the agent again; it then creates a new instance id, and the jobs the old one left open are attached once their lease runs out`,
+  );
 }
 
 async function readInstanceId(path: string, logger?: Logger): Promise<string | undefined> {

@@ -60,7 +60,7 @@ export interface DockerConfigOptions {
   /** Home directory for the default `~/.docker/config.json`. Default $HOME, else os.homedir(). */
   homeDir?: string;
   /** Which side of a copy these credentials are for: helper failures become that side's AUTH error. */
-  side?: Side;
+  side: Side;
   helperTimeoutMs?: number;
   helperMaxOutputBytes?: number;
   logger?: Logger;
@@ -212,26 +212,23 @@ export interface HelperOptions {
   maxOutputBytes?: number;
   /** Where the helper was named, for messages: e.g. `credsStore in /home/u/.docker/config.json`. */
   origin?: string;
-  side?: Side;
+  /** Whose credentials: a failing helper is that side's AUTH error. */
+  side: Side;
 }
 
 /**
  * Ask `docker-credential-<helper> get` for a server URL's credentials. Undefined when the helper
- * has none. Throws FerryError: USAGE when the program is not on PATH, the side's AUTH code (or
- * INTERNAL) when it fails, times out, or answers nonsense.
+ * has none. Throws FerryError: USAGE when the program is not on PATH, the side's AUTH code when
+ * it fails, times out, or answers nonsense.
  */
-export async function runCredentialHelper(helper: string, serverURL: string, opts: HelperOptions = {}): Promise<Credential | undefined> {
+export async function runCredentialHelper(helper: string, serverURL: string, opts: HelperOptions): Promise<Credential | undefined> {
   const program = `docker-credential-${helper}`;
   const origin = opts.origin ? ` (named by ${opts.origin})` : '';
   const timeoutMs = opts.timeoutMs ?? HELPER_TIMEOUT_MS;
   const maxBytes = opts.maxOutputBytes ?? HELPER_MAX_OUTPUT_BYTES;
-  const failCode: ErrorCode = opts.side === 'source' ? 'SOURCE_AUTH' : opts.side === 'destination' ? 'DESTINATION_AUTH' : 'INTERNAL';
-  const fail = (what: string, cause?: unknown): FerryError => {
-    const o: { side?: Side; cause?: unknown } = {};
-    if (opts.side !== undefined) o.side = opts.side;
-    if (cause !== undefined) o.cause = cause;
-    return new FerryError(failCode, `credential helper ${program}${origin} ${what}`, o);
-  };
+  const failCode: ErrorCode = opts.side === 'source' ? 'SOURCE_AUTH' : 'DESTINATION_AUTH';
+  const fail = (what: string, cause?: unknown): FerryError =>
+    new FerryError(failCode, `credential helper ${program}${origin} ${what}`, cause === undefined ? { side: opts.side } : { side: opts.side, cause });
 
   // Loaded only when a helper runs: child_process (and dgram with it) cost every start otherwise.
   const { spawn } = await import('node:child_process');
@@ -354,7 +351,7 @@ export class DockerConfigCredentials implements CredentialProvider {
   private loaded: Promise<DockerConfig | undefined> | undefined;
   private readonly helperCache = new Map<string, Promise<Credential | undefined>>();
 
-  constructor(opts: DockerConfigOptions = {}) {
+  constructor(opts: DockerConfigOptions) {
     this.opts = opts;
     const where = dockerConfigPath(opts);
     this.path = where.path;
@@ -423,9 +420,8 @@ export class DockerConfigCredentials implements CredentialProvider {
     const cacheKey = `${helper}\u0000${serverURL}`;
     const cached = this.helperCache.get(cacheKey);
     if (cached && !req.refresh) return cached;
-    const o: HelperOptions = { origin };
+    const o: HelperOptions = { origin, side: this.opts.side };
     if (this.opts.env !== undefined) o.env = this.opts.env;
-    if (this.opts.side !== undefined) o.side = this.opts.side;
     if (this.opts.helperTimeoutMs !== undefined) o.timeoutMs = this.opts.helperTimeoutMs;
     if (this.opts.helperMaxOutputBytes !== undefined) o.maxOutputBytes = this.opts.helperMaxOutputBytes;
     const p = runCredentialHelper(helper, serverURL, o);

@@ -21,6 +21,7 @@ import { defaultStateDir, makeClient, makeKeychain, makeLogger, makeTransport, t
 import { ProgressDisplay, formatBytes } from './progress.ts';
 import { terminalLogDestination } from './terminal-log.ts';
 import { parseDuration, repeated, wholeNumber } from './options.ts';
+import { Interruption, interruptGraceMs } from './interrupt.ts';
 import { join } from 'node:path';
 
 export const copyOptions = {
@@ -89,16 +90,25 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   let srcCloud: CloudCredentials | undefined;
   let dstCloud: CloudCredentials | undefined;
   const closers: Array<() => Promise<void>> = [];
-  const abort = new AbortController();
-  const onSigint = () => abort.abort();
-  process.once('SIGINT', onSigint);
+  const deadlineAbort = new AbortController();
   let deadline: NodeJS.Timeout | undefined;
   let progress: CopyProgress | undefined;
+  // Ctrl-C / SIGTERM: the uploads in flight finish their chunk (the grace), then the copy stops, resumable.
+  const interruption = new Interruption({
+    graceMs: interruptGraceMs(process.env),
+    onPark: (signal, graceMs) => {
+      // The display goes; the notice takes its place.
+      display?.finish();
+      const again = signal === 'SIGINT' ? 'press Ctrl-C again' : 'send SIGTERM again';
+      process.stderr.write(`ferry: ${signal}: stopping; letting the uploads in flight finish their chunk so the copy can be resumed (up to ${graceMs / 1000} s; ${again} to stop now)\n`);
+    },
+    onStopNow: (signal) => process.stderr.write(`ferry: ${signal} again: stopping now\n`),
+  }).listen();
   try {
     const concurrency = wholeNumber('concurrency', args.concurrency, 1, 256);
     if (args.timeout !== undefined) {
       const ms = parseDuration(args.timeout, '--timeout');
-      deadline = setTimeout(() => abort.abort(new DeadlineExceeded(args.timeout!, ms)), ms);
+      deadline = setTimeout(() => deadlineAbort.abort(new DeadlineExceeded(args.timeout!, ms)), ms);
     }
     const wanted = repeated(args.platform);
     const platforms = wanted.length > 0 ? wanted.map(parsePlatform) : 'all';
@@ -158,7 +168,8 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       limits: new TransferLimits(concurrency, transport.flow),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
-      signal: abort.signal,
+      signal: AbortSignal.any([interruption.stop.signal, deadlineAbort.signal]),
+      park: interruption.park.signal,
       dryRun: args['dry-run'],
       onProgress,
     });
@@ -168,10 +179,11 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     if (!args.json && !interactive) logger.info({ digest: report.image.digest, transfer: report.transfer }, 'copy finished');
     return 0;
   } catch (e) {
-    const reason: unknown = abort.signal.reason;
-    // The deadline cut whatever was running: say so, not "cancelled".
-    const err = reason instanceof DeadlineExceeded && (e instanceof AbortedError || abort.signal.aborted) ? reason.explain(progress) : toFerryError(e);
     display?.finish();
+    if (interruption.signal) return reportInterrupted(args, interruption, toFerryError(e), started, logger);
+    const reason: unknown = deadlineAbort.signal.reason;
+    // The deadline cut whatever was running: say so, not "cancelled".
+    const err = reason instanceof DeadlineExceeded && (e instanceof AbortedError || deadlineAbort.signal.aborted) ? reason.explain(progress) : toFerryError(e);
     // On a terminal the one line below says it; a log line would say it twice.
     if (!interactive) logger.error({ code: err.code, side: err.side, status: err.status, registry_codes: err.registryCodes }, err.message);
     if (args.json) {
@@ -189,7 +201,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
   } finally {
     display?.finish();
     clearTimeout(deadline);
-    process.off('SIGINT', onSigint);
+    interruption.close();
     await transport.close().catch(() => undefined);
     await Promise.all([srcCloud?.destroy(), dstCloud?.destroy(), ...closers.map((c) => c())]).catch(() => undefined);
   }
@@ -216,6 +228,30 @@ class DeadlineExceeded extends Error {
       { retryable: true },
     );
   }
+}
+
+/**
+ * The copy stopped because of a signal: the journal keeps what the next run continues, so the
+ * way on is the same command. An error other than the stop itself (one that happened during the
+ * grace) is logged; the next run meets it again if it lasts.
+ */
+function reportInterrupted(args: CopyArgs, interruption: Interruption, err: FerryError, started: number, logger: Logger): number {
+  const message = 'interrupted: run the same command to resume';
+  if (err.code !== 'INTERRUPTED') logger.warn({ code: err.code, side: err.side, status: err.status }, `while stopping: ${err.message}`);
+  logger.info({ signal: interruption.signal }, message);
+  if (args.json) {
+    process.stdout.write(
+      `${JSON.stringify({
+        source: args.source,
+        destination: args.destination,
+        interrupted: interruption.signal,
+        error: { code: 'INTERRUPTED', message },
+        transfer: { duration_ms: Date.now() - started },
+      })}\n`,
+    );
+  }
+  process.stderr.write(`ferry: ${message}\n`);
+  return interruption.exitCode;
 }
 
 const ROLE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/;

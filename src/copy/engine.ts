@@ -27,7 +27,15 @@ export interface CopyRequest {
   limits: TransferLimits;
   logger: Logger;
   cache?: ContentCache;
+  /** Aborted: stop at once. With SUSPEND as the reason, what the destination journaled stays to be resumed. */
   signal?: AbortSignal;
+  /**
+   * Aborted: stop soon without losing work (`ferry copy`'s first Ctrl-C). Nothing new begins (no
+   * blob, no manifest), what sends nothing stops at once, and the blob writes in flight go on to
+   * a point the next run continues from (an upload's chunk in flight); then the copy rejects
+   * with an AbortedError. The caller bounds the wait by aborting `signal` with SUSPEND.
+   */
+  park?: AbortSignal;
   onProgress?: (p: CopyProgress) => void;
   dryRun?: boolean;
 }
@@ -67,6 +75,8 @@ class CopyRun {
   private readonly log: Logger;
   private readonly cache: ContentCache;
   private readonly graph: SourceGraph;
+  /** For everything but the blob writes: aborted by the caller's signal, or as soon as the copy is parked. */
+  private readonly signal: AbortSignal | undefined;
   private readonly stats: TransferStats = {
     blobs_copied: 0,
     blobs_skipped: 0,
@@ -92,11 +102,13 @@ class CopyRun {
     this.dstLimit = own ? (fn) => own(fn) : (fn) => fn();
     this.log = req.logger;
     this.cache = req.cache ?? new ContentCache();
-    this.graph = new SourceGraph(req.source.end, this.cache, req.signal);
+    this.signal = req.park ? (req.signal ? AbortSignal.any([req.signal, req.park]) : req.park) : req.signal;
+    this.graph = new SourceGraph(req.source.end, this.cache, this.signal);
   }
 
   async run(started: number): Promise<CopyReport> {
-    const { source, destination, signal } = this.req;
+    const { source, destination } = this.req;
+    const signal = this.signal;
     // 1. The source root, by digest when pinned. What the destination holds under the tag (or the
     // pinned digest) is asked at the same time: the first two round trips of every copy overlap.
     const namedTarget = destination.tag ?? destination.digest;
@@ -157,6 +169,7 @@ class CopyRun {
     // 5. Blobs, all at once within the limits (after the end dropped what it kept for blobs this copy no longer needs).
     await this.dst.prepareBlobs?.(blobs, { logger: this.log, sourceName: source.name, signal });
     await this.transferBlobs(blobs);
+    this.parked();
 
     // 6. Manifests children-first, referrers after their subjects, the tag last.
     const pushed = new Set<Digest>();
@@ -254,7 +267,8 @@ class CopyRun {
    * request per subject: its referrers API or its fallback index). The rest is written.
    */
   private async pendingReferrers(found: DiscoveredReferrers): Promise<PendingReferrers> {
-    const { signal, limits } = this.req;
+    const { limits } = this.req;
+    const signal = this.signal;
     const dst = this.dst;
     const check = <T>(fn: () => Promise<T>) => limits.check(dst.description, fn);
     const tags = await Promise.all(
@@ -291,7 +305,7 @@ class CopyRun {
     if (!update) return;
     await Promise.all(
       [...subjects].map(async ([subject, referrers]) => {
-        const done = await update(subject, referrers, { signal: this.req.signal, known: this.cache, proposed: sourceIndexes.get(subject) });
+        const done = await update(subject, referrers, { signal: this.signal, known: this.cache, proposed: sourceIndexes.get(subject) });
         if (done === 'written') this.stats.manifests_written++;
         this.log.debug({ subject, referrers: referrers.length, listing: done }, 'referrers listed');
       }),
@@ -305,7 +319,7 @@ class CopyRun {
     const entries = await Promise.all(
       [...blobs.values()].map((b) =>
         this.req.limits.run(this.limitHosts(), async () => {
-          const have = this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, this.req.signal));
+          const have = this.known?.get(b.digest) ?? (await this.dst.hasBlob(b.digest, b.size, this.signal));
           const action: 'copy' | 'skip' | 'mount' = have ? 'skip' : mountable ? 'mount' : 'copy';
           return { digest: b.digest, size: b.size, action };
         }),
@@ -340,14 +354,15 @@ class CopyRun {
             .run(this.limitHosts(), () =>
               this.dstLimit(() => {
                 if (inner.signal.aborted) throw new AbortedError();
+                this.parked();
                 return this.transferBlob(b, present.get(b.digest)!, inner.signal);
               }),
             )
             .catch((e) => {
-              if (firstError === undefined) {
-                firstError = e;
-                inner.abort();
-              }
+              if (firstError !== undefined) return;
+              firstError = e;
+              // Parked: the other blobs stop at their own resumable points (chunks in flight finish), nothing is cut.
+              if (!this.req.park?.aborted) inner.abort();
             }),
         ),
       );
@@ -388,11 +403,12 @@ class CopyRun {
       this.progress.active = this.progress.active.filter((a) => a !== active);
       this.emit();
     };
-    const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name };
+    const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name, park: this.req.park };
     if (await present) {
       await this.dst.blobPresent?.(b, copy);
       return finish('skipped');
     }
+    this.parked();
     // Without its bytes where the end can: a mount from the source, or from where another copy put it.
     const reused = await this.dst.reuseBlob?.(b, this.src, copy);
     if (reused) return finish(reused);
@@ -436,6 +452,11 @@ class CopyRun {
     return this.src.networkHost !== undefined ? [dst, this.src.networkHost] : [dst];
   }
 
+  /** Parked: nothing new begins. */
+  private parked(): void {
+    if (this.req.park?.aborted) throw new AbortedError('stopping: nothing new begins');
+  }
+
   private emit(): void {
     this.req.onProgress?.(this.progress);
   }
@@ -444,7 +465,8 @@ class CopyRun {
   private async pushTree(node: ManifestNode, pushed: Set<Digest>, tag: string | undefined): Promise<void> {
     for (const c of node.children) await this.pushTree(c, pushed, undefined);
     if (tag === undefined && pushed.has(node.digest)) return;
-    await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.req.signal);
+    this.parked();
+    await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.signal);
     this.stats.manifests_written++;
     pushed.add(node.digest);
   }

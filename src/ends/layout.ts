@@ -62,6 +62,21 @@ export interface LayoutFiles {
   stream(name: string, offset: number, size: number, signal?: AbortSignal): AsyncIterable<Buffer>;
 }
 
+/**
+ * `body`, which must bring `length` bytes. Fewer: the file shrank while ferry read it (an archive
+ * rewritten or truncated meanwhile): SOURCE_INVALID, not a download to retry as if a network broke.
+ */
+async function* exactLength(body: AsyncIterable<Buffer>, length: number, what: string): AsyncGenerator<Buffer> {
+  let n = 0;
+  for await (const piece of body) {
+    n += piece.byteLength;
+    yield piece;
+  }
+  if (n < length) {
+    throw new FerryError('SOURCE_INVALID', `${what} ended after ${n} of its ${length} bytes: the file changed while ferry read it (rewritten or truncated); copy from a file nothing writes to`, { side: 'source' });
+  }
+}
+
 function invalid(side: Side, message: string, cause?: unknown): FerryError {
   return new FerryError(side === 'source' ? 'SOURCE_INVALID' : 'DESTINATION_REJECTED', message, cause === undefined ? { side } : { side, cause });
 }
@@ -182,7 +197,7 @@ export class LayoutReader {
     if (!Number.isSafeInteger(offset) || offset < 0 || offset > size) {
       throw new FerryError('INTERNAL', `blob ${digest}: offset ${offset} outside 0..${size}`, { side: 'source' });
     }
-    return { body: this.files.stream(name, offset, size, signal) };
+    return { body: exactLength(this.files.stream(name, offset, size, signal), size - offset, `${description}: blob ${digest} from byte ${offset}`) };
   }
 }
 

@@ -36,7 +36,8 @@ export class TarFiles implements LayoutFiles {
 
   stream(name: string, offset: number, size: number, signal?: AbortSignal): AsyncIterable<Buffer> {
     const f = this.tar.file(name);
-    if (!f || f.size !== size) throw new FerryError('INTERNAL', `${this.description}: ${name} changed size`, { side: 'source' });
+    if (!f) throw new FerryError('SOURCE_NOT_FOUND', `${this.description} has no file ${name}`, { side: 'source' });
+    if (f.size !== size) throw new FerryError('SOURCE_INVALID', `${this.description}: ${name} is ${f.size} bytes in the archive, not ${size}`, { side: 'source' });
     return this.tar.stream(f, offset, signal);
   }
 }

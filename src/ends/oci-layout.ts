@@ -7,7 +7,7 @@
 // copy never moves a tag. Blobs already in the layout with the right size are not written again.
 // Writes to one layout from two processes at once are not coordinated: the last commit's tags win.
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { AbortedError, FerryError } from '../errors.ts';
@@ -127,10 +127,15 @@ export class OciLayoutDestination implements ImageDestination {
   private readonly existing: ImageIndex | undefined;
   private readonly temps = new Set<string>();
   private readonly touchedDirs = new Set<string>();
+  /** The outermost directory open() created (the layout's own, or a parent too); undefined: it existed. */
+  private readonly createdFrom: string | undefined;
+  /** Blobs this copy put in place: removed again when it fails in a layout it created. */
+  private readonly written = new Set<string>();
   private state: 'open' | 'committed' | 'aborted' = 'open';
 
-  private constructor(root: string, description: string, tag: string | undefined, existing: ImageIndex | undefined, logger: Logger) {
+  private constructor(root: string, description: string, tag: string | undefined, existing: ImageIndex | undefined, logger: Logger, createdFrom: string | undefined) {
     this.root = root;
+    this.createdFrom = createdFrom;
     this.description = description;
     this.target = tag;
     this.existing = existing;
@@ -142,8 +147,9 @@ export class OciLayoutDestination implements ImageDestination {
   static async open(dir: string, tag: string | undefined, logger: Logger): Promise<OciLayoutDestination> {
     const root = resolve(dir);
     const description = `oci:${dir}`;
+    let createdFrom: string | undefined;
     try {
-      await mkdir(root, { recursive: true });
+      createdFrom = await mkdir(root, { recursive: true });
     } catch (e) {
       throw new FerryError('USAGE', `cannot create ${description}: ${(e as Error).message}`, { side: 'destination', cause: e });
     }
@@ -152,7 +158,7 @@ export class OciLayoutDestination implements ImageDestination {
     if (layout) checkOciLayout(layout, description, 'destination');
     const indexBytes = await files.read(INDEX_FILE, MAX_MANIFEST_BYTES, 'index.json');
     const existing = indexBytes ? parseIndexJson(indexBytes, description, 'destination') : undefined;
-    return new OciLayoutDestination(root, description, tag, existing, logger);
+    return new OciLayoutDestination(root, description, tag, existing, logger, createdFrom);
   }
 
   private check(): void {
@@ -213,6 +219,7 @@ export class OciLayoutDestination implements ImageDestination {
     try {
       try {
         await mkdir(dir, { recursive: true });
+        this.touchedDirs.add(dir);
         fh = await open(temp, 'wx', 0o644);
       } catch (e) {
         throw writeError(e, this.description);
@@ -240,7 +247,7 @@ export class OciLayoutDestination implements ImageDestination {
         throw writeError(e, this.description);
       }
       this.temps.delete(temp);
-      this.touchedDirs.add(dir);
+      this.written.add(final);
     } catch (e) {
       await fh?.close().catch(() => {});
       await unlink(temp).catch(() => {});
@@ -292,11 +299,26 @@ export class OciLayoutDestination implements ImageDestination {
     }
   }
 
-  /** Leave index.json as it was; remove temporary files. Blobs already renamed stay (content-addressed, harmless). */
+  /**
+   * Leave index.json as it was; remove temporary files. A layout this copy created is removed
+   * again, blobs and directories (nothing half-written is left, e.g. after a full disk), unless
+   * another writer committed an index.json there meanwhile. In a layout that existed, blobs
+   * already renamed stay: content-addressed and complete, and another writer may have found them
+   * there and listed them.
+   */
   async abort(): Promise<void> {
     if (this.state !== 'open') return;
     this.state = 'aborted';
     for (const t of this.temps) await unlink(t).catch(() => {});
     this.temps.clear();
+    if (this.createdFrom === undefined || (await this.files.size(INDEX_FILE)) !== undefined) return;
+    for (const f of this.written) await unlink(f).catch(() => {});
+    // Deepest first; rmdir removes only empty directories, so another writer's files stay.
+    const dirs = [...this.touchedDirs, join(this.root, 'blobs')];
+    for (let d = this.root; ; d = dirname(d)) {
+      dirs.push(d);
+      if (d === this.createdFrom || d === dirname(d)) break;
+    }
+    for (const d of dirs) await rmdir(d).catch(() => {});
   }
 }

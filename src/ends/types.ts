@@ -105,7 +105,9 @@ export interface DestinationCapabilities {
    * upload re-reads from an offset). It must verify every byte before the last one leaves
    * (readVerifiedBlob, src/blob/verify.ts), leave nothing under the digest unless complete, and
    * on failure cancel what it opened, unless the signal's reason is SUSPEND (the caller stops
-   * for now: what the end journaled stays to be resumed; src/ends/registry/journal.ts).
+   * for now: what the end journaled stays to be resumed; src/ends/registry/journal.ts). When
+   * `park` fires it stops at the next point it can be resumed from (the chunk in flight sent),
+   * keeps what it journaled and throws SUSPEND.
    * Without it the engine streams verified chunks into writeBlob.
    */
   putBlob?(blob: BlobRef, source: ImageSource, o: PutBlobOptions): Promise<PutBlobResult>;
@@ -134,6 +136,11 @@ export interface CopyContext {
   /** The source as the copy names it (CopySource.name): state an end keeps for another source is stale. */
   sourceName: string;
   signal?: AbortSignal | undefined;
+  /**
+   * Aborted when the copy is to stop soon without losing work (`ferry copy`'s first Ctrl-C):
+   * begin nothing new, bring what is in flight to a point the next run can continue from.
+   */
+  park?: AbortSignal | undefined;
 }
 
 /** The copy a blob belongs to, while its transfer runs. */

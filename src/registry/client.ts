@@ -587,7 +587,7 @@ export class RegistryClient {
         // A registry that answered before taking the whole body: its answer says why.
         if (!upload.hasAnswer || signal?.aborted) throw e;
       }
-      answer = await upload.response();
+      answer = await upload.response(signal);
     } catch (e) {
       upload.close();
       throw this.blame(e);
@@ -610,7 +610,16 @@ export class RegistryClient {
         accept: [200, 202, 204, 400, 404, 405],
         what: `cancel of an upload to ${repository}`,
       });
-      await drain(res.body);
+      if (res.status !== 404) return await drain(res.body);
+      // distribution 2.8 refuses to delete a session whose stored bytes no longer match the
+      // Location's state (a chunk cut mid-body, or one whose answer was lost): nothing can delete it then.
+      const text = (await readBounded(res.body, 64 * 1024, `error body from ${this.registry}`, this.side)).toString('utf8');
+      if (parseRegistryErrors(text).codes.includes('BLOB_UPLOAD_INVALID')) {
+        this.logger.warn(
+          { repository, location: location.pathname },
+          'the registry refused to delete an upload session whose chunk was cut (BLOB_UPLOAD_INVALID); it keeps the partial upload until its own upload purging removes it (distribution: storage.maintenance.uploadpurging, by default after 7 days)',
+        );
+      }
     } catch (e) {
       this.logger.debug({ err: e }, 'upload cancel failed (ignored)');
     }

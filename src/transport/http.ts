@@ -10,7 +10,7 @@
 // answer to it.
 import { readFileSync } from 'node:fs';
 import type { Dispatcher } from './undici.ts';
-import { FerryError, NetworkError, UsageError } from '../errors.ts';
+import { AbortedError, FerryError, NetworkError, UsageError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { hostOf, isLoopbackHost, checkRedirectTarget, parseUrlFrom } from './address.ts';
 import { FlowControl, type FlowTicket } from './flow.ts';
@@ -482,9 +482,7 @@ function networkError(e: unknown, url: URL, signal?: AbortSignal): FerryError {
     });
   }
   if (err.name === 'AbortError' || err.code === 'UND_ERR_ABORTED') {
-    const ab = new FerryError('INTERNAL', `request to ${url.host} was cancelled`, { cause: e });
-    ab.name = 'AbortedError';
-    return ab;
+    return new AbortedError(`request to ${url.host} was cancelled`, { cause: e });
   }
   const code = err.code ?? err.cause?.code ?? '';
   if (TLS_CODES.has(code)) {

@@ -1039,8 +1039,8 @@ export class RawUpload {
     return this.answer.parsed !== undefined;
   }
 
-  /** The registry's answer: head and (bounded) body. */
-  async response(): Promise<ResponseHead & { body: Buffer }> {
+  /** The registry's answer: head and (bounded) body. An abort of `signal` gives up waiting and drops the connection. */
+  async response(signal?: AbortSignal): Promise<ResponseHead & { body: Buffer }> {
     let timedOut = false;
     let reusable = false;
     const deadline = setTimeout(() => {
@@ -1048,6 +1048,9 @@ export class RawUpload {
       this.fail(timeoutError(`no answer from ${this.url.host} within ${this.opts.headersTimeoutMs} ms`, 'destination'));
       this.wake();
     }, this.opts.headersTimeoutMs);
+    const onAbort = () => this.fail(new AbortedError());
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
     try {
       for (;;) {
         if (this.answer.parsed) {
@@ -1073,6 +1076,7 @@ export class RawUpload {
       }
     } finally {
       clearTimeout(deadline);
+      signal?.removeEventListener('abort', onAbort);
       this.conn.release(this.user, reusable);
     }
   }

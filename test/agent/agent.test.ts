@@ -141,6 +141,21 @@ describe('ferry agent', () => {
     assert.equal(world.cp.job(jobId).result!.error_code, 'INVALID_PLAN');
   });
 
+  test('a plan the control plane will not serve (404, 403) fails the job with INVALID_PLAN, saying what to check, not INTERNAL', async () => {
+    for (const [status, remedy] of [
+      [404, /the control plane has no plan for job \S+: check the job in the control plane/],
+      [403, /the control plane refused runner \S+ the plan of job \S+: check that the runner token/],
+    ] as const) {
+      const jobId = world.cp.enqueueJob(plan(world, 'org_2/app', 'v1', 'install_1/refused'));
+      world.cp.setFault({ kind: 'status', status, body: { code: status === 404 ? 'NOT_FOUND' : 'FORBIDDEN', message: 'refused' } }, { match: { method: 'GET', path: `/${jobId}/plan` } });
+      const agent = startAgent(world, tempState(), ['--exit-when-idle']);
+      assert.equal(await agent.exited, 0, agent.logs().slice(-3000));
+      const result = world.cp.job(jobId).result!;
+      assert.equal(result.error_code, 'INVALID_PLAN', `HTTP ${status}: ${result.error_message}`);
+      assert.match(result.error_message!, remedy);
+    }
+  });
+
   test('a job cancelled mid-copy stops its transfers, deletes upload sessions and reports nothing', async () => {
     const img = await pushLargeImage(vendorC, 'org_3/app', 'v1', { layerCount: 2, layerSize: 8 * MiB });
     // Layer downloads stall, so the copy is mid-transfer (upload sessions open) when the cancel comes.

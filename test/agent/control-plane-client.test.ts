@@ -313,6 +313,29 @@ describe('control-plane client', () => {
       // Still fine afterwards.
       assert.equal((await a.plan(id)).type, 'oci-sync');
     });
+
+    it('a plan the control plane will not serve (404, 403) is INVALID_PLAN naming the control plane and what to check, not INTERNAL; an outage stays retryable', async () => {
+      const id = cp.enqueueJob(planFor(11));
+      cp.setFault({ kind: 'status', status: 404, body: { code: 'NOT_FOUND', message: 'no such plan' } }, { match: { path: '/plan' } });
+      await assert.rejects(a.plan(id), (e: unknown) => {
+        assert.ok(e instanceof FerryError);
+        assert.equal(e.code, 'INVALID_PLAN', e.message);
+        assert.equal(e.retryable, false);
+        assert.match(e.message, new RegExp(`the control plane has no plan for job ${id}: check the job in the control plane`));
+        assert.match(e.message, /HTTP 404 NOT_FOUND: no such plan/);
+        return true;
+      });
+      cp.setFault({ kind: 'status', status: 403, body: { code: 'FORBIDDEN', message: 'not your job' } }, { match: { path: '/plan' } });
+      await assert.rejects(a.plan(id), (e: unknown) => {
+        assert.ok(e instanceof FerryError);
+        assert.equal(e.code, 'INVALID_PLAN', e.message);
+        assert.match(e.message, /the control plane refused runner \S+ the plan of job \S+: check that the runner token .* is this runner's/);
+        return true;
+      });
+      cp.setFault({ kind: 'status', status: 503 }, { match: { path: '/plan' } });
+      await assert.rejects(a.plan(id), (e: unknown) => e instanceof FerryError && e.retryable && e.code !== 'INVALID_PLAN');
+      assert.equal((await a.plan(id)).type, 'oci-sync');
+    });
   });
 
   describe('one-time token exchange', () => {

@@ -2,7 +2,7 @@
 // atomically (readers see the old or the new content, never a torn file), crash leftovers are
 // cleaned up, and pending results survive a restart.
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -50,6 +50,17 @@ describe('instance id', () => {
     const id = await loadOrCreateInstanceId(dir);
     assert.match(id, /^[0-9a-f-]{36}$/);
     assert.ok((await readdir(dir)).some((f) => f.startsWith('instance-id.invalid-')));
+  });
+
+  it('an instance-id that can neither be read nor replaced (a dangling symlink) is a usage error saying what to do, not INTERNAL', async () => {
+    const dir = fresh();
+    await mkdir(dir, { recursive: true });
+    await symlink(join(dir, 'gone'), join(dir, 'instance-id'));
+    await assert.rejects(openState(dir), (e: unknown) => {
+      assert.ok(e instanceof UsageError, String(e));
+      assert.match(e.message, /--state-dir: .*instance-id exists but cannot be read as this agent's instance id .*: remove it and start the agent again/);
+      return true;
+    });
   });
 
   it('a state dir that is not a usable directory is a usage error naming --state-dir', async () => {

@@ -154,14 +154,14 @@ describe('ECR destination: large layers through the layer-upload API', () => {
   });
 });
 
-/** Run `ferry copy`, SIGKILLing it once the stand-in has received `killAt` UploadLayerPart body bytes. */
-async function killedRun(args: string[], home: { home: string; state: string }, killAt: number) {
+/** Run `ferry copy`, SIGKILLing it (or sending `signal`) once the stand-in has received `killAt` UploadLayerPart body bytes. */
+async function killedRun(args: string[], home: { home: string; state: string }, killAt: number, signal: NodeJS.Signals = 'SIGKILL') {
   const start = aws.ecrBytes('UploadLayerPart');
   const f = spawnFerry(args, isolatedEnv(env(), home));
   const poll = setInterval(() => {
     if (aws.ecrBytes('UploadLayerPart') - start >= killAt) {
       clearInterval(poll);
-      f.child.kill('SIGKILL');
+      f.child.kill(signal);
     }
   }, 1);
   const r = await f.done;
@@ -232,6 +232,25 @@ describe('ECR layer uploads after a crash', () => {
       bytesResent: tr.bytes_resent,
       outcome: 'byte-exact',
     });
+  });
+
+  test('Ctrl-C mid-upload: the part in flight finishes and is journaled, exit 130; the same command continues with nothing sent twice', async () => {
+    const home = freshHome();
+    const args = ['copy', '--json', '--state-dir', home.state, '--ca-file', pki.caPath, `${local.host}/crash/app:v1`, `${ecr.host}/install/ctrlc:v1`];
+    // Halfway through the layer's part bodies (base64: 4/3 of the layer).
+    const stopped = await killedRun(args, home, Math.floor((0.5 * SIZE * 4) / 3), 'SIGINT');
+    assert.equal(stopped.code, 130, stopped.stderr.slice(-2000));
+    assert.match(stopped.stderr, /interrupted: run the same command to resume/);
+    const entry = [...journalFiles(home.state).values()].map((d) => d?.entry).find((e) => e?.digest === layer.digest);
+    assert.ok(entry, 'the upload is journaled');
+    assert.ok(entry.offset > 0 && entry.offset % PART === 0, `journaled offset ${entry.offset}`);
+    assert.equal(aws.layerUploads.get(entry.upload_id)?.received, entry.offset, 'ECR holds exactly what the journal says: the part in flight was finished, not cut');
+    const r = await runFerryIsolated(args, env(), home);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await ecr.client.verifyImage('install/ctrlc', 'v1')).digest, img.digest);
+    assert.equal(r.json.transfer.blobs_resumed, 1);
+    assert.equal(r.json.transfer.bytes_resent, 0);
+    assert.equal(partsOf(entry.upload_id).filter((p) => p.outcome !== 'accepted').length, 0, 'no part refused or sent twice');
   });
 
   test('the kill fell between ECR\'s acknowledgement and the journal write: ECR\'s lastValidByteReceived (InvalidLayerPartException) says where to go on', async (t) => {

@@ -3,13 +3,16 @@
 // docker-archive refuses an index with a clear error.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
 import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { pushArtifactFor, pushCosignTags, pushImage, pushMultiArch, referrersTag } from '../harness/fixtures.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
+
+const MAIN = new URL('../../src/main.ts', import.meta.url).pathname;
 
 describe('ferry copy with oci:, oci-archive: and docker-archive:', () => {
   let reg: DistributionRegistry;
@@ -84,6 +87,46 @@ describe('ferry copy with oci:, oci-archive: and docker-archive:', () => {
     const back = await runFerry(['copy', '--json', `docker-archive:${file}:air/multi:v3`, `${reg.host}/air/from-docker:v3`], { env });
     assert.equal(back.code, 0, back.stderr);
     assert.equal((await c.verifyImage('air/from-docker', 'v3')).digest, amd64.digest);
+  });
+
+  test('a full disk while writing an oci: layout or an archive: DESTINATION_REJECTED, a layout it created is removed, an existing one keeps its index.json, no archive file is left', async () => {
+    await pushImage(c, 'air/big', 'v1', { layerSizes: [300_000, 1234] });
+    // Every file ferry writes stops at 100 kB (EFBIG, "file too large"), as on a full disk.
+    const full = (args: string[]) => {
+      const child = spawn('prlimit', ['--fsize=100000', process.execPath, MAIN, ...args], { env: { ...process.env, ...env, DOCKER_CONFIG: '/nonexistent' } });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d) => (stdout += d));
+      child.stderr.on('data', (d) => (stderr += d));
+      return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr })));
+    };
+    const parent = join(dir, 'full');
+    const fresh = await full(['copy', '--json', `${reg.host}/air/big:v1`, `oci:${join(parent, 'new-layout')}:v1`]);
+    assert.equal(fresh.code, 1, fresh.stderr);
+    const err = JSON.parse(fresh.stdout).error;
+    assert.equal(err.code, 'DESTINATION_REJECTED');
+    assert.match(err.message, /file too large/);
+    assert.ok(!existsSync(parent), `the directories the failed copy created are removed: ${existsSync(parent) ? readdirSync(parent, { recursive: true }).join(', ') : ''}`);
+
+    const layout = join(dir, 'kept-layout');
+    const small = await runFerry(['copy', '--json', `${reg.host}/air/big:v1`, `oci:${layout}:v0`], { env });
+    assert.equal(small.code, 0, small.stderr);
+    const index = readFileSync(join(layout, 'index.json'));
+    await pushImage(c, 'air/big2', 'v1', { layerSizes: [250_000] });
+    const into = await full(['copy', '--json', `${reg.host}/air/big2:v1`, `oci:${layout}:v1`]);
+    assert.equal(JSON.parse(into.stdout).error.code, 'DESTINATION_REJECTED');
+    assert.ok(readFileSync(join(layout, 'index.json')).equals(index), 'index.json is as it was');
+    assert.deepEqual(readdirSync(layout, { recursive: true }).map(String).filter((f) => f.includes('.tmp')), [], 'no temporary file left');
+
+    // The archives: the same code, and no file, temporary or not, left behind.
+    const tars = join(dir, 'full-tars');
+    mkdirSync(tars);
+    for (const target of [`oci-archive:${join(tars, 'a.tar')}:v1`, `docker-archive:${join(tars, 'd.tar')}:air/big:v1`]) {
+      const r = await full(['copy', '--json', `${reg.host}/air/big:v1`, target]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(JSON.parse(r.stdout).error.code, 'DESTINATION_REJECTED', `${target}: ${r.stdout}`);
+      assert.deepEqual(readdirSync(tars), [], `${target}: nothing left`);
+    }
   });
 
   test('a missing archive is SOURCE_NOT_FOUND; cloud flags on an archive side are usage errors', async () => {

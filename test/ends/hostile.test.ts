@@ -7,8 +7,10 @@ import { dirname, join } from 'node:path';
 import { pack, type Header } from 'tar-stream';
 import { parseArchiveReference } from '../../src/ends/archive-ref.ts';
 import { openArchiveSource } from '../../src/ends/local.ts';
-import { openOciArchiveSource } from '../../src/ends/oci-archive.ts';
-import { MAX_TAR_ENTRIES } from '../../src/ends/tar-index.ts';
+import { openOciArchiveSource, TarFiles } from '../../src/ends/oci-archive.ts';
+import { MAX_TAR_ENTRIES, TarIndex } from '../../src/ends/tar-index.ts';
+import { readVerifiedBlob } from '../../src/blob/verify.ts';
+import type { Digest } from '../../src/reference/digest.ts';
 import { MediaType } from '../../src/oci/manifest.ts';
 import { makeTempDir } from '../harness/process.ts';
 import { assertImage, collect, logger, makeImage, readBlob, rejectsFerry, sha256, type Image } from './helpers.ts';
@@ -256,6 +258,19 @@ describe('hostile archives: truncation and sizes that lie', () => {
     const entries = ociEntries().map((e) => (e.name === blobEntry(l).name ? { ...e, data: Buffer.concat([l.bytes, Buffer.from('!')]) } : e));
     const s = await openOci(await archive(entries));
     await rejectsFerry(s.openBlob(l.digest, l.size, 0), 'SOURCE_INVALID', `is ${l.size + 1} bytes but its descriptor says ${l.size}`);
+  });
+
+  it('an archive changed on disk while a copy reads it is SOURCE_INVALID, not an outage retried; a size the archive does not have is not INTERNAL', async () => {
+    const l = image.layers[1]!;
+    const good = await tarBytes(ociEntries());
+    const file = await archive(good);
+    const s = await openOci(file);
+    // Rewritten meanwhile (another `docker save` into the same file): it now ends inside the layer.
+    truncateSync(file, headerOffset(good, blobEntry(l).name) + 512 + 1000);
+    const read = readVerifiedBlob({ source: s, digest: l.digest as Digest, size: l.size });
+    await rejectsFerry(collect(read), 'SOURCE_INVALID', 'ended after 1000 of its 20000 bytes: the file changed while ferry read it');
+    const files = new TarFiles(await TarIndex.open(await archive(good), { description: 'oci-archive:x.tar' }));
+    await rejectsFerry(async () => files.stream(blobEntry(l).name, 0, l.size + 1), 'SOURCE_INVALID', `is ${l.size} bytes in the archive, not ${l.size + 1}`);
   });
 
   it('a manifest whose size differs from index.json, or whose bytes are not its digest', async () => {

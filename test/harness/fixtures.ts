@@ -318,6 +318,8 @@ export interface LargeImageOptions {
   layerCount?: number;
   /** Default 64 MiB. */
   layerSize?: number;
+  /** One layer of each size, instead of layerCount × layerSize. */
+  layerSizes?: number[];
   /** PATCH size of the chunked upload. Default 8 MiB. */
   chunkSize?: number;
   format?: ImageFormat;
@@ -333,8 +335,9 @@ export async function pushLargeImage(client: OciClient, repo: string, tag: strin
   const label = opts.seed ?? `${repo}:${tag ?? 'untagged'}`;
   const seed = seedFor(label);
   const layers: Descriptor[] = [];
-  for (let i = 0; i < (opts.layerCount ?? 8); i++) {
-    const stream = seededStream(layerSeed(label, i), opts.layerSize ?? 64 * 1024 * 1024);
+  const sizes = opts.layerSizes ?? Array.from({ length: opts.layerCount ?? 8 }, () => opts.layerSize ?? 64 * 1024 * 1024);
+  for (const [i, size] of sizes.entries()) {
+    const stream = seededStream(layerSeed(label, i), size);
     const ref = await client.pushBlobStream(repo, stream, { ...(opts.chunkSize ? { chunkSize: opts.chunkSize } : {}) });
     layers.push({ mediaType: typesFor(format).layer, digest: ref.digest, size: ref.size });
   }

@@ -99,7 +99,7 @@ describe('dockerConfigPath', () => {
 describe('DockerConfigCredentials: auths', () => {
   it('reads auth (base64 user:pass) keyed by the Hub URL, for every Hub alias in the request', async () => {
     const path = writeConfig({ auths: { 'https://index.docker.io/v1/': { auth: b64('hubuser:hub-pass:with:colons') } } });
-    const p = new DockerConfigCredentials({ authFile: path });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path });
     const want: Credential = { kind: 'basic', username: 'hubuser', password: 'hub-pass:with:colons' };
     assert.deepEqual(await p.resolve({ registry: 'docker.io' }), want);
     assert.deepEqual(await p.resolve({ registry: 'index.docker.io' }), want);
@@ -111,7 +111,7 @@ describe('DockerConfigCredentials: auths', () => {
   for (const key of ['index.docker.io', 'docker.io', 'registry-1.docker.io', 'https://index.docker.io/v1/']) {
     it(`treats "${key}" as Docker Hub`, async () => {
       const path = writeConfig({ auths: { [key]: { username: 'u1', password: 'p-hub-alias' } } });
-      const c = await new DockerConfigCredentials({ authFile: path }).resolve({ registry: 'docker.io' });
+      const c = await new DockerConfigCredentials({ side: 'source', authFile: path }).resolve({ registry: 'docker.io' });
       assert.deepEqual(c, { kind: 'basic', username: 'u1', password: 'p-hub-alias' });
     });
   }
@@ -124,7 +124,7 @@ describe('DockerConfigCredentials: auths', () => {
         '[::1]:5001': { username: 'carol', password: 'carol-secret' },
       },
     });
-    const p = new DockerConfigCredentials({ authFile: path });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path });
     assert.deepEqual(await p.resolve({ registry: 'registry.example.com' }), { kind: 'basic', username: 'alice', password: 'alice-secret' });
     assert.deepEqual(await p.resolve({ registry: 'localhost:5000' }), { kind: 'basic', username: 'bob', password: 'bob-secret' });
     assert.deepEqual(await p.resolve({ registry: '[::1]:5001' }), { kind: 'basic', username: 'carol', password: 'carol-secret' });
@@ -133,7 +133,7 @@ describe('DockerConfigCredentials: auths', () => {
 
   it('auth wins over username/password in the same entry, as in docker', async () => {
     const path = writeConfig({ auths: { 'r.example': { auth: b64('fromauth:auth-pass-1'), username: 'x', password: 'field-pass-1' } } });
-    assert.deepEqual(await new DockerConfigCredentials({ authFile: path }).resolve({ registry: 'r.example' }), {
+    assert.deepEqual(await new DockerConfigCredentials({ side: 'source', authFile: path }).resolve({ registry: 'r.example' }), {
       kind: 'basic',
       username: 'fromauth',
       password: 'auth-pass-1',
@@ -147,7 +147,7 @@ describe('DockerConfigCredentials: auths', () => {
         'bearer.example': { registrytoken: 'bearer-token-xyz' },
       },
     });
-    const p = new DockerConfigCredentials({ authFile: path });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path });
     assert.deepEqual(await p.resolve({ registry: 'id.example' }), { kind: 'identity-token', token: 'refresh-token-abc' });
     assert.deepEqual(await p.resolve({ registry: 'bearer.example' }), { kind: 'bearer', token: 'bearer-token-xyz' });
   });
@@ -163,7 +163,7 @@ describe('DockerConfigCredentials: auths', () => {
         'both.example': { username: 'second', password: 'second-pass' },
       },
     });
-    const p = new DockerConfigCredentials({ authFile: path });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path });
     assert.deepEqual(await p.resolve({ registry: 'docker.io' }), { kind: 'basic', username: 'canonical', password: 'canonical-pass' });
     assert.equal(await p.resolve({ registry: 'empty.example' }), undefined);
     assert.equal(await p.resolve({ registry: 'null.example' }), undefined);
@@ -178,14 +178,14 @@ describe('DockerConfigCredentials: auths', () => {
         'c.example': { identitytoken: 'identity-token-3' },
       },
     });
-    await new DockerConfigCredentials({ authFile: path }).load();
+    await new DockerConfigCredentials({ side: 'source', authFile: path }).load();
     const line = `x ann-password-1 ${b64('ann:ann-password-1')} ben-password-2 ${b64('ben:ben-password-2')} identity-token-3 y`;
     assert.equal(scrubSecrets(line), 'x [REDACTED] [REDACTED] [REDACTED] [REDACTED] [REDACTED] y');
   });
 
   it('caches the parsed file; a refresh re-reads it', async () => {
     const path = writeConfig({ auths: { 'r.example': { username: 'u', password: 'first-pass' } } });
-    const p = new DockerConfigCredentials({ authFile: path });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path });
     assert.deepEqual(await p.resolve({ registry: 'r.example' }), { kind: 'basic', username: 'u', password: 'first-pass' });
     writeFileSync(path, JSON.stringify({ auths: { 'r.example': { username: 'u', password: 'second-pass' } } }));
     assert.deepEqual(await p.resolve({ registry: 'r.example' }), { kind: 'basic', username: 'u', password: 'first-pass' });
@@ -196,9 +196,9 @@ describe('DockerConfigCredentials: auths', () => {
 
 describe('DockerConfigCredentials: which file', () => {
   it('a missing default file means no credentials', async () => {
-    const p = new DockerConfigCredentials({ env: { DOCKER_CONFIG: join(dir(), 'nowhere') } });
+    const p = new DockerConfigCredentials({ side: 'source', env: { DOCKER_CONFIG: join(dir(), 'nowhere') } });
     assert.equal(await p.resolve({ registry: 'docker.io' }), undefined);
-    const q = new DockerConfigCredentials({ env: {}, homeDir: dir() });
+    const q = new DockerConfigCredentials({ side: 'source', env: {}, homeDir: dir() });
     assert.equal(await q.resolve({ registry: 'docker.io' }), undefined);
   });
 
@@ -207,22 +207,22 @@ describe('DockerConfigCredentials: which file', () => {
     const home = dir();
     mkdirSync(join(home, '.docker'));
     writeFileSync(join(home, '.docker', 'config.json'), JSON.stringify({ auths: { 'r.example': { username: 'from-home', password: 'home-password' } } }));
-    const viaEnv = new DockerConfigCredentials({ env: { DOCKER_CONFIG: join(dc, '..'), HOME: home } });
+    const viaEnv = new DockerConfigCredentials({ side: 'source', env: { DOCKER_CONFIG: join(dc, '..'), HOME: home } });
     assert.equal(viaEnv.path, dc);
     assert.deepEqual(await viaEnv.resolve({ registry: 'r.example' }), { kind: 'basic', username: 'from-dc', password: 'dc-password' });
-    const viaHome = new DockerConfigCredentials({ env: { HOME: home } });
+    const viaHome = new DockerConfigCredentials({ side: 'source', env: { HOME: home } });
     assert.deepEqual(await viaHome.resolve({ registry: 'r.example' }), { kind: 'basic', username: 'from-home', password: 'home-password' });
   });
 
   it('an explicit file that is missing is a UsageError naming it', async () => {
     const missing = join(dir(), 'auth.json');
-    const e = await rejectsWith(new DockerConfigCredentials({ authFile: missing }).resolve({ registry: 'docker.io' }), 'USAGE', missing, '--authfile', 'does not exist');
+    const e = await rejectsWith(new DockerConfigCredentials({ side: 'source', authFile: missing }).resolve({ registry: 'docker.io' }), 'USAGE', missing, '--authfile', 'does not exist');
     assert.ok(e instanceof UsageError);
   });
 
   it('a directory given as the file is a UsageError naming it', async () => {
     const d = dir();
-    await rejectsWith(new DockerConfigCredentials({ authFile: d }).resolve({ registry: 'docker.io' }), 'USAGE', d);
+    await rejectsWith(new DockerConfigCredentials({ side: 'source', authFile: d }).resolve({ registry: 'docker.io' }), 'USAGE', d);
   });
 
   const malformed: Array<[string, string, string]> = [
@@ -243,14 +243,14 @@ describe('DockerConfigCredentials: which file', () => {
   for (const [name, text, part] of malformed) {
     it(`a malformed explicit file (${name}) is a UsageError naming it`, async () => {
       const path = writeConfig(text);
-      await rejectsWith(new DockerConfigCredentials({ authFile: path }).resolve({ registry: 'r.example' }), 'USAGE', path, part);
+      await rejectsWith(new DockerConfigCredentials({ side: 'source', authFile: path }).resolve({ registry: 'r.example' }), 'USAGE', path, part);
     });
   }
 
   it('a malformed default file is a UsageError too, and a JSON error never quotes the file', async () => {
     const path = writeConfig('{"auths": {"r.example": {"password": "hunter2-in-a-broken-file" oops}}}');
     const e = await rejectsWith(
-      new DockerConfigCredentials({ env: { DOCKER_CONFIG: join(path, '..') } }).resolve({ registry: 'r.example' }),
+      new DockerConfigCredentials({ side: 'source', env: { DOCKER_CONFIG: join(path, '..') } }).resolve({ registry: 'r.example' }),
       'USAGE',
       path,
       'not valid JSON',
@@ -285,7 +285,7 @@ describe('DockerConfigCredentials: credential helpers', () => {
     const log = join(dir(), 'calls.log');
     const env = helperEnv({ test: protocolHelper(log) });
     const path = writeConfig({ credsStore: 'test', auths: { 'https://custom.example': {} } });
-    const p = new DockerConfigCredentials({ authFile: path, env });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path, env });
     assert.deepEqual(await p.resolve({ registry: 'docker.io' }), { kind: 'basic', username: 'hubuser', password: 'hub-helper-secret' });
     assert.deepEqual(await p.resolve({ registry: 'localhost:5000' }), { kind: 'identity-token', token: 'helper-identity-token' });
     // The server URL is the key docker login wrote in auths, when there is one.
@@ -302,7 +302,7 @@ describe('DockerConfigCredentials: credential helpers', () => {
   it('caches helper answers until a refresh', async () => {
     const log = join(dir(), 'calls.log');
     const env = helperEnv({ test: protocolHelper(log) });
-    const p = new DockerConfigCredentials({ authFile: writeConfig({ credsStore: 'test' }), env });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: writeConfig({ credsStore: 'test' }), env });
     await p.resolve({ registry: 'docker.io' });
     await p.resolve({ registry: 'docker.io' });
     assert.equal(readFileSync(log, 'utf8').trim().split('\n').length, 1);
@@ -321,7 +321,7 @@ describe('DockerConfigCredentials: credential helpers', () => {
       credHelpers: { 'localhost:5000': 'test', 'https://nothing.example': 'test' },
       auths: { 'localhost:5000': { username: 'inline', password: 'inline-password' }, 'inline.example': { username: 'inl', password: 'inline-pass-2' } },
     });
-    const p = new DockerConfigCredentials({ authFile: path, env });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path, env });
     assert.deepEqual(await p.resolve({ registry: 'localhost:5000' }), { kind: 'identity-token', token: 'helper-identity-token' });
     assert.equal(await p.resolve({ registry: 'nothing.example' }), undefined);
     // inline auths come before the default store
@@ -332,32 +332,31 @@ describe('DockerConfigCredentials: credential helpers', () => {
 
   it('a helper that is not on PATH is a USAGE error saying which program and how to fix it', async () => {
     const path = writeConfig({ credsStore: 'nosuchhelper' });
-    const p = new DockerConfigCredentials({ authFile: path, env: envWithoutHelpers() });
+    const p = new DockerConfigCredentials({ side: 'source', authFile: path, env: envWithoutHelpers() });
     await rejectsWith(p.resolve({ registry: 'docker.io' }), 'USAGE', 'docker-credential-nosuchhelper', 'not on PATH', 'install', path, 'credsStore');
   });
 
-  it('a helper that fails is an error quoting what it said; AUTH for the side when one is given', async () => {
+  it('a helper that fails is the AUTH error of the side it answers for, quoting what it said (never INTERNAL)', async () => {
     const env = helperEnv({ test: `cat >/dev/null; echo "keychain is locked" >&2; exit 2` });
     const path = writeConfig({ credHelpers: { 'r.example': 'test' } });
-    const e = await rejectsWith(
-      new DockerConfigCredentials({ authFile: path, env }).resolve({ registry: 'r.example' }),
-      'INTERNAL',
+    const s = await rejectsWith(
+      new DockerConfigCredentials({ side: 'source', authFile: path, env }).resolve({ registry: 'r.example' }),
+      'SOURCE_AUTH',
       'docker-credential-test',
       'exited with status 2',
       'keychain is locked',
       'credHelpers["r.example"]',
     );
-    assert.equal(e.side, undefined);
-    const s = await rejectsWith(new DockerConfigCredentials({ authFile: path, env, side: 'source' }).resolve({ registry: 'r.example' }), 'SOURCE_AUTH', 'keychain is locked');
     assert.equal(s.side, 'source');
-    await rejectsWith(new DockerConfigCredentials({ authFile: path, env, side: 'destination' }).resolve({ registry: 'r.example' }), 'DESTINATION_AUTH');
+    const d = await rejectsWith(new DockerConfigCredentials({ side: 'destination', authFile: path, env }).resolve({ registry: 'r.example' }), 'DESTINATION_AUTH', 'keychain is locked');
+    assert.equal(d.side, 'destination');
   });
 
   it('a failed helper answer is not cached', async () => {
     const flag = join(dir(), 'ok');
     const env = helperEnv({ test: `cat >/dev/null; if [ -f '${flag}' ]; then printf '{"Username":"u","Secret":"later-secret-1"}'; else echo boom; exit 1; fi` });
-    const p = new DockerConfigCredentials({ authFile: writeConfig({ credsStore: 'test' }), env });
-    await rejectsWith(p.resolve({ registry: 'r.example' }), 'INTERNAL', 'boom');
+    const p = new DockerConfigCredentials({ side: 'source', authFile: writeConfig({ credsStore: 'test' }), env });
+    await rejectsWith(p.resolve({ registry: 'r.example' }), 'SOURCE_AUTH', 'boom');
     writeFileSync(flag, '');
     assert.deepEqual(await p.resolve({ registry: 'r.example' }), { kind: 'basic', username: 'u', password: 'later-secret-1' });
   });
@@ -365,8 +364,8 @@ describe('DockerConfigCredentials: credential helpers', () => {
   it('huge output is cut off at 64 KiB', async () => {
     const env = helperEnv({ test: `cat >/dev/null; yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 1000000` });
     await rejectsWith(
-      new DockerConfigCredentials({ authFile: writeConfig({ credsStore: 'test' }), env }).resolve({ registry: 'r.example' }),
-      'INTERNAL',
+      new DockerConfigCredentials({ side: 'source', authFile: writeConfig({ credsStore: 'test' }), env }).resolve({ registry: 'r.example' }),
+      'SOURCE_AUTH',
       'more than 65536 bytes',
     );
   });
@@ -375,7 +374,7 @@ describe('DockerConfigCredentials: credential helpers', () => {
     // Padded with a long ServerURL: the secret itself stays an ordinary size.
     const pad = `https://${'x'.repeat(65_000)}`;
     const env = helperEnv({ test: `cat >/dev/null; printf '{"ServerURL":"%s","Username":"big","Secret":"big-output-secret"}' '${pad}'` });
-    const c = await new DockerConfigCredentials({ authFile: writeConfig({ credsStore: 'test' }), env }).resolve({ registry: 'r.example' });
+    const c = await new DockerConfigCredentials({ side: 'source', authFile: writeConfig({ credsStore: 'test' }), env }).resolve({ registry: 'r.example' });
     assert.deepEqual(c, { kind: 'basic', username: 'big', password: 'big-output-secret' });
   });
 
@@ -383,8 +382,8 @@ describe('DockerConfigCredentials: credential helpers', () => {
     const env = helperEnv({ test: `exec sleep 30` });
     const started = Date.now();
     await rejectsWith(
-      new DockerConfigCredentials({ authFile: writeConfig({ credsStore: 'test' }), env, helperTimeoutMs: 300 }).resolve({ registry: 'r.example' }),
-      'INTERNAL',
+      new DockerConfigCredentials({ side: 'source', authFile: writeConfig({ credsStore: 'test' }), env, helperTimeoutMs: 300 }).resolve({ registry: 'r.example' }),
+      'SOURCE_AUTH',
       'did not answer',
       'within 0.3 s',
     );
@@ -393,20 +392,20 @@ describe('DockerConfigCredentials: credential helpers', () => {
 
   it('output that is not JSON is an error that does not quote the output', async () => {
     const env = helperEnv({ test: `cat >/dev/null; echo 'Username=u Secret=leaky-secret-value'` });
-    const e = await rejectsWith(runCredentialHelper('test', 'r.example', { env }), 'INTERNAL', 'not JSON');
+    const e = await rejectsWith(runCredentialHelper('test', 'r.example', { env, side: 'source' }), 'SOURCE_AUTH', 'not JSON');
     assert.ok(!e.message.includes('leaky-secret-value'));
   });
 
   it('JSON of the wrong shape is an error', async () => {
     const env = helperEnv({ test: `cat >/dev/null; echo '{"Username":"u","Secret":42}'` });
-    await rejectsWith(runCredentialHelper('test', 'r.example', { env }), 'INTERNAL', '"Secret"');
+    await rejectsWith(runCredentialHelper('test', 'r.example', { env, side: 'source' }), 'SOURCE_AUTH', '"Secret"');
     const env2 = helperEnv({ test: `cat >/dev/null; echo '["u","s"]'` });
-    await rejectsWith(runCredentialHelper('test', 'r.example', { env: env2 }), 'INTERNAL', '"Secret"');
+    await rejectsWith(runCredentialHelper('test', 'r.example', { env: env2, side: 'source' }), 'SOURCE_AUTH', '"Secret"');
   });
 
   it('a helper that exits without reading stdin still works', async () => {
     const env = helperEnv({ test: `printf '{"Username":"quick","Secret":"quick-secret-1"}'` });
-    assert.deepEqual(await runCredentialHelper('test', 'r.example', { env }), { kind: 'basic', username: 'quick', password: 'quick-secret-1' });
+    assert.deepEqual(await runCredentialHelper('test', 'r.example', { env, side: 'source' }), { kind: 'basic', username: 'quick', password: 'quick-secret-1' });
   });
 });
 

@@ -750,6 +750,24 @@ describe('interim answers and framing, as strict as llhttp', () => {
     }
   });
 
+  test('an upload whose answer does not come: a cancel stops the wait at once and drops the connection (Ctrl-C, a cancelled job)', async () => {
+    let closed!: () => void;
+    const dropped = new Promise<void>((r) => (closed = r));
+    // Takes the whole body and never answers.
+    const server = await rawServer((_line, socket) => socket.on('close', () => closed()));
+    try {
+      const upload = await RawUpload.open('PATCH', { url: new URL(`${server.origin}/v2/a/blobs/uploads/1`), headers: {} }, 5, { ...opts, headersTimeoutMs: 3_600_000, idleTimeoutMs: 3_600_000 });
+      await new Promise<void>((resolve, reject) => upload.write(Buffer.from('hello'), (e) => (e ? reject(e) : resolve())));
+      const cancel = new AbortController();
+      const answer = upload.response(cancel.signal);
+      cancel.abort();
+      await assert.rejects(answer, (e: unknown) => e instanceof FerryError && e.code === 'INTERRUPTED');
+      await dropped;
+    } finally {
+      server.close();
+    }
+  });
+
   test('a malformed chunked answer fails at once as a retryable network error, instead of waiting for more', async () => {
     const bodies: Record<string, string> = {
       '/bad-size': 'zz\r\n{"errors":[]}\r\n0\r\n\r\n',

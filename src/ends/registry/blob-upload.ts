@@ -14,7 +14,7 @@ import type { ImageSource } from '../types.ts';
 import { sleep, backoffDelay, retryAfterOf, DEFAULT_RETRY } from '../../transport/retry.ts';
 import { BlobHasher, ChunkCursor, counted, readVerifiedBlob, readVerifiedBlobWhole, type HashCheckpoint } from '../../blob/verify.ts';
 import { PipedBlobRead } from './blob-pipe.ts';
-import { JOURNAL_VERSION, SUSPEND, type JournalEntry, type UploadJournal } from './journal.ts';
+import { JOURNAL_VERSION, SUSPEND, suspending, type JournalEntry, type UploadJournal } from './journal.ts';
 
 export interface UploadTuning {
   /** Blobs up to this size go up in one PUT. */
@@ -52,6 +52,13 @@ export interface BlobUploadRequest {
   tuning: UploadTuning;
   logger: Logger;
   signal?: AbortSignal | undefined;
+  /**
+   * Aborted to stop soon without losing what was sent (the first Ctrl-C): a chunked upload
+   * finishes the chunk in flight, keeps its journaled session and throws SUSPEND; a one-request
+   * upload in flight finishes; an upload not begun does not begin. What sends nothing (re-reading
+   * a prefix to hash it, waiting to retry) stops at once.
+   */
+  park?: AbortSignal | undefined;
   /** Bytes sent to the destination (re-sent bytes count again). */
   onBytes?: (n: number) => void;
   /** Record open chunked uploads here, and continue the one a previous process left behind. */
@@ -83,6 +90,7 @@ interface Continuation {
 
 export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResult> {
   const { destination: dst, destinationRepository: repo, digest, size, logger, journal } = req;
+  if (req.park?.aborted) throw SUSPEND;
   const chunked = dst.profile.chunkedUploads && size > req.tuning.monolithicMaxBytes;
   const result: BlobUploadResult = { restarts: 0, resumes: 0, resumedFromJournal: false, bytesResent: 0, bytesRereadForHash: 0 };
   const key = { registry: dst.registry, repository: repo, digest };
@@ -106,7 +114,8 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       continuation = chunked ? await continueJournaled(req, entry, result) : undefined;
       if (continuation?.checkpoint) acknowledgedBefore = continuation.checkpoint.offset;
       if (!continuation) {
-        await discardJournaled(req, entry, chunked ? 'the registry no longer holds the journaled upload' : 'the blob now goes up in one request');
+        // A one-request upload (one a stop cut, or a blob that was chunked before) cannot be continued.
+        await discardJournaled(req, entry, chunked ? 'the registry no longer holds the journaled upload' : 'a one-request upload cannot be continued');
         result.restarts++;
       }
     }
@@ -190,16 +199,22 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       }
       pipeOk.allowed = false;
       settle();
-      // Suspended (the agent stopping, the job left open): the journaled session stays for the next process.
-      if (journal && chunked && req.signal?.aborted && req.signal.reason === SUSPEND) throw err;
+      // Suspended or parked (the agent stopping, the job left open; Ctrl-C): the journaled session
+      // stays for the next process. A one-request upload cut by the stop cannot be continued, but
+      // its session is journaled all the same, for the next run to DELETE: a DELETE now can reach
+      // distribution 2.8 while it still stores the cut request, and the session is then left behind.
+      if (journal && suspending(req.signal, req.park)) {
+        if (!chunked) await record!(location, 0);
+        throw err;
+      }
       // Never leave a session behind: the registry would keep the partial bytes until it expires it.
       await dst.cancelUpload(repo, location);
       if (journal && chunked) await journal.remove(key);
-      if (!err.retryable || req.signal?.aborted || attempt >= req.tuning.attempts) throw err;
+      if (!err.retryable || req.signal?.aborted || req.park?.aborted || attempt >= req.tuning.attempts) throw err;
       result.restarts++;
       const delay = Math.max(waitAsked(err), backoffDelay(DEFAULT_RETRY, attempt));
       logger.warn({ digest, size, attempt, err: err.message, side: err.side }, 'blob upload failed; restarting it from the beginning');
-      await sleep(delay, req.signal);
+      await sleep(delay, sendingNothing(req));
     }
   }
 }
@@ -237,9 +252,11 @@ async function continueJournaled(req: BlobUploadRequest, entry: JournalEntry, re
   // held leaves only the commit.
   const offset = status.offset;
   if (offset < entry.offset || offset > size) return why(`registry holds ${offset} bytes, the journal acknowledged ${entry.offset}`);
+  // Parked meanwhile: the session stays as it is, journaled, for the next run.
+  if (req.park?.aborted) throw SUSPEND;
   let checkpoint: HashCheckpoint | undefined;
   if (offset > 0) {
-    checkpoint = await hashTo(req, undefined, offset);
+    checkpoint = await hashTo({ ...req, signal: sendingNothing(req) }, undefined, offset);
     result.bytesRereadForHash += offset;
   }
   result.resumes++;
@@ -318,6 +335,8 @@ async function uploadChunked(
         cursor = new ChunkCursor(reader);
       }
       while (offset < size) {
+        // Parked: stop between chunks, the session journaled at what the registry acknowledged.
+        if (req.park?.aborted) throw SUSPEND;
         const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
         if (offset + length === size) {
           // The last bytes ride on the commit PUT: one request fewer.
@@ -353,7 +372,7 @@ async function uploadChunked(
       const giveUp = () => (desync ? new FerryError('REGISTRY_UNAVAILABLE', `the registry and ferry disagree on the offset of an upload of ${digest}: ${err.message}`, { side: 'destination', retryable: true, cause: e }) : e);
       if (++resumesHere > 3) throw giveUp();
       // A busy or failing registry gets a pause first (at least its Retry-After).
-      await sleep(Math.max(waitAsked(err), backoffDelay(DEFAULT_RETRY, resumesHere)), req.signal);
+      await sleep(Math.max(waitAsked(err), backoffDelay(DEFAULT_RETRY, resumesHere)), sendingNothing(req));
       // Ask the registry what it holds and continue from there. It can hold more than the last
       // acknowledged chunk: the part of a cut chunk that reached it, which a spec registry keeps.
       // The bytes in between are read from the source again only to hash them (at most one chunk).
@@ -362,7 +381,7 @@ async function uploadChunked(
       const ours = checkpoint?.offset ?? 0;
       if (typeof status === 'object' && held !== undefined && held >= ours && held <= size) {
         if (held > ours) {
-          checkpoint = await hashTo(req, checkpoint, held);
+          checkpoint = await hashTo({ ...req, signal: sendingNothing(req) }, checkpoint, held);
           result.bytesRereadForHash += held - ours;
         }
         location = status.location;
@@ -439,6 +458,12 @@ function startPipe(req: BlobUploadRequest, hasher: BlobHasher): Promise<PipedBlo
 
 function misacknowledged(acknowledged: number, expected: number, digest: Digest): FerryError {
   return new FerryError('REGISTRY_UNAVAILABLE', `registry acknowledged ${acknowledged} bytes of ${digest}, expected ${expected}`, { side: 'destination', retryable: true });
+}
+
+/** The signal for what sends nothing (waits, prefix re-reads): it stops at once when the upload is parked. */
+export function sendingNothing(req: Pick<BlobUploadRequest, 'signal' | 'park'>): AbortSignal | undefined {
+  if (!req.park) return req.signal;
+  return req.signal ? AbortSignal.any([req.signal, req.park]) : req.park;
 }
 
 /** The registry's Retry-After on a failed streamed request (capped like the client's), else 0. */

@@ -195,7 +195,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         }
         // Another copy is uploading this blob to this registry: wait, then mount it from there.
         o.logger.debug({ digest: b.digest }, 'waiting for another copy\'s upload of this blob, to mount it');
-        await abortable(claim.landed, o.signal);
+        await abortable(claim.landed, o.park ? AbortSignal.any([o.signal, o.park]) : o.signal);
         const after = await this.placeFromSiblings(placements, b, o);
         if (after) return { outcome: after, ...NOTHING_SENT };
       }
@@ -212,6 +212,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         tuning: this.tuning,
         logger: o.logger,
         signal: o.signal,
+        park: o.park,
         onBytes: o.onBytes,
         journal: this.journal,
         sourceName: o.sourceName,

@@ -18,8 +18,8 @@ import type { Digest } from '../../reference/digest.ts';
 import { sleep, backoffDelay, DEFAULT_RETRY } from '../../transport/retry.ts';
 import { ECR_MAX_PART_BYTES, ECR_MAX_PARTS, ECR_MIN_PART_BYTES, EcrApiError, type EcrLayerApi } from '../../registry/ecr-layer-api.ts';
 import { BlobHasher, ChunkCursor, readVerifiedBlob, type HashCheckpoint } from '../../blob/verify.ts';
-import { discardJournaled, hashTo, type BlobUploadRequest, type BlobUploadResult, type UploadTuning } from './blob-upload.ts';
-import { JOURNAL_VERSION, SUSPEND, type JournalEntry } from './journal.ts';
+import { discardJournaled, hashTo, sendingNothing, type BlobUploadRequest, type BlobUploadResult, type UploadTuning } from './blob-upload.ts';
+import { JOURNAL_VERSION, SUSPEND, suspending, type JournalEntry } from './journal.ts';
 
 const MiB = 1024 * 1024;
 /** Parts are whole MiB: the source reader aligns its pieces to 1 MiB, so the hash state is known at every part boundary. */
@@ -95,6 +95,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
   const result: BlobUploadResult = { restarts: 0, resumes: 0, resumedFromJournal: false, bytesResent: 0, bytesRereadForHash: 0 };
   const key = { registry: req.destination.registry, repository: repo, digest };
   const source = req.sourceName ?? req.source.description;
+  if (req.park?.aborted) throw SUSPEND;
   // Bytes ECR held from a previous process: everything sent beyond `size - acknowledgedBefore` went before.
   let acknowledgedBefore = 0;
   let sent = 0;
@@ -130,7 +131,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
       acknowledgedBefore = entry.offset;
       state = { uploadId: entry.upload_id as string, offset: entry.offset, checkpoint: undefined, partBytes: partBytesFor(req.tuning, undefined), journaled: true };
       if (entry.offset > 0) {
-        state.checkpoint = await hashTo(req, undefined, entry.offset);
+        state.checkpoint = await hashTo({ ...req, signal: sendingNothing(req) }, undefined, entry.offset);
         result.bytesRereadForHash += entry.offset;
       }
       result.resumes++;
@@ -189,7 +190,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
       // Suspended (the agent stopping), or a failure the next run can get past: ECR keeps the parts
       // until it expires the upload, so the entry stays and the same command continues it.
       // (ECR has no call to cancel a layer upload.)
-      if (req.signal?.aborted && req.signal.reason === SUSPEND) throw err;
+      if (suspending(req.signal, req.park)) throw err;
       const keep = err.retryable && !req.signal?.aborted && err.side !== 'source';
       if (!keep || attempt >= req.tuning.attempts) {
         if (!keep) await journal?.remove(key);
@@ -197,7 +198,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
       }
       if (state) result.resumes++;
       logger.warn({ digest, size, attempt, err: err.message, offset: state?.offset, api: 'ecr' }, 'layer upload failed; continuing it from ECR\'s acknowledged offset');
-      await sleep(backoffDelay(DEFAULT_RETRY, attempt), req.signal);
+      await sleep(backoffDelay(DEFAULT_RETRY, attempt), sendingNothing(req));
     }
   }
 }
@@ -234,7 +235,7 @@ async function sendParts(
       // Ahead of us: hash only the bytes in between; behind: from byte 0. (At the end, hashTo checks
       // the digest over every byte, and only CompleteLayerUpload is left.)
       const from = held >= state.offset ? state.checkpoint : undefined;
-      state.checkpoint = held > 0 ? await hashTo(req, from, held) : undefined;
+      state.checkpoint = held > 0 ? await hashTo({ ...req, signal: sendingNothing(req) }, from, held) : undefined;
       result.bytesRereadForHash += held - (from?.offset ?? 0);
       state.offset = held;
       await record(state);
@@ -282,6 +283,8 @@ async function sendFrom(
       state.offset = end;
       state.checkpoint = part.checkpoint;
       await record(state);
+      // Parked: stop between parts, the upload journaled at what ECR acknowledged.
+      if (req.park?.aborted) throw SUSPEND;
     }
   } finally {
     await next?.catch(() => undefined);

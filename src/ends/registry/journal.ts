@@ -17,9 +17,16 @@ import { TEMP_MARK, atomicWriteFile } from '../../util/atomic-file.ts';
 
 /**
  * Abort a copy with this reason to suspend it rather than cancel it: journaled upload sessions
- * are kept (not DELETEd) for the next process to continue. The agent uses it on a hard stop.
+ * are kept (not DELETEd) for the next process to continue. The agent uses it on a hard stop,
+ * `ferry copy` on a second Ctrl-C or when its grace runs out. An upload that was parked (its
+ * `park` signal: stop at the next point it can be continued from) stops with it too.
  */
 export const SUSPEND = new AbortedError('suspended: open uploads are kept to be resumed');
+
+/** Whether an upload is stopping for now, keeping its journaled session: suspended, or parked. */
+export function suspending(signal: AbortSignal | undefined, park: AbortSignal | undefined): boolean {
+  return (signal?.aborted === true && signal.reason === SUSPEND) || park?.aborted === true;
+}
 
 export const JOURNAL_VERSION = 1;
 /** A journal file is a few hundred bytes; anything much larger is not ours. */
