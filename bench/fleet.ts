@@ -51,6 +51,20 @@ export function summarizeGroup(wall_s: number, runs: ProcessMeasure[], jobs: Fle
   };
 }
 
+/** One copy of one image by one CLI process, measured as a fleet of one. */
+export async function copyOne(tool: Tool, job: FleetJob, ctx: RunContext, timeoutMs: number): Promise<FleetMeasure> {
+  const r = await runMeasured(tool.copy(job.source, job.destination, ctx), timeoutMs);
+  return {
+    wall_s: r.wall_s,
+    user_s: r.user_s,
+    sys_s: r.sys_s,
+    rss_mib: r.rss_mib,
+    rss_sum_mib: r.rss_mib,
+    processes: 1,
+    failures: r.exitCode === 0 ? [] : [`exit ${r.exitCode}${r.timedOut ? ' (timed out)' : ''}: ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join(' | ')}`],
+  };
+}
+
 /** One CLI process per image, `ctx.parallel` at once: how a peer syncs a fleet. */
 export async function syncWithParallelCli(tool: Tool, jobs: FleetJob[], ctx: FleetContext): Promise<FleetMeasure> {
   tool.beforeRun?.();

@@ -6,7 +6,7 @@ import { cpus, freemem, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { OciClient } from '../test/harness/oci-client.ts';
 import { startThrottleProxy, type ThrottleProxy } from '../test/harness/throttle-proxy.ts';
-import { ferryFleetModeLabel, ferryFleetSync, syncWithParallelCli, type FerryFleetMode, type FleetJob, type FleetMeasure, type FleetSync } from './fleet.ts';
+import { copyOne, ferryFleetModeLabel, ferryFleetSync, syncWithParallelCli, type FerryFleetMode, type FleetJob, type FleetMeasure, type FleetSync } from './fleet.ts';
 import { CLK_TCK, GNU_TIME, loadAverage, median, min, runMeasured, systemCpuTicks } from './measure.ts';
 import { addCounts, BenchRegistry } from './registries.ts';
 import { evaluateTargets, summarize, toMarkdown, type BenchResults, type RunResult, type WorkloadResult } from './report.ts';
@@ -252,17 +252,7 @@ async function runWorkload(w: Workload, images: SourceImage[], allTools: Tool[],
 
       let m: FleetMeasure;
       if (w.kind === 'single') {
-        const job = jobs[0]!;
-        const r = await runMeasured(t.copy(job.source, job.destination, ctx), o.timeoutMs);
-        m = {
-          wall_s: r.wall_s,
-          user_s: r.user_s,
-          sys_s: r.sys_s,
-          rss_mib: r.rss_mib,
-          rss_sum_mib: r.rss_mib,
-          processes: 1,
-          failures: r.exitCode === 0 ? [] : [`exit ${r.exitCode}${r.timedOut ? ' (timed out)' : ''}: ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join(' | ')}`],
-        };
+        m = await copyOne(t, jobs[0]!, ctx, o.timeoutMs);
       } else {
         m = await syncFor(t)(jobs, { ...ctx, parallel: o.fleetParallel, timeoutMs: o.timeoutMs });
       }

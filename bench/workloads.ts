@@ -108,8 +108,11 @@ function sizes(quick: boolean): WorkloadSizes {
 
 const fmt = (n: number) => (n >= GiB ? `${n / GiB} GiB` : n >= MiB ? `${n / MiB} MiB` : `${n / KiB} KiB`);
 
-/** 50 images on 5 bases: each base's layers are shared by 10 images (in 10 repositories). */
-async function seedFleet(src: OciClient, quick: boolean): Promise<SourceImage[]> {
+/**
+ * 50 images on 5 bases: each base's layers are shared by 10 images (in 10 repositories). `count`
+ * seeds only the first images (the WAN lab's fleet), the same bytes in the same order.
+ */
+export async function seedFleet(src: OciClient, quick: boolean, count?: number): Promise<SourceImage[]> {
   const s = sizes(quick);
   const rng = createRng('bench/fleet');
   const baseBlobs: Array<Array<{ bytes?: Buffer; digest: string; size: number; home?: string }>> = [];
@@ -117,7 +120,7 @@ async function seedFleet(src: OciClient, quick: boolean): Promise<SourceImage[]>
     baseBlobs.push(s.fleetBaseLayers.map((size, i) => ({ bytes: seededBytes(`bench/fleet/base${b}/${i}`, size), digest: '', size })));
   }
   const images: SourceImage[] = [];
-  for (let i = 0; i < s.fleetImages; i++) {
+  for (let i = 0; i < (count ?? s.fleetImages); i++) {
     const repo = `bench/fleet/app-${String(i).padStart(2, '0')}`;
     const base = baseBlobs[i % s.fleetBases]!;
     const layers: Array<{ digest: string; size: number }> = [];

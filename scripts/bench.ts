@@ -183,6 +183,16 @@ const wholeRun =
   !values.workload && !values.tools && !values['ferry-baseline'] && !values['ferry-node-args'] && (values.ferry ?? 'binary') === 'binary' && runsWanted >= 3;
 const outDir = values.out ? resolve(values.out) : join(root, quick ? 'bench/.work/quick' : wholeRun ? 'bench' : 'bench/.work/partial');
 
+// How each tool is run, the same in both modes.
+const tool = {
+  ferryCommand,
+  ferryLabel,
+  baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? [node, values['ferry-baseline']] : [values['ferry-baseline']]) : undefined,
+  craneJobs: int(values['crane-jobs'], 'crane-jobs'),
+  orasConcurrency: int(values['oras-concurrency'], 'oras-concurrency'),
+  ferryConcurrency: int(values['ferry-concurrency'], 'ferry-concurrency'),
+};
+
 if (values.wan) {
   const num = (v: string | undefined, name: string): number | undefined => {
     if (v === undefined) return undefined;
@@ -220,14 +230,7 @@ if (values.wan) {
     tools: list(values.tools),
     outDir: wanOut,
     workDir: join(root, 'bench/.work'),
-    tool: {
-      ferryCommand,
-      ferryLabel,
-      baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? [node, values['ferry-baseline']] : [values['ferry-baseline']]) : undefined,
-      craneJobs: int(values['crane-jobs'], 'crane-jobs'),
-      orasConcurrency: int(values['oras-concurrency'], 'oras-concurrency'),
-      ferryConcurrency: int(values['ferry-concurrency'], 'ferry-concurrency'),
-    },
+    tool,
     link,
     fleetParallel: int(values['fleet-parallel'], 'fleet-parallel') ?? 4,
     agentMaxJobs: int(values['agent-max-jobs'], 'agent-max-jobs') ?? 8,
@@ -252,14 +255,7 @@ const results = await runBench({
   tools: list(values.tools),
   outDir,
   workDir: join(root, 'bench/.work'),
-  tool: {
-    ferryCommand,
-    ferryLabel,
-    baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? [node, values['ferry-baseline']] : [values['ferry-baseline']]) : undefined,
-    craneJobs: int(values['crane-jobs'], 'crane-jobs'),
-    orasConcurrency: int(values['oras-concurrency'], 'oras-concurrency'),
-    ferryConcurrency: int(values['ferry-concurrency'], 'ferry-concurrency'),
-  },
+  tool,
   singleExecutable: existsSync(singleExecutable) ? singleExecutable : undefined,
   fleetParallel: int(values['fleet-parallel'], 'fleet-parallel') ?? 4,
   ferryFleet: values['ferry-fleet'] === 'cli' ? 'cli' : 'agent',

@@ -6,8 +6,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import type { OciClient } from '../../test/harness/oci-client.ts';
-import { syncWithAgent, syncWithParallelCli, ferryFleetModeLabel, type FleetJob, type FleetMeasure } from '../fleet.ts';
-import { CLK_TCK, GNU_TIME, loadAverage, median, runMeasured, systemCpuTicks } from '../measure.ts';
+import { copyOne, syncWithAgent, syncWithParallelCli, ferryFleetModeLabel, type FleetJob, type FleetMeasure } from '../fleet.ts';
+import { CLK_TCK, GNU_TIME, loadAverage, median, systemCpuTicks } from '../measure.ts';
 import { addCounts } from '../registries.ts';
 import { summarize, toMarkdown, type BenchResults } from '../report.ts';
 import { registryVersion, type RunContext, type Tool, type ToolSettings } from '../tools.ts';
@@ -189,17 +189,7 @@ async function runWanWorkload(w: WanWorkload, images: SourceImage[], allTools: T
 
         let m: FleetMeasure;
         if (w.kind === 'single') {
-          const job = jobs[0]!;
-          const r = await runMeasured(t.copy(job.source, job.destination, ctx), o.timeoutMs);
-          m = {
-            wall_s: r.wall_s,
-            user_s: r.user_s,
-            sys_s: r.sys_s,
-            rss_mib: r.rss_mib,
-            rss_sum_mib: r.rss_mib,
-            processes: 1,
-            failures: r.exitCode === 0 ? [] : [`exit ${r.exitCode}${r.timedOut ? ' (timed out)' : ''}: ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join(' | ')}`],
-          };
+          m = await copyOne(t, jobs[0]!, ctx, o.timeoutMs);
         } else if (t.name === 'ferry' || t.name === 'ferry-baseline') {
           m = await syncWithAgent(t.name === 'ferry' ? agent : baselineAgent, jobs, { ...ctx, parallel: o.fleetParallel, timeoutMs: o.timeoutMs });
         } else {

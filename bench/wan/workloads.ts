@@ -3,10 +3,8 @@
 // the issue's: 5 images copied by 4 installs into one destination registry (20 copies), ferry
 // through one agent, the peers four CLIs at a time. Its 5 images are the loopback fleet's first
 // five (app-00 … app-04: the same seeds, so the same digests), each on its own base.
-import { MEDIA } from '../../test/harness/fixtures.ts';
 import type { OciClient } from '../../test/harness/oci-client.ts';
-import { createRng, seededBytes } from '../../test/harness/seed.ts';
-import { FULL_SIZES, QUICK_SIZES, selectWorkloads, workloads, type SourceImage, type Workload } from '../workloads.ts';
+import { FULL_SIZES, QUICK_SIZES, seedFleet, selectWorkloads, workloads, type SourceImage, type Workload } from '../workloads.ts';
 
 export interface WanWorkload {
   name: string;
@@ -25,49 +23,6 @@ export const BIG_MBPS = 200;
 export const FLEET_IMAGES = 5;
 export const FLEET_INSTALLS = 4;
 
-async function describe(src: OciClient, repo: string, tag: string): Promise<SourceImage> {
-  const v = await src.verifyImage(repo, tag);
-  return { repo, tag, digest: v.digest, blobs: v.blobs.map((b) => b.digest).sort(), bytes: v.blobs.reduce((n, b) => n + b.size, 0) };
-}
-
-/** The loopback fleet's first `count` images: the same seeds and order as bench/workloads.ts's seedFleet. */
-async function seedFleetHead(src: OciClient, quick: boolean, count: number): Promise<SourceImage[]> {
-  const s = quick ? QUICK_SIZES : FULL_SIZES;
-  const rng = createRng('bench/fleet');
-  const images: SourceImage[] = [];
-  for (let i = 0; i < count; i++) {
-    const repo = `bench/fleet/app-${String(i).padStart(2, '0')}`;
-    const b = i % s.fleetBases;
-    const layers: Array<{ digest: string; size: number }> = [];
-    for (const [k, size] of s.fleetBaseLayers.entries()) layers.push(await src.pushBlob(repo, seededBytes(`bench/fleet/base${b}/${k}`, size)));
-    for (let k = 0; k < 2; k++) {
-      const size = s.fleetOwnMin + rng.int(s.fleetOwnMax - s.fleetOwnMin);
-      layers.push(await src.pushBlob(repo, seededBytes(`bench/fleet/app${i}/${k}`, size)));
-    }
-    const config = Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        created: '2024-01-01T00:00:00Z',
-        config: { Labels: { 'org.ferry.bench': `fleet/${i}` } },
-        rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
-      }),
-    );
-    const cfg = await src.pushBlob(repo, config);
-    const manifest = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: MEDIA.ociManifest,
-        config: { mediaType: MEDIA.ociConfig, digest: cfg.digest, size: cfg.size },
-        layers: layers.map((l) => ({ mediaType: MEDIA.ociLayer, digest: l.digest, size: l.size })),
-      }),
-    );
-    await src.pushManifest(repo, 'v1', manifest, MEDIA.ociManifest);
-    images.push(await describe(src, repo, 'v1'));
-  }
-  return images;
-}
-
 export function wanWorkloads(quick: boolean): WanWorkload[] {
   const loopback = (name: string): Workload => selectWorkloads(workloads(quick), [name])[0]!;
   const single = (name: string, extra: Partial<WanWorkload> = {}): WanWorkload => {
@@ -85,7 +40,7 @@ export function wanWorkloads(quick: boolean): WanWorkload[] {
       description: `${images} images (the loopback fleet's first ${images}: a base of ${(quick ? QUICK_SIZES : FULL_SIZES).fleetBaseLayers.length} layers each + 2 own layers) × ${installs} installs: ${images * installs} copies into one destination registry, cold`,
       installs,
       roundsPerRun: 1,
-      seed: (src, q) => seedFleetHead(src, q, images),
+      seed: (src, q) => seedFleet(src, q, images),
     },
     single('big', { bandwidthMbps: BIG_MBPS, description: `${loopback('big').description}, on a link of ${BIG_MBPS} Mbit/s each way` }),
   ];
