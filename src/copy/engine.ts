@@ -97,6 +97,12 @@ class CopyRun {
 
   async run(started: number): Promise<CopyReport> {
     const { source, destination, signal } = this.req;
+    // 0. Connections for the transfers, opened while the manifests are read (their handshakes are
+    // two round trips each across a network).
+    if (!this.req.dryRun) {
+      this.src.warm?.();
+      this.dst.warm?.();
+    }
     // 1. The source root, by digest when pinned. What the destination holds under the tag (or the
     // pinned digest) is asked at the same time: the first two round trips of every copy overlap.
     const namedTarget = destination.tag ?? destination.digest;
