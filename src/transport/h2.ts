@@ -64,6 +64,10 @@ const SESSION_WINDOW = 16 * 1024 * 1024;
 /** A reader whose pieces are its own stops reading while this much waits to be sent on. */
 const SINK_BACKLOG_BYTES = 1024 * 1024;
 const DEFAULT_MAX_SESSIONS = 4;
+/** An upload goes on HTTP/2 up to this many of the server's stream windows (uploadFits). */
+const UPLOAD_WINDOWS = 4;
+/** RFC 9113's initial window, for a server that did not say. */
+const DEFAULT_REMOTE_WINDOW = 65_535;
 const DEFAULT_BULK_PER_SESSION = 6;
 const DEFAULT_IDLE_SESSION_MS = 30_000;
 /** Headers a client must not send over HTTP/2 (RFC 9113 §8.2.2), and those the stream sets itself. */
@@ -492,6 +496,20 @@ export class H2Connections {
   close(): void {
     this.closed = true;
     for (const o of this.origins.values()) for (const s of o.sessions.splice(0)) s.stop();
+  }
+
+  /**
+   * Does an upload of `length` bytes belong on HTTP/2? A server grants each stream a window
+   * (its SETTINGS_INITIAL_WINDOW_SIZE; distribution's Go server: 1 MiB) and can only take that
+   * much per round trip on it: far away, a large upload on one stream crawls where a connection
+   * of its own is held back by TCP's window alone (distribution: crane and oras, one HTTP/2
+   * connection, fill 45 % of a 200 Mbit/s link). Up to UPLOAD_WINDOWS windows it goes on HTTP/2;
+   * larger uploads take an HTTP/1.1 connection (docs/performance.md, "Step 3").
+   */
+  uploadFits(url: URL, length: number): boolean {
+    const s = this.origins.get(url.origin)?.sessions.find((x) => x.usable);
+    const window = s?.session.remoteSettings?.initialWindowSize ?? DEFAULT_REMOTE_WINDOW;
+    return length <= UPLOAD_WINDOWS * window;
   }
 
   /** Sessions open to an origin now (for tests and the benchmark's notes). */

@@ -90,6 +90,8 @@ export class HttpTransport {
   /** HTTP/2 sessions to the registries that speak it (none behind a proxy, or with http2 off). */
   private readonly h2: H2Connections | undefined;
   private readonly http2Sessions: number;
+  /** Origins that speak HTTP/2 and refused a connection offering only HTTP/1.1 (ALPN): every upload goes on HTTP/2. */
+  private readonly h2Only = new Set<string>();
   /** Loopback hosts (host:port) a probe found speaking TLS or plain HTTP. */
   private readonly probed = new Map<string, Promise<SchemeProbe>>();
   private readonly connectTimeoutMs: number;
@@ -253,8 +255,17 @@ export class HttpTransport {
       this.flow.settle(ticket, answer instanceof Error ? (isTimeout(answer) ? 'timeout' : 'failed') : answer);
     };
     try {
+      // A large upload to an h2 registry gets an HTTP/1.1 connection of its own (H2Connections.uploadFits),
+      // unless the registry turned HTTP/1.1 down (then it goes on HTTP/2 after all, and so does every later one).
       const h2 = await this.h2For(req.url);
-      return h2 ? await h2.upload(method, req, contentLength, signal, settle) : await RawUpload.open(method, req, contentLength, this.raw, signal, settle);
+      if (h2 && this.uploadOnH2(h2, req.url, contentLength)) return await h2.upload(method, req, contentLength, signal, settle);
+      try {
+        return await RawUpload.open(method, req, contentLength, this.raw, signal, settle);
+      } catch (e) {
+        if (!h2 || !refusedHttp1(e)) throw e;
+        this.h2Only.add(req.url.origin);
+        return await h2.upload(method, req, contentLength, signal, settle);
+      }
     } catch (e) {
       settle(e as Error);
       throw e;
@@ -302,7 +313,9 @@ export class HttpTransport {
       const ticket = await this.flow.admit(url, req.method, req.signal);
       let viaUndici = false;
       try {
-        const h2 = this.raw ? await this.h2For(url) : undefined;
+        const multiplexed = this.raw ? await this.h2For(url) : undefined;
+        // A large streamed upload to an h2 registry goes on HTTP/1.1 (H2Connections.uploadFits).
+        const h2 = multiplexed && (inMemory || this.uploadOnH2(multiplexed, url, Number(headers['content-length'] ?? headers['Content-Length'] ?? Infinity))) ? multiplexed : undefined;
         const own = h2 !== undefined || (this.raw !== undefined && inMemory);
         const answer = !own
           ? undefined
@@ -358,6 +371,11 @@ export class HttpTransport {
     if ((await this.h2.protocolOf(url)) !== 'h2') return undefined;
     this.flow.multiplexed(url.host);
     return this.h2;
+  }
+
+  /** Does an upload of `length` bytes go on HTTP/2? Small ones do; large ones where the registry refused HTTP/1.1. */
+  private uploadOnH2(h2: H2Connections, url: URL, length: number): boolean {
+    return this.h2Only.has(url.origin) || h2.uploadFits(url, length);
   }
 
   /**
@@ -607,3 +625,10 @@ function networkError(e: unknown, url: URL, signal?: AbortSignal): FerryError {
   return new NetworkError(`${url.host}: ${code || err.message}`, { cause: e });
 }
 
+/** A TLS server that offers no protocol the client asked for (an HTTP/2-only server asked for http/1.1). */
+function refusedHttp1(e: unknown): boolean {
+  for (let c: unknown = e, depth = 0; c instanceof Error && depth < 4; c = c.cause, depth++) {
+    if ((c as NodeJS.ErrnoException).code === 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL') return true;
+  }
+  return false;
+}

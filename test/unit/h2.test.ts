@@ -222,6 +222,8 @@ describe('HTTP/2 to registries that offer it', () => {
   });
 
   test('an upload over HTTP/2 sends the body and reads the answer; an early answer (401) stops it and is kept', async () => {
+    // This server grants 64 KiB per stream and speaks only HTTP/2: a 3 MiB upload is first tried on an
+    // HTTP/1.1 connection of its own (uploadFits), refused by ALPN, and sent on HTTP/2 after all.
     let got = Buffer.alloc(0);
     srv.handle('/upload', (s) => {
       const parts: Buffer[] = [];
