@@ -38,6 +38,8 @@ export interface ManifestHead {
   digest: Digest | undefined;
   mediaType: string | undefined;
   size: number | undefined;
+  /** For a write back that must not overwrite a change made since (If-Match). */
+  etag?: string | undefined;
 }
 
 export interface FetchedManifest {
@@ -157,7 +159,7 @@ export class RegistryClient {
 
   // ---- manifests -------------------------------------------------------------------------
 
-  /** HEAD a manifest; undefined when it does not exist. */
+  /** HEAD a manifest (with its ETag, where the registry sends one); undefined when it does not exist. */
   async headManifest(repository: string, target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
     const res = await this.readManifest('HEAD', repository, target, signal);
     await drain(res.body);
@@ -168,6 +170,7 @@ export class RegistryClient {
       digest: digest && isDigest(digest) ? digest : undefined,
       mediaType: header(res, 'content-type')?.split(';')[0]?.trim(),
       size: length !== undefined ? Number(length) : undefined,
+      etag: header(res, 'etag'),
     };
   }
 
@@ -278,24 +281,6 @@ export class RegistryClient {
       path = nextUrl;
     }
     throw this.invalid(`referrers of ${repository}@${digest} span more than 20 pages`);
-  }
-
-  /**
-   * A manifest's HEAD with its ETag, for a write back that must not overwrite a change made since
-   * (If-Match). Undefined when there is none.
-   */
-  async headManifestForUpdate(repository: string, target: string, signal?: AbortSignal): Promise<(ManifestHead & { etag: string | undefined }) | undefined> {
-    const res = await this.readManifest('HEAD', repository, target, signal);
-    await drain(res.body);
-    if (res.status === 404) return undefined;
-    const digest = header(res, 'docker-content-digest');
-    const length = header(res, 'content-length');
-    return {
-      digest: digest && isDigest(digest) ? digest : undefined,
-      mediaType: header(res, 'content-type')?.split(';')[0]?.trim(),
-      size: length !== undefined ? Number(length) : undefined,
-      etag: header(res, 'etag'),
-    };
   }
 
   /**

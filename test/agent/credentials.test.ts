@@ -35,7 +35,8 @@ describe('execution credentials that expire', () => {
   let lifetime = LIFETIME_MS;
 
   before(async () => {
-    cp = await startControlPlane();
+    // Its clock moves only when a test moves it: the renewal instants are compared to the millisecond.
+    cp = await startControlPlane({ frozenClock: true });
     log = captureLogger();
     client = new ControlPlaneClient({ url: cp.url, runnerId: cp.runnerId, instanceId: 'instance-a', tokens: new StaticTokenSource(cp.token, 'test token'), logger: log.logger, now: () => cp.now() });
   });

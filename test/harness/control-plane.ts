@@ -194,6 +194,12 @@ export interface ControlPlaneOptions {
   issueCredentials?: IssueCredentials;
   /** Lifetime of generated one-time tokens; default 3600 s. */
   oneTimeTokenTtlS?: number;
+  /**
+   * The server's clock stands still but for advanceClock (default: it runs with the machine's,
+   * advanceClock adding to it). For tests that compare instants on it: a running clock moves
+   * between a test reading it and the code under test reading it.
+   */
+  frozenClock?: boolean;
   /** Request bodies above this get 413; default 1 MiB. */
   maxBodyBytes?: number;
   /**
@@ -369,7 +375,8 @@ export async function startControlPlane(opts: ControlPlaneOptions = {}): Promise
   let clockOffset = saved?.clockOffsetMs ?? 0;
   let seq = saved?.seq ?? 0;
   let up = false;
-  const now = () => Date.now() + clockOffset;
+  const frozenAt = opts.frozenClock ? Date.now() : undefined;
+  const now = () => (frozenAt ?? Date.now()) + clockOffset;
   const jobs = new Map<string, JobRec>();
   const tokens = new Map<string, TokenRec>();
   if (saved !== undefined) {

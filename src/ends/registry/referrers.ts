@@ -163,7 +163,7 @@ export class RegistryReferrers {
       wrote = true;
       await o.known?.put(digest, bytes);
       // Read back: another writer may have replaced it meanwhile (the registry ignored If-Match, or none was sent).
-      const after = await this.client.headManifestForUpdate(this.repository, tag, o.signal);
+      const after = await this.client.headManifest(this.repository, tag, o.signal);
       if (after?.digest === undefined || after.digest === digest) return 'written';
       this.log.info({ repository: this.repository, tag }, 'another client rewrote the referrers fallback index meanwhile; merging again');
     }
@@ -199,7 +199,7 @@ export class RegistryReferrers {
   private async readFallback(subject: Digest, o: ReferrersListOptions, fresh = false): Promise<FallbackIndex | undefined | 'not-an-index'> {
     if (!fresh && this.lastRead.has(subject)) return this.lastRead.get(subject);
     const tag = referrersTagOf(subject);
-    const head = await this.client.headManifestForUpdate(this.repository, tag, o.signal);
+    const head = await this.client.headManifest(this.repository, tag, o.signal);
     let result: FallbackIndex | undefined | 'not-an-index';
     if (!head) {
       result = undefined;
