@@ -83,6 +83,10 @@ class CopyRun {
   private readonly progress: CopyProgress = { bytes_done: 0, bytes_total: 0, blobs_done: 0, blobs_total: 0, active: [] };
   /** Blobs the destination said it has or lacks in one batched check (ECR), asked before the transfers. */
   private known: Map<Digest, boolean> | undefined;
+  /** The existence checks answered so far. */
+  private readonly presenceKnown = new Map<Digest, boolean>();
+  /** A check found a blob already at the destination: uploads no longer start before their check answers. */
+  private destinationHasSome = false;
 
   constructor(req: CopyRequest) {
     this.req = req;
@@ -383,8 +387,15 @@ class CopyRun {
     for (const b of blobs.values()) {
       const known = this.known?.get(b.digest);
       const check = known !== undefined ? Promise.resolve(known) : this.req.limits.check(this.limitHosts()[0]!, () => this.dst.hasBlob(b.digest, b.size, signal));
+      if (known !== undefined) this.presenceKnown.set(b.digest, known);
       // Awaited by the blob's transfer, which reports a failure; until then it is not unhandled.
-      check.catch(() => undefined);
+      check.then(
+        (there) => {
+          this.presenceKnown.set(b.digest, there);
+          if (there) this.destinationHasSome = true;
+        },
+        () => undefined,
+      );
       present.set(b.digest, check);
     }
     return present;
@@ -402,7 +413,11 @@ class CopyRun {
     const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name };
     // Nothing to reuse it from: the upload starts while the existence check is still out (HEAD ‖
     // POST ‖ GET rather than one after the other), and stops if the check finds the blob.
-    if (this.dst.putBlob && this.dst.uploadsAhead?.(b, this.src)) {
+    // Only while no check has found a blob there: a destination that already holds some of the image
+    // (a new version of it, sharing its base layers) would be sent an upload session, and part of a
+    // download, for each blob it has, each then stopped (and on ECR counted against its upload quota).
+    const ahead = !this.destinationHasSome && !this.presenceKnown.has(b.digest) && this.dst.uploadsAhead?.(b, this.src) === true;
+    if (this.dst.putBlob && ahead) {
       const outcome = await this.streamBlob(b, copy, active, present);
       if (outcome === 'skipped') await this.dst.blobPresent?.(b, copy);
       return finish(outcome);

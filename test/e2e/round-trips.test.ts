@@ -4,7 +4,9 @@
 //   - the destination's HEADs (does it have the blob?) run ahead of the transfers, so the next
 //     blob's HEAD does not wait for the previous blob's upload;
 //   - a small blob's download starts while its upload session (POST) is being opened;
-//   - the destination's manifest HEAD (is the tag up to date?) goes out with the source's manifest GET.
+//   - the destination's manifest HEAD (is the tag up to date?) goes out with the source's manifest GET;
+//   - a blob with nothing to mount it from opens its upload session while its HEAD is out, and a
+//     HEAD that then finds the blob stops that upload (its session deleted, nothing committed).
 // One transfer at a time (--concurrency 1), so the order is the engine's, not luck's. Nothing
 // is inferred from when requests arrived: a condition releases each held answer.
 import { after, before, describe, test } from 'node:test';
@@ -18,6 +20,7 @@ const BLOB_HEAD = /\/blobs\/sha256:[0-9a-f]{64}$/;
 const BLOB_GET = /\/blobs\/sha256:[0-9a-f]{64}$/;
 const UPLOAD_OPEN = /\/blobs\/uploads\/$/;
 const UPLOAD_COMMIT = /\/blobs\/uploads\/.+digest=/;
+const UPLOAD_SESSION = /\/blobs\/uploads\/[^/?]+/;
 
 describe('round trips on a slow registry', () => {
   const env = { XDG_STATE_HOME: tempStateHome() };
@@ -88,5 +91,45 @@ describe('round trips on a slow registry', () => {
     assert.ok(get, 'the source manifest was fetched');
     assert.equal(dstHeads(), 1, 'one HEAD of the destination tag');
     assert.equal(get.held, 'condition', "the source's manifest was answered only when its hold ran out: the destination HEAD waited for it");
+  });
+
+  test("a blob's upload session opens while its HEAD is out; a HEAD that finds the blob stops the upload", async () => {
+    regs.srcProxy.resetLog();
+    regs.dstProxy.resetLog();
+    const dstLog = regs.dstProxy.requests;
+    const srcLog = regs.srcProxy.requests;
+    // One of the layers is already in the destination repository (not from this process: nothing to mount it from).
+    const there = layers[1]!;
+    const bytes = await regs.srcC.getBlob('trips/app', there);
+    await regs.dstC.pushBlob('trips/partial', bytes);
+    regs.dstProxy.resetLog();
+    const hex = (d: string) => d.slice('sha256:'.length);
+    // Every blob HEAD is answered only once an upload session has been asked for; the HEAD of the
+    // blob that is there only once its download from the source has started (its upload went ahead).
+    regs.dstProxy.addRule({ action: 'hold', method: 'HEAD', path: new RegExp(`/blobs/(?!${there})sha256:`), until: () => dstLog.some((q) => q.method === 'POST' && UPLOAD_OPEN.test(q.path)) });
+    regs.dstProxy.addRule({ action: 'hold', method: 'HEAD', path: new RegExp(`/blobs/${there}$`), times: 1, until: () => srcLog.some((q) => q.method === 'GET' && q.path.endsWith(`/blobs/${there}`)) });
+    // Its commit, if it came, would not be answered: the upload must be stopped, not finished.
+    regs.dstProxy.addRule({ action: 'hold', method: 'PUT', path: new RegExp(`digest=sha256(%3A|:)${hex(there)}`), until: () => false });
+    let report: { transfer: { blobs_copied: number; blobs_skipped: number } };
+    try {
+      const r = await runFerry(['copy', '--json', `${regs.srcProxy.host}/trips/app:v1`, `${regs.dstProxy.host}/trips/partial:v1`], { env });
+      assert.equal(r.code, 0, r.stderr);
+      report = JSON.parse(r.stdout);
+    } finally {
+      regs.dstProxy.clearRules();
+    }
+    assert.equal((await regs.dstC.verifyImage('trips/partial', 'v1')).digest, (await regs.srcC.verifyImage('trips/app', 'v1')).digest);
+    const heads = dstLog.filter((q) => q.method === 'HEAD' && BLOB_HEAD.test(q.path));
+    assert.ok(heads.length >= layers.length, `${heads.length} blob HEADs`);
+    for (const h of heads) assert.equal(h.held, 'condition', `${h.path} was answered only when its hold ran out: the upload waited for its HEAD`);
+    assert.equal(report.transfer.blobs_skipped, 1, 'the blob that was there is reported as already there');
+    assert.equal(report.transfer.blobs_copied, layers.length, 'the other layers and the config were copied');
+    const commit = dstLog.find((q) => q.method === 'PUT' && q.path.includes(hex(there)));
+    assert.notEqual(commit?.held, 'timeout', 'the upload of the blob that was there went on to its commit');
+    // Nothing left behind: every upload session not committed was deleted.
+    const deleted = dstLog.filter((q) => q.method === 'DELETE' && UPLOAD_SESSION.test(q.path));
+    const posts = dstLog.filter((q) => q.method === 'POST' && UPLOAD_OPEN.test(q.path));
+    const commits = dstLog.filter((q) => q.method === 'PUT' && UPLOAD_COMMIT.test(q.path) && q.status === 201);
+    assert.equal(posts.length, commits.length + deleted.length, `${posts.length} sessions, ${commits.length} committed, ${deleted.length} deleted`);
   });
 });

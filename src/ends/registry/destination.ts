@@ -240,6 +240,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         tuning: this.tuning,
         logger: o.logger,
         signal,
+        sessionSignal: o.signal,
         onBytes: o.onBytes,
         journal: this.journal,
         sourceName: o.sourceName,
