@@ -18,6 +18,12 @@ import { isBodyReader, type UploadSink } from '../../src/transport/raw-http.ts';
 import { FerryError, NetworkError } from '../../src/errors.ts';
 import { makeTestPki, type TestPki } from '../harness/cloud-registry.ts';
 import { seededBytes } from '../harness/seed.ts';
+import { startDistribution, type DistributionRegistry } from '../harness/distribution.ts';
+import { clientFor } from '../harness/oci-client.ts';
+import { pushImage } from '../harness/fixtures.ts';
+import { runFerry, tempStateHome } from '../e2e/ferry-cli.ts';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 
 const BLOB = seededBytes('h2/blob', 3 * 1024 * 1024 + 777);
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -495,5 +501,148 @@ describe('HTTP/2 peers that break the protocol or grant nothing', () => {
       await transport.close();
       await srv.close();
     }
+  });
+});
+
+/**
+ * An HTTP/2 front for a real registry, as a load balancer would be: every stream is forwarded to
+ * `upstream` (distribution serving TLS, over HTTP/2). It misbehaves on purpose: each connection
+ * is told GOAWAY after `streamsPerSession` streams (the next requests must go on a new one), and
+ * the first blob download of `resetDigest` is reset in the middle of its body.
+ */
+async function h2Front(pki: TestPki, upstream: string, streamsPerSession: number, resetDigest: string): Promise<{ host: string; sessions: number; goaways: number; resets: number; close(): Promise<void> }> {
+  const up = http2.connect(upstream, { ca: readFileSync(pki.caPath) });
+  up.on('error', () => undefined);
+  const state = { sessions: 0, goaways: 0, resets: 0 };
+  const server = http2.createSecureServer({ cert: pki.cert, key: pki.key });
+  const open = new Set<Http2Session>();
+  server.on('session', (s) => {
+    state.sessions++;
+    open.add(s);
+    s.on('close', () => open.delete(s));
+  });
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => undefined);
+    const session = stream.session!;
+    const n = ((session as unknown as { served?: number }).served = ((session as unknown as { served?: number }).served ?? 0) + 1);
+    if (n === streamsPerSession) {
+      state.goaways++;
+      // Graceful: this stream is served, none after it on this connection.
+      setImmediate(() => session.goaway(NGHTTP2_NO_ERROR, stream.id));
+    }
+    const out: http2.OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(headers)) if (k !== ':authority' && k !== ':scheme' && v !== undefined) out[k] = v;
+    const req = up.request(out);
+    req.on('error', () => stream.close(NGHTTP2_PROTOCOL_ERROR));
+    stream.pipe(req);
+    const cut = headers[':method'] === 'GET' && String(headers[':path']).endsWith(`/blobs/${resetDigest}`) && state.resets === 0;
+    req.on('response', (h) => {
+      const back: http2.OutgoingHttpHeaders = {};
+      for (const [k, v] of Object.entries(h)) if (v !== undefined) back[k] = v;
+      if (stream.destroyed) return req.close();
+      stream.respond(back);
+      if (!cut) return req.pipe(stream);
+      state.resets++;
+      let sent = 0;
+      req.on('data', (d: Buffer) => {
+        if (sent > 100_000) return;
+        sent += d.byteLength;
+        stream.write(d);
+        if (sent > 100_000) {
+          stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+          req.close();
+        }
+      });
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    host: `localhost:${(server.address() as AddressInfo).port}`,
+    get sessions() {
+      return state.sessions;
+    },
+    get goaways() {
+      return state.goaways;
+    },
+    get resets() {
+      return state.resets;
+    },
+    close: async () => {
+      for (const s of open) s.destroy();
+      up.close();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+describe('a copy over HTTP/2 between two distribution registries serving TLS', () => {
+  let pki: TestPki;
+  let src: DistributionRegistry;
+  let dst: DistributionRegistry;
+  let srcView: DistributionRegistry;
+  let dstView: DistributionRegistry;
+  let pushed: { digest: string; layers: string[] };
+  const stateHome = tempStateHome();
+
+  before(async () => {
+    pki = makeTestPki(['localhost', '127.0.0.1']);
+    const tls = { certPath: pki.certPath, keyPath: pki.keyPath, caPath: pki.caPath, host: 'localhost' };
+    [src, dst] = await Promise.all([startDistribution({ tls }), startDistribution({ tls })]);
+    // The same storage over plain HTTP: seeds and checks without trusting ferry.
+    [srcView, dstView] = await Promise.all([startDistribution({ storageDir: src.storageDir }), startDistribution({ storageDir: dst.storageDir })]);
+    // Small layers (HTTP/2) and one larger than four of distribution's 1 MiB stream windows (HTTP/1.1: uploadFits).
+    const image = await pushImage(clientFor(srcView), 'h2/app', 'v1', { layerSizes: [300_000, 4096, 90_000, 6 * 1024 * 1024] });
+    pushed = { digest: image.digest, layers: (JSON.parse(image.manifestBytes.toString()) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest) };
+  });
+  after(async () => {
+    await Promise.all([src?.stop(), dst?.stop(), srcView?.stop(), dstView?.stop()]);
+  });
+
+  const copy = (from: string, to: string, env: NodeJS.ProcessEnv = {}) =>
+    runFerry(['copy', '--json', '--ca-file', pki.caPath, '--state-dir', join(stateHome, String(Math.random()).slice(2)), from, to], {
+      env: { HTTPS_PROXY: undefined, https_proxy: undefined, NODE_EXTRA_CA_CERTS: undefined, ...env },
+      timeoutMs: 120_000,
+    });
+  /** Access-log lines of a registry: method, path, protocol. */
+  const requests = (r: DistributionRegistry) =>
+    [...r.logs().matchAll(/"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) (HTTP\/[0-9.]+)"/g)].map((m) => ({ method: m[1]!, path: m[2]!, proto: m[3]! }));
+
+  test('byte-exact and verified; small blobs and manifests go on HTTP/2, the large upload on an HTTP/1.1 connection of its own', async () => {
+    // The harness's own readiness checks (HTTP/1.1) are in the logs already: only the copy's requests count.
+    const [srcBefore, dstBefore] = [requests(src).length, requests(dst).length];
+    const r = await copy(`${src.host}/h2/app:v1`, `${dst.host}/h2/copy:v1`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await clientFor(dstView).verifyImage('h2/copy', 'v1')).digest, pushed.digest);
+    const srcReqs = requests(src).slice(srcBefore);
+    const dstReqs = requests(dst).slice(dstBefore);
+    assert.ok(srcReqs.length > 0 && dstReqs.length > 0, 'the access logs were read');
+    for (const q of srcReqs) assert.equal(q.proto, 'HTTP/2.0', `${q.method} ${q.path} on the source`);
+    const commits = dstReqs.filter((q) => q.method === 'PUT' && q.path.includes('digest='));
+    const large = pushed.layers[3]!.slice('sha256:'.length);
+    for (const c of commits) assert.equal(c.proto, c.path.includes(large) ? 'HTTP/1.1' : 'HTTP/2.0', c.path);
+    for (const q of dstReqs.filter((x) => x.method !== 'PUT' || !x.path.includes('digest='))) assert.equal(q.proto, 'HTTP/2.0', `${q.method} ${q.path} on the destination`);
+    assert.equal(r.json.transfer.blobs_copied, 5);
+  });
+
+  test('GOAWAY every few streams and a reset in the middle of a blob: the copy goes on, verified', async () => {
+    const front = await h2Front(pki, `https://${src.host}`, 2, pushed.layers[0]!);
+    try {
+      const r = await copy(`${front.host}/h2/app:v1`, `${dst.host}/h2/through-front:v1`);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal((await clientFor(dstView).verifyImage('h2/through-front', 'v1')).digest, pushed.digest);
+      assert.equal(front.resets, 1, 'the blob was cut once');
+      assert.ok(front.goaways >= 2, `${front.goaways} GOAWAYs`);
+      assert.ok(front.sessions > front.goaways, `${front.sessions} connections for ${front.goaways} GOAWAYs: the requests after one went on a new connection`);
+    } finally {
+      await front.close();
+    }
+  });
+
+  test('HTTP/2 off (FERRY_HTTP2=off): the same copy on HTTP/1.1 alone', async () => {
+    const r = await copy(`${src.host}/h2/app:v1`, `${dst.host}/h2/h1-only:v1`, { FERRY_HTTP2: 'off' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await clientFor(dstView).verifyImage('h2/h1-only', 'v1')).digest, pushed.digest);
+    const onH2 = requests(dst).filter((q) => q.path.includes('/h2/h1-only/') && q.proto !== 'HTTP/1.1');
+    assert.deepEqual(onH2, []);
   });
 });
