@@ -30,7 +30,7 @@ export const copyOptions = {
   concurrency: {
     requiresArg: true,
     default: 'auto',
-    describe: 'blob transfers at once towards any one registry, fewer while it throttles: auto (8 over HTTP/1.1, 32 over HTTP/2) or 1-256',
+    describe: 'blob transfers at once towards any one registry, fewer while it throttles: auto (8 over HTTP/1.1, 64 over HTTP/2) or 1-256',
   },
   timeout: { type: 'string', describe: 'give up when the copy is not done within DURATION (90s, 15m, 1h30m): REGISTRY_UNAVAILABLE; default: no deadline' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },

@@ -8,9 +8,9 @@
 //   src/copy/limits.ts) starts at the ceiling (`--concurrency`), halves on 429/503/timeouts (at
 //   most once a window, and only for requests sent after the last cut), and grows by one per
 //   window of good answers. Floor 1. Without a `--concurrency`, a host's ceiling fits how it is
-//   reached: 8 over HTTP/1.1, where a transfer holds a connection (and a handshake), 32 over
+//   reached: 8 over HTTP/1.1, where a transfer holds a connection (and a handshake), 64 over
 //   HTTP/2, where it is a stream on a few shared connections, so that a far registry's round
-//   trips are waited for at once rather than eight at a time (docs/performance.md, "Step 3").
+//   trips are waited for at once rather than eight at a time (docs/performance.md, "Over a WAN").
 // - A request rate: concurrency alone does not bound the rate when answers take milliseconds,
 //   so the first throttled answer also sets a pace — the answers the host let through since the
 //   pace was last set, over that time (the first time including the pause it asked for, which is

@@ -2,7 +2,7 @@
 // connections, each opened with one TCP and one TLS handshake, instead of a connection per
 // request in flight. Across a network 20-150 ms away every handshake is two round trips, and
 // over TLS a dozen HTTP/1.1 connections cost more CPU than the bytes (docs/performance.md,
-// "Step 3"). ferry's own HTTP/1.1 (raw-http.ts) stays for plain HTTP and for registries that
+// "Over a WAN"). ferry's own HTTP/1.1 (raw-http.ts) stays for plain HTTP and for registries that
 // answer ALPN with http/1.1.
 //
 // The first connection to an HTTPS origin offers h2 and http/1.1; the registry's choice is kept
@@ -63,7 +63,7 @@ const STREAM_WINDOW = 4 * 1024 * 1024;
 const SESSION_WINDOW = 16 * 1024 * 1024;
 /** A reader whose pieces are its own stops reading while this much waits to be sent on. */
 const SINK_BACKLOG_BYTES = 1024 * 1024;
-const DEFAULT_MAX_SESSIONS = 4;
+const DEFAULT_MAX_SESSIONS = 8;
 /** An upload goes on HTTP/2 up to this many of the server's stream windows (uploadFits). */
 const UPLOAD_WINDOWS = 4;
 /** RFC 9113's initial window, for a server that did not say. */
@@ -504,7 +504,7 @@ export class H2Connections {
    * much per round trip on it: far away, a large upload on one stream crawls where a connection
    * of its own is held back by TCP's window alone (distribution: crane and oras, one HTTP/2
    * connection, fill 45 % of a 200 Mbit/s link). Up to UPLOAD_WINDOWS windows it goes on HTTP/2;
-   * larger uploads take an HTTP/1.1 connection (docs/performance.md, "Step 3").
+   * larger uploads take an HTTP/1.1 connection (docs/performance.md, "Over a WAN").
    */
   uploadFits(url: URL, length: number): boolean {
     const s = this.origins.get(url.origin)?.sessions.find((x) => x.usable);

@@ -5,7 +5,7 @@
 // Why: a context made per connection (what tls.connect does when given none) costs ~3 ms of CPU
 // with the default roots, and ~11 ms when extra CAs are passed as `ca` (every root certificate is
 // parsed again); a resumed handshake skips the certificate chain's verification. A copy across a
-// WAN opens a dozen connections or more; the agent, hundreds a day (docs/performance.md, "Step 3").
+// WAN opens a dozen connections or more; the agent, hundreds a day (docs/performance.md, "Over a WAN").
 // A session is only ever offered to the origin (scheme, host and port) it came from, and under
 // the same server name, so it cannot vouch for another host.
 import net from 'node:net';

@@ -196,14 +196,14 @@ describe('HTTP/2 to registries that offer it', () => {
       s.end(BLOB);
     });
     flow = new CountingFlow({ ceiling: 8 });
-    transport = new HttpTransport({ caFiles: [pki.caPath], userAgent: 'ferry-test', flow, headersTimeoutMs: 2000, bodyTimeoutMs: 2000, connectTimeoutMs: 5000 });
+    transport = new HttpTransport({ caFiles: [pki.caPath], userAgent: 'ferry-test', flow, http2Sessions: 4, headersTimeoutMs: 2000, bodyTimeoutMs: 2000, connectTimeoutMs: 5000 });
   });
   after(async () => {
     await transport.close();
     await srv.close();
   });
 
-  test('chosen by ALPN: forty requests at once on at most four connections, every one admitted and settled by the flow controller', async () => {
+  test('chosen by ALPN: forty requests at once on at most four connections (http2Sessions 4), every one admitted and settled by the flow controller', async () => {
     const before = { admitted: flow.admitted, settled: flow.settled.length, sessions: srv.sessions.length };
     const answers = await Promise.all(Array.from({ length: 40 }, () => transport.request({ method: 'GET', url: new URL(`${srv.origin}/v2/`) })));
     for (const a of answers) assert.equal(await text(a), '{}');

@@ -31,7 +31,7 @@ export function transferTuning(env: NodeJS.ProcessEnv): TransferTuning {
 /**
  * FERRY_HTTP2: `off` speaks HTTP/1.1 to every registry (default `on`: HTTP/2 where a registry
  * offers it by ALPN, src/transport/h2.ts). FERRY_HTTP2_CONNECTIONS: the most HTTP/2 connections
- * to one registry (1-64; default 4).
+ * to one registry (1-64; default 8).
  */
 export function http2Tuning(env: NodeJS.ProcessEnv): Pick<TransferTuning, 'http2' | 'http2Connections'> {
   const out: Pick<TransferTuning, 'http2' | 'http2Connections'> = {};
