@@ -83,10 +83,6 @@ class CopyRun {
   private readonly progress: CopyProgress = { bytes_done: 0, bytes_total: 0, blobs_done: 0, blobs_total: 0, active: [] };
   /** Blobs the destination said it has or lacks in one batched check (ECR), asked before the transfers. */
   private known: Map<Digest, boolean> | undefined;
-  /** The existence checks answered so far. */
-  private readonly presenceKnown = new Map<Digest, boolean>();
-  /** A check found a blob already at the destination: uploads no longer start before their check answers. */
-  private destinationHasSome = false;
 
   constructor(req: CopyRequest) {
     this.req = req;
@@ -387,15 +383,8 @@ class CopyRun {
     for (const b of blobs.values()) {
       const known = this.known?.get(b.digest);
       const check = known !== undefined ? Promise.resolve(known) : this.req.limits.check(this.limitHosts()[0]!, () => this.dst.hasBlob(b.digest, b.size, signal));
-      if (known !== undefined) this.presenceKnown.set(b.digest, known);
       // Awaited by the blob's transfer, which reports a failure; until then it is not unhandled.
-      check.then(
-        (there) => {
-          this.presenceKnown.set(b.digest, there);
-          if (there) this.destinationHasSome = true;
-        },
-        () => undefined,
-      );
+      check.catch(() => undefined);
       present.set(b.digest, check);
     }
     return present;
@@ -411,17 +400,6 @@ class CopyRun {
       this.emit();
     };
     const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name };
-    // Nothing to reuse it from: the upload starts while the existence check is still out (HEAD ‖
-    // POST ‖ GET rather than one after the other), and stops if the check finds the blob.
-    // Only while no check has found a blob there: a destination that already holds some of the image
-    // (a new version of it, sharing its base layers) would be sent an upload session, and part of a
-    // download, for each blob it has, each then stopped (and on ECR counted against its upload quota).
-    const ahead = !this.destinationHasSome && !this.presenceKnown.has(b.digest) && this.dst.uploadsAhead?.(b, this.src) === true;
-    if (this.dst.putBlob && ahead) {
-      const outcome = await this.streamBlob(b, copy, active, present);
-      if (outcome === 'skipped') await this.dst.blobPresent?.(b, copy);
-      return finish(outcome);
-    }
     if (await present) {
       await this.dst.blobPresent?.(b, copy);
       return finish('skipped');
@@ -433,7 +411,7 @@ class CopyRun {
   }
 
   /** Read the blob from the source, verified, and write it to the destination. */
-  private async streamBlob(b: BlobRef, copy: BlobContext, active: { digest: Digest; done: number; size: number }, present?: Promise<boolean>): Promise<'copied' | 'mounted' | 'skipped'> {
+  private async streamBlob(b: BlobRef, copy: BlobContext, active: { digest: Digest; done: number; size: number }): Promise<'copied' | 'mounted' | 'skipped'> {
     const onStart = () => void this.progress.active.push(active);
     // Small blobs the engine already read (image configs, for the report) come from the cache,
     // not from a second source request; the reader verifies them all the same.
@@ -450,7 +428,7 @@ class CopyRun {
     if (this.dst.putBlob) {
       // An end with an upload protocol of its own (a registry: chunked uploads that continue from
       // the acknowledged offset, the pipe, ECR's layer API) reads the source itself.
-      const result = await this.dst.putBlob(b, source, { ...copy, onStart, onBytes, ...(present ? { present } : {}) });
+      const result = await this.dst.putBlob(b, source, { ...copy, onStart, onBytes });
       this.stats.blobs_restarted += result.restarts;
       if (result.resumes > 0) this.stats.blobs_resumed++;
       this.stats.bytes_resent += result.bytesResent;

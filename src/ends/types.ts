@@ -95,13 +95,6 @@ export interface DestinationCapabilities {
    * upload from this source of a blob the source no longer has).
    */
   prepareBlobs?(blobs: ReadonlyMap<Digest, BlobRef>, copy: CopyContext): Promise<void>;
-  /**
-   * May the upload of this blob start before the engine's existence check (a HEAD) answers? True
-   * where there is nothing to reuse it from (no mount): putBlob is then called at once with the
-   * check still running (PutBlobOptions.present), and stops if it finds the blob there. Across a
-   * network this takes the check's round trip off every blob's path.
-   */
-  uploadsAhead?(blob: BlobRef, source: ImageSource): boolean;
   /** The engine's existence check found the blob here (nothing to write); the end may tidy up and remember it. */
   blobPresent?(blob: BlobRef, copy: BlobContext): Promise<void>;
   /**
@@ -155,11 +148,6 @@ export interface PutBlobOptions extends BlobContext {
   onStart(): void;
   /** Bytes sent (bytes sent again count again). */
   onBytes(n: number): void;
-  /**
-   * The existence check, when the upload started before its answer (uploadsAhead): if it says the
-   * blob is there, the end stops the upload, leaves nothing behind, and reports `skipped`.
-   */
-  present?: Promise<boolean>;
 }
 
 export interface PutBlobResult {

@@ -54,12 +54,6 @@ export interface BlobUploadRequest {
   signal?: AbortSignal | undefined;
   /** Bytes sent to the destination (re-sent bytes count again). */
   onBytes?: (n: number) => void;
-  /**
-   * Opening the upload session listens to this signal instead of `signal` (an upload started before
-   * its existence check stops when the check finds the blob, but a session being opened is let
-   * open, then deleted, never left behind at the registry).
-   */
-  sessionSignal?: AbortSignal | undefined;
   /** Record open chunked uploads here, and continue the one a previous process left behind. */
   journal?: UploadJournal | undefined;
   /** What the copy reads from, recorded in the journal (an entry from another source is stale). */
@@ -134,20 +128,15 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
     } else {
       if (!chunked) {
         whole = openWholeBlob(counting, pipeOk.allowed);
-        // A failure (the signal, while the session is still being opened) surfaces where it is awaited.
+        // A failure while the session is still being opened (the copy stopped: another blob failed)
+        // surfaces where it is awaited, not as an unhandled rejection that ends the process.
         whole.catch(() => undefined);
       }
-      const session = await dst.startUpload(repo, req.sessionSignal ?? req.signal).catch(async (e: unknown) => {
+      const session = await dst.startUpload(repo, req.signal).catch(async (e: unknown) => {
         await whole?.then((w) => w.close(), () => undefined);
         throw e;
       });
       location = session.location;
-      // Stopped while the session was being opened (the blob turned out to be there): not left behind.
-      if (req.signal?.aborted) {
-        await whole?.then((w) => w.close(), () => undefined);
-        await dst.cancelUpload(repo, location);
-        throw req.signal.reason instanceof Error ? req.signal.reason : new FerryError('INTERNAL', 'upload stopped');
-      }
       chunkBytes = Math.max(chunkBytes, session.minChunk);
     }
     const record = journal

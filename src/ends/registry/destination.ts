@@ -170,12 +170,6 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
     this.placements?.record(this.client.registry, b.digest, this.repository);
   }
 
-  /** Nothing to mount the blob from (another registry, no sibling this process filled): its upload need not wait for the HEAD. */
-  uploadsAhead(b: BlobRef, source: ImageSource): boolean {
-    if (this.mountSource(source) !== undefined) return false;
-    return !this.placements || this.placements.holders(this.client.registry, b.digest).length === 0;
-  }
-
   /** A mount from the source's repository (same registry), else from a sibling repository this process filled. */
   async reuseBlob(b: BlobRef, source: ImageSource, copy: BlobContext): Promise<'mounted' | 'skipped' | undefined> {
     const from = this.mountSource(source);
@@ -210,24 +204,6 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         if (after) return { outcome: after, ...NOTHING_SENT };
       }
     }
-    // Started before the existence check answered (uploadsAhead): the check finding the blob stops the upload.
-    const ahead = o.present ? new AbortController() : undefined;
-    let found = false;
-    const onAbort = () => ahead?.abort(o.signal.reason);
-    if (ahead) {
-      o.signal.addEventListener('abort', onAbort, { once: true });
-      if (o.signal.aborted) onAbort();
-      o.present!.then(
-        (there) => {
-          if (!there || ahead.signal.aborted) return;
-          found = true;
-          ahead.abort(new FerryError('INTERNAL', 'the blob is already at the destination'));
-        },
-        // A check that failed leaves the upload to decide.
-        () => undefined,
-      );
-    }
-    const signal = ahead?.signal ?? o.signal;
     try {
       o.onStart();
       // Large layers to ECR go through ECR's own layer-upload API (resumable where its Docker API is not).
@@ -239,8 +215,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         size: b.size,
         tuning: this.tuning,
         logger: o.logger,
-        signal,
-        sessionSignal: o.signal,
+        signal: o.signal,
         onBytes: o.onBytes,
         journal: this.journal,
         sourceName: o.sourceName,
@@ -251,15 +226,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
       placements?.record(this.client.registry, b.digest, this.repository);
       lead?.settle(this.repository);
       return { outcome: 'copied', restarts: result.restarts, resumes: result.resumes, bytesResent: result.bytesResent, bytesRereadForHash: result.bytesRereadForHash };
-    } catch (e) {
-      // The check found it while it was being sent: the upload was stopped (its session deleted).
-      if (found && !o.signal.aborted) {
-        lead?.settle(this.repository);
-        return { outcome: 'skipped', ...NOTHING_SENT };
-      }
-      throw e;
     } finally {
-      o.signal.removeEventListener('abort', onAbort);
       lead?.settle(undefined);
     }
   }
