@@ -112,6 +112,8 @@ export class Agent {
       userAgent: USER_AGENT,
       ...(cfg.transfer.bodyTimeoutMs !== undefined ? { bodyTimeoutMs: cfg.transfer.bodyTimeoutMs } : {}),
       ...(cfg.transfer.readFloor !== undefined ? { readFloor: cfg.transfer.readFloor } : {}),
+      ...(cfg.transfer.http2 !== undefined ? { http2: cfg.transfer.http2 } : {}),
+      ...(cfg.transfer.http2Connections !== undefined ? { http2Sessions: cfg.transfer.http2Connections } : {}),
       // One flow controller for every job: a registry's pause, pace and limits are everyone's.
       concurrency: cfg.concurrency,
       logger: this.log,

@@ -31,13 +31,15 @@ export function makeLogger(flags: GlobalFlags, interactive: boolean, destination
 
 /** The process's transport; `concurrency` (`--concurrency`) is the most transfers at once towards one registry. */
 export function makeTransport(flags: GlobalFlags, env: NodeJS.ProcessEnv = process.env, opts: { concurrency?: number; logger?: Logger } = {}): HttpTransport {
-  const { bodyTimeoutMs, readFloor } = transferTuning(env);
+  const { bodyTimeoutMs, readFloor, http2, http2Connections } = transferTuning(env);
   return new HttpTransport({
     plainHttp: repeated(flags['plain-http']),
     caFiles: repeated(flags['ca-file']),
     userAgent: USER_AGENT,
     ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
     ...(readFloor !== undefined ? { readFloor } : {}),
+    ...(http2 !== undefined ? { http2 } : {}),
+    ...(http2Connections !== undefined ? { http2Sessions: http2Connections } : {}),
     ...opts,
   });
 }

@@ -28,7 +28,11 @@ export const copyOptions = {
   platform: { type: 'string', describe: 'copy only os/arch[/variant] (repeatable); writes a new index, or the one manifest' },
   referrers: { type: 'boolean', default: false, describe: 'also copy referrers: signatures, SBOMs, attestations (API, fallback tag, cosign tags)' },
   // No yargs type: a `number` would turn "abc" into NaN before ferry sees it (wholeNumber checks it).
-  concurrency: { requiresArg: true, default: 8, describe: 'blob transfers at once (1-256; also the most towards any one registry, fewer while it throttles)' },
+  concurrency: {
+    requiresArg: true,
+    default: 'auto',
+    describe: 'blob transfers at once towards any one registry, fewer while it throttles: auto (8 over HTTP/1.1, 64 over HTTP/2) or 1-256',
+  },
   timeout: { type: 'string', describe: 'give up when the copy is not done within DURATION (90s, 15m, 1h30m): REGISTRY_UNAVAILABLE; default: no deadline' },
   'src-creds': { type: 'string', describe: 'source credentials: USER:PASS, or env:NAME to read USER:PASS from $NAME' },
   'dst-creds': { type: 'string', describe: 'destination credentials: USER:PASS, or env:NAME' },
@@ -105,7 +109,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
     onStopNow: (signal) => process.stderr.write(`ferry: ${signal} again: stopping now\n`),
   }).listen();
   try {
-    const concurrency = wholeNumber('concurrency', args.concurrency, 1, 256);
+    const concurrency = args.concurrency === 'auto' ? undefined : wholeNumber('concurrency', args.concurrency, 1, 256);
     if (args.timeout !== undefined) {
       const ms = parseDuration(args.timeout, '--timeout');
       deadline = setTimeout(() => deadlineAbort.abort(new DeadlineExceeded(args.timeout!, ms)), ms);
@@ -165,7 +169,7 @@ export async function runCopy(args: CopyArgs): Promise<number> {
       destination: copyDestination,
       platforms,
       referrers: args.referrers,
-      limits: new TransferLimits(concurrency, transport.flow),
+      limits: new TransferLimits(concurrency ?? transport.flow.globalCeiling, transport.flow),
       logger,
       cache: new ContentCache(join(stateDir, 'cache')),
       signal: AbortSignal.any([interruption.stop.signal, deadlineAbort.signal]),

@@ -109,6 +109,12 @@ class CopyRun {
   async run(started: number): Promise<CopyReport> {
     const { source, destination } = this.req;
     const signal = this.signal;
+    // 0. Connections for the transfers, opened while the manifests are read (their handshakes are
+    // two round trips each across a network).
+    if (!this.req.dryRun) {
+      this.src.warm?.();
+      this.dst.warm?.();
+    }
     // 1. The source root, by digest when pinned. What the destination holds under the tag (or the
     // pinned digest) is asked at the same time: the first two round trips of every copy overlap.
     const namedTarget = destination.tag ?? destination.digest;
@@ -132,18 +138,22 @@ class CopyRun {
     if (destination.digest && !destination.tag && destination.digest !== root.digest) {
       throw new FerryError('USAGE', `destination pins ${destination.digest} but the image to copy is ${root.digest}`);
     }
+    // 4. The rest of the graph (children come from the cache on a re-run), fetched while the
+    // destination is asked about the root: an index's children do not wait for that answer.
+    const expanded = this.graph.expand(root, 0, new Set());
+    expanded.catch(() => undefined); // awaited below, after the destination's answer
     const existing = await (namedHead ?? this.dst.headManifest(dstTarget, signal));
     const upToDate = existing?.digest === root.digest;
     let previousDigest: string | undefined;
     if (existing?.digest && !upToDate && destination.tag) previousDigest = existing.digest;
-
-    // 4. The rest of the graph (children come from the cache on a re-run).
-    await this.graph.expand(root, 0, new Set());
+    await expanded;
     const finder = new ReferrerFinder(this.src, this.graph, this.log, signal);
     const referrers = this.req.referrers ? await finder.discover(root) : NO_REFERRERS;
     const leftBehind = leftBehindIndex && this.req.referrers ? await finder.direct(leftBehindIndex.digest) : [];
 
-    const imageOutput = await this.graph.imageOutput(root, referrers.found.map((f) => f.node), destination);
+    // The report's image (an image's platform is in its config blob, a read of its own): not on the transfers' path.
+    const imageOutput = this.graph.imageOutput(root, referrers.found.map((f) => f.node), destination);
+    imageOutput.catch(() => undefined); // awaited for the report
     const toWrite = upToDate ? [] : [root];
     // A re-run writes none of the referrers the destination already has and lists.
     const pending = await this.pendingReferrers(referrers);
@@ -163,7 +173,7 @@ class CopyRun {
     if (this.req.dryRun) {
       const plan = await this.planDryRun(blobs, [...toWrite, ...referrerRoots]);
       this.stats.duration_ms = Date.now() - started;
-      return this.report(imageOutput, digestChanged, leftBehind, previousDigest, plan);
+      return this.report(await imageOutput, digestChanged, leftBehind, previousDigest, plan);
     }
 
     // 5. Blobs, all at once within the limits (after the end dropped what it kept for blobs this copy no longer needs).
@@ -172,7 +182,7 @@ class CopyRun {
     this.parked();
 
     // 6. Manifests children-first, referrers after their subjects, the tag last.
-    const pushed = new Set<Digest>();
+    const pushed = new Map<Digest, Promise<void>>();
     // With referrers to push, the root goes up by digest first and gets its tag at the very end.
     const tagNow = referrerRoots.length === 0 ? destination.tag : undefined;
     for (const node of toWrite) await this.pushTree(node, pushed, tagNow);
@@ -189,8 +199,9 @@ class CopyRun {
     if (previousDigest) {
       this.log.warn({ tag: destination.tag, previous_digest: previousDigest, digest: root.digest }, 'destination tag pointed at another digest; overwritten');
     }
+    const image = await imageOutput;
     this.stats.duration_ms = Date.now() - started;
-    return this.report(imageOutput, digestChanged, leftBehind, previousDigest);
+    return this.report(image, digestChanged, leftBehind, previousDigest);
   }
 
   private report(image: ImageOutput, digestChanged: boolean, leftBehind: string[], previousDigest: string | undefined, plan?: DryRunPlan): CopyReport {
@@ -420,7 +431,7 @@ class CopyRun {
     const onStart = () => void this.progress.active.push(active);
     // Small blobs the engine already read (image configs, for the report) come from the cache,
     // not from a second source request; the reader verifies them all the same.
-    const cached = await this.cache.get(b.digest);
+    const cached = (await this.graph.configRead(b.digest)?.catch(() => undefined)) ?? (await this.cache.get(b.digest));
     const source = cached && cached.byteLength === b.size ? bufferSource(this.src.description, cached) : this.src;
     const onBytes = (n: number) => {
       this.stats.bytes_transferred += n;
@@ -461,14 +472,22 @@ class CopyRun {
     this.req.onProgress?.(this.progress);
   }
 
-  /** Push a manifest tree children-first; the node itself by digest, or by `tag` when given. */
-  private async pushTree(node: ManifestNode, pushed: Set<Digest>, tag: string | undefined): Promise<void> {
-    for (const c of node.children) await this.pushTree(c, pushed, undefined);
-    if (tag === undefined && pushed.has(node.digest)) return;
+  /**
+   * Push a manifest tree children-first (an index's children at once: a round trip each would
+   * follow one another otherwise); the node itself by digest, or by `tag` when given.
+   */
+  private async pushTree(node: ManifestNode, pushed: Map<Digest, Promise<void>>, tag: string | undefined): Promise<void> {
+    await Promise.all(node.children.map((c) => this.pushTree(c, pushed, undefined)));
+    if (tag === undefined) {
+      const pushing = pushed.get(node.digest);
+      if (pushing) return pushing;
+    }
     this.parked();
-    await this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.signal);
-    this.stats.manifests_written++;
-    pushed.add(node.digest);
+    const put = this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.signal).then(() => {
+      this.stats.manifests_written++;
+    });
+    if (tag === undefined) pushed.set(node.digest, put);
+    await put;
   }
 }
 

@@ -33,6 +33,8 @@ export class SourceGraph {
   private nodeCount = 0;
   /** Source fetches by digest in flight: an index may list one child many times, fetched once. */
   private readonly fetching = new Map<string, Promise<FetchedManifest | undefined>>();
+  /** Config blobs read for the report, by digest: the blob's transfer takes the bytes from here. */
+  private readonly configReads = new Map<Digest, Promise<Buffer>>();
 
   constructor(source: ImageSource, cache: ContentCache, signal: AbortSignal | undefined) {
     this.source = source;
@@ -99,6 +101,11 @@ export class SourceGraph {
     path.delete(node.digest);
   }
 
+  /** A config blob being read for the report (verified), if one is: its transfer need not ask the source again. */
+  configRead(digest: Digest): Promise<Buffer> | undefined {
+    return this.configReads.get(digest);
+  }
+
   async imageOutput(root: ManifestNode, referrers: ManifestNode[], destination: { repository: string; tag?: string | undefined }): Promise<ImageOutput> {
     const counted = new Set<Digest>();
     let size = 0;
@@ -151,11 +158,18 @@ export class SourceGraph {
     const config = node.parsed.manifest.config;
     if (config.mediaType !== MediaType.OciConfig && config.mediaType !== MediaType.DockerConfig) return undefined;
     if (config.size > MAX_CONFIG_BYTES) return undefined;
-    let bytes = await this.cache.get(config.digest);
-    if (!bytes) {
-      bytes = await readVerifiedBlobWhole({ source: this.source, digest: config.digest, size: config.size, signal: this.signal });
-      await this.cache.put(config.digest, bytes);
+    let read = this.configReads.get(config.digest);
+    if (!read) {
+      read = (async () => {
+        const cached = await this.cache.get(config.digest);
+        if (cached) return cached;
+        const fetched = await readVerifiedBlobWhole({ source: this.source, digest: config.digest, size: config.size, signal: this.signal });
+        await this.cache.put(config.digest, fetched);
+        return fetched;
+      })();
+      this.configReads.set(config.digest, read);
     }
+    const bytes = await read;
     try {
       const doc = JSON.parse(bytes.toString('utf8')) as { os?: unknown; architecture?: unknown; variant?: unknown };
       if (typeof doc.os !== 'string' || typeof doc.architecture !== 'string') return undefined;

@@ -46,6 +46,8 @@ export interface ImageSource {
   openBlob(digest: Digest, size: number, offset: number, signal?: AbortSignal): Promise<BlobStream>;
   /** Release files and handles. */
   close?(): Promise<void>;
+  /** A copy is starting: open what its reads will need (a registry's connections) before they are asked for. */
+  warm?(): void;
   /**
    * Every tag, in one listing: which fallback and cosign tags exist, without asking for each.
    * Undefined when the end will not list them (the caller then asks tag by tag).
@@ -174,6 +176,8 @@ export interface ImageDestination extends DestinationCapabilities {
   readonly networkHost?: string;
   /** Blob writes this end takes at once (a tar archive: 1). */
   readonly maxConcurrentBlobs: number;
+  /** A copy is starting: open what its writes will need (a registry's connections) before they are asked for. */
+  warm?(): void;
   /** False when the end holds one platform only (docker-archive): an index must be narrowed first. */
   readonly acceptsIndex?: boolean;
   headManifest(target: string, signal?: AbortSignal): Promise<ManifestHead | undefined>;

@@ -8,7 +8,7 @@ import { formatTarget, registryEndpoint } from '../reference/reference.ts';
 import { digestOf, isDigest, type Digest } from '../reference/digest.ts';
 import { MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES } from '../oci/manifest.ts';
 import type { Body, HttpResponse, HttpTransport } from '../transport/http.ts';
-import { RawBodyReader, type RawUpload } from '../transport/raw-http.ts';
+import { isBodyReader, type BodyReader, type UploadSink } from '../transport/raw-http.ts';
 import { parseChallenges, repositoryScope } from '../transport/challenge.ts';
 import { checkRedirectTarget, isMetadataOrLinkLocal, parseUrlFrom } from '../transport/address.ts';
 import { DEFAULT_RETRY, backoffDelay, isRetryableStatus, parseRetryAfter, sleep, type RetryPolicy } from '../transport/retry.ts';
@@ -130,6 +130,18 @@ export class RegistryClient {
    */
   get baseUrl(): URL {
     return this.settled ?? new URL(`${this.transport.schemeFor(this.endpoint)}://${this.endpoint}`);
+  }
+
+  /**
+   * Open the connections this registry's transfers will need before they are asked for (the
+   * transport's HTTP/2 sessions; for an HTTP/1.1 registry, idle connections), so that their
+   * handshakes happen while the manifest is read, not when the blobs start.
+   */
+  warm(): void {
+    this.base().then(
+      (url) => this.transport.warm(url),
+      () => undefined,
+    );
   }
 
   /** The API's root URL, its scheme settled: for a loopback registry, HTTPS when it speaks TLS, else plain HTTP. */
@@ -409,7 +421,7 @@ export class RegistryClient {
    * is not plainly the bytes asked for (a proxy, a refusal, an ignored Range, no
    * Content-Length): the caller then reads with openBlob, which handles every answer.
    */
-  async openBlobRaw(repository: string, digest: Digest, offset: number, size: number, signal?: AbortSignal): Promise<RawBodyReader | undefined> {
+  async openBlobRaw(repository: string, digest: Digest, offset: number, size: number, signal?: AbortSignal): Promise<BodyReader | undefined> {
     if (!this.transport.rawConnections() || offset >= size) return undefined;
     const scopes = [repositoryScope(repository, ['pull'])];
     const authorization = await this.authorization(scopes, signal);
@@ -426,7 +438,7 @@ export class RegistryClient {
       this.logger.debug({ digest, err: (e as Error).message }, 'direct read of the blob failed; reading it the regular way');
       return undefined;
     }
-    if (!(r instanceof RawBodyReader)) {
+    if (!isBodyReader(r)) {
       this.logger.debug({ digest, answer: typeof r.declined === 'string' ? r.declined : r.declined.status }, 'blob not read directly; reading it the regular way');
       // A busy or failing registry: the regular read is its retry, so it waits as a retry would (Retry-After included).
       if (typeof r.declined !== 'string' && isRetryableStatus(r.declined.status)) {
@@ -565,21 +577,21 @@ export class RegistryClient {
     start: number,
     length: number,
     commit: Digest | undefined,
-    bytes: { pipeInto(sink: RawUpload, length: number, signal?: AbortSignal): Promise<void> },
+    bytes: { pipeInto(sink: UploadSink, length: number, signal?: AbortSignal): Promise<void> },
     signal?: AbortSignal,
   ): Promise<{ location: URL; acknowledged: number | undefined }> {
     const { method, url, headers, scopes, accept, what } = uploadStep(repository, location, start, length, commit);
     const authorization = await this.authorization(scopes, signal);
     if (authorization && url.host === this.baseUrl.host) headers.authorization = authorization;
     this.onRequest?.(method, url.pathname);
-    let upload: RawUpload | undefined;
+    let upload: UploadSink | undefined;
     try {
       upload = await this.transport.openRawUpload(method, { url, headers }, length, signal);
     } catch (e) {
       throw this.blame(e);
     }
     if (!upload) throw new FerryError('INTERNAL', 'ferry\'s own connections are off (a proxy is configured); pipeUpload must not be called');
-    let answer: Awaited<ReturnType<RawUpload['response']>>;
+    let answer: Awaited<ReturnType<UploadSink['response']>>;
     try {
       try {
         await bytes.pipeInto(upload, length, signal);

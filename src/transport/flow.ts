@@ -7,7 +7,10 @@
 // - AIMD concurrency: the host's limit (blob transfers and existence checks at once,
 //   src/copy/limits.ts) starts at the ceiling (`--concurrency`), halves on 429/503/timeouts (at
 //   most once a window, and only for requests sent after the last cut), and grows by one per
-//   window of good answers. Floor 1.
+//   window of good answers. Floor 1. Without a `--concurrency`, a host's ceiling fits how it is
+//   reached: 8 over HTTP/1.1, where a transfer holds a connection (and a handshake), 64 over
+//   HTTP/2, where it is a stream on a few shared connections, so that a far registry's round
+//   trips are waited for at once rather than eight at a time (docs/performance.md, "Over a WAN").
 // - A request rate: concurrency alone does not bound the rate when answers take milliseconds,
 //   so the first throttled answer also sets a pace — the answers the host let through since the
 //   pace was last set, over that time (the first time including the pause it asked for, which is
@@ -27,8 +30,10 @@ import { DEFAULT_RETRY, parseRetryAfter } from './retry.ts';
 import { ThrottleState } from './throttle-state.ts';
 
 export interface FlowOptions {
-  /** The most blob transfers (and checks) at once towards one registry: `--concurrency`. */
+  /** The most blob transfers (and checks) at once towards one registry: `--concurrency` (default 8). */
   ceiling?: number;
+  /** The same for a registry reached over HTTP/2 (default: `ceiling`; the transport's auto setting: 32). */
+  multiplexedCeiling?: number;
   logger?: Logger | undefined;
   clock?: Clock;
   /** The least time between two cuts of a host's limits, and between two growths. */
@@ -90,6 +95,8 @@ interface PullLimit {
 
 class HostFlow {
   readonly host: string;
+  /** The most at once: the process's ceiling for how this host is reached. */
+  ceiling: number;
   limit: number;
   /** Requests per second; Infinity until throttling sets a pace. */
   rate = Number.POSITIVE_INFINITY;
@@ -118,12 +125,14 @@ class HostFlow {
 
   constructor(host: string, ceiling: number) {
     this.host = host;
+    this.ceiling = ceiling;
     this.limit = ceiling;
   }
 }
 
 export class FlowControl {
   readonly ceiling: number;
+  readonly multiplexedCeiling: number;
   private readonly log: Logger | undefined;
   private readonly clock: Clock;
   private readonly windowMs: number;
@@ -134,6 +143,7 @@ export class FlowControl {
 
   constructor(opts: FlowOptions = {}) {
     this.ceiling = Math.max(1, Math.floor(opts.ceiling ?? 8));
+    this.multiplexedCeiling = Math.max(1, Math.floor(opts.multiplexedCeiling ?? this.ceiling));
     this.log = opts.logger;
     this.clock = opts.clock ?? systemClock;
     this.windowMs = opts.windowMs ?? 1000;
@@ -152,10 +162,26 @@ export class FlowControl {
     return h;
   }
 
+  /** The most transfers at once towards any one host: what a process-wide limit needs to allow. */
+  get globalCeiling(): number {
+    return Math.max(this.ceiling, this.multiplexedCeiling);
+  }
+
+  /**
+   * `host` is reached over HTTP/2 (the transport learned it from the first connection): its
+   * ceiling is the multiplexed one. A limit that throttling has cut stays where it is.
+   */
+  multiplexed(host: string): void {
+    const h = this.flowOf(host);
+    if (h.ceiling === this.multiplexedCeiling) return;
+    if (h.limit >= h.ceiling) h.limit = this.multiplexedCeiling;
+    h.ceiling = this.multiplexedCeiling;
+  }
+
   /** The concurrency limit for `host` now (the ceiling for a host not heard from). */
   concurrency(host: string): number {
     const h = this.hosts.get(host.toLowerCase());
-    return h ? Math.max(1, Math.min(this.ceiling, Math.floor(h.limit))) : this.ceiling;
+    return h ? Math.max(1, Math.min(h.ceiling, Math.floor(h.limit))) : this.ceiling;
   }
 
   /** The pace for `host` in requests a second, if throttling set one. */
@@ -240,7 +266,7 @@ export class FlowControl {
   stats(): RegistryFlowStats[] {
     const out = new Map<string, RegistryFlowStats>();
     for (const h of this.hosts.values()) {
-      if (h.state.events === 0 && h.limit >= this.ceiling && !Number.isFinite(h.rate)) continue;
+      if (h.state.events === 0 && h.limit >= h.ceiling && !Number.isFinite(h.rate)) continue;
       out.set(h.host, { registry: h.host, throttled: h.state.events, concurrency: this.concurrency(h.host), pausedMs: h.state.pausedMs, pace: this.pace(h.host) });
     }
     for (const e of this.ecr.stats()) {
@@ -267,7 +293,7 @@ export class FlowControl {
    */
   private cut(h: HostFlow, now: number, admittedAt: number, throttle: { retryAfter: number | undefined } | undefined): void {
     if (admittedAt <= h.lastCut || now - h.lastCut < this.windowMs) return;
-    h.limit = Math.max(1, Math.floor(Math.min(h.limit, this.ceiling) / 2));
+    h.limit = Math.max(1, Math.floor(Math.min(h.limit, h.ceiling) / 2));
     h.lastCut = now;
     h.lastGrowth = now;
     // A timeout says nothing about the rate; a throttled answer does.
@@ -302,7 +328,7 @@ export class FlowControl {
     h.state.answered(now, this.recoverAfterMs, this.log, { registry: h.host, concurrency: this.concurrency(h.host), pace_per_s: roundRate(h.rate) }, 'registry no longer throttling');
     if (now - h.lastCut < this.windowMs || now - h.lastGrowth < this.windowMs) return;
     h.lastGrowth = now;
-    if (h.limit < this.ceiling) h.limit += 1;
+    if (h.limit < h.ceiling) h.limit += 1;
     if (Number.isFinite(h.rate) && h.paced) {
       // Quickly back to the rate last granted, then gently past it (the registry may grant more now).
       const below = h.granted !== undefined && h.rate < h.granted;

@@ -27,6 +27,7 @@ import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import { AbortedError, NetworkError, type Side } from '../errors.ts';
 import { FloorWatch, SlowBodyError, type ReadFloor } from './read-floor.ts';
+import type { TlsSessions } from './tls-sessions.ts';
 
 export interface PreparedRequest {
   url: URL;
@@ -61,10 +62,12 @@ export interface RawConnectOptions {
   readFloor?: ReadFloor | undefined;
   /** Told of a body that stalled or dripped after its head came (the flow controller halves the host's concurrency). */
   onStall?: ((host: string) => void) | undefined;
+  /** TLS: one secure context and each origin's session ticket (src/transport/tls-sessions.ts); without it, a context per connection. */
+  tls?: TlsSessions | undefined;
 }
 
 /** A timeout (no head, no answer, no bytes): the transport tells the flow controller (src/transport/flow.ts). */
-function timeoutError(message: string, side?: Side): NetworkError {
+export function timeoutError(message: string, side?: Side): NetworkError {
   return Object.assign(new NetworkError(message, { side }), { timedOut: true });
 }
 
@@ -81,7 +84,8 @@ export const PIPE_BUFFER_BYTES = 256 * 1024;
 /** The most the read buffer of a pipe that reads alone grows to. */
 export const PIPE_BUFFER_MAX_BYTES = 4 * 1024 * 1024;
 const MAX_HEAD_BYTES = 64 * 1024;
-const MAX_ERROR_BODY_BYTES = 64 * 1024;
+/** The most of an answer's body that is read when it is not the bytes asked for (an error, a redirect's page). */
+export const MAX_ERROR_BODY_BYTES = 64 * 1024;
 /** A streamed body whose caller has not taken a piece for this many idle timeouts fails (RawBodyReader.onIdle). */
 const MAX_IDLE_WAITS_FOR_CALLER = 5;
 let readBuffersOpen = 0;
@@ -357,12 +361,20 @@ export class RawConnection {
   private ready = false;
   private readonly pool: RawConnectionPool | undefined;
 
-  private constructor(url: URL, opts: RawConnectOptions) {
+  private constructor(url: URL, opts: RawConnectOptions, adopted?: TLSSocket) {
     this.url = url;
     this.pool = opts.pool;
     const port = Number(url.port) || (url.protocol === 'https:' ? 443 : 80);
     const host = url.hostname.replace(/^\[|\]$/g, '');
-    if (url.protocol === 'https:') {
+    if (adopted) {
+      // A connection opened to learn which protocol the origin speaks (src/transport/h2.ts) that chose HTTP/1.1.
+      this.socket = adopted;
+      this.ready = true;
+      this.socket.on('data', (d: Buffer) => this.deliver(d));
+    } else if (url.protocol === 'https:' && opts.tls) {
+      this.socket = opts.tls.connect(url, ['http/1.1']);
+      this.socket.on('data', (d: Buffer) => this.deliver(d));
+    } else if (url.protocol === 'https:') {
       // Loaded here: a copy between plain-HTTP registries never needs node:tls.
       const tls = process.getBuiltinModule('node:tls');
       const tlsOptions: ConnectionOptions & { noDelay: boolean } = { host, port, noDelay: true, ALPNProtocols: ['http/1.1'] };
@@ -389,9 +401,11 @@ export class RawConnection {
         },
       } as net.NetConnectOpts);
     }
-    this.socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
-      this.ready = true;
-    });
+    if (!adopted) {
+      this.socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+        this.ready = true;
+      });
+    }
     this.socket.on('error', (e) => (this.user ? this.user.error(e) : this.socket.destroy()));
     this.socket.on('timeout', () => (this.user ? this.user.timeout() : this.socket.destroy()));
     this.socket.on('end', () => (this.user ? this.user.ended() : this.socket.destroy()));
@@ -400,6 +414,16 @@ export class RawConnection {
       this.pool?.forget(this);
       this.user?.ended();
     });
+  }
+
+  /**
+   * A TLS connection already open to `url`'s origin that agreed on HTTP/1.1 (the first connection
+   * to an origin offers HTTP/2 too): into the pool, for the next request.
+   */
+  static adopt(url: URL, socket: TLSSocket, opts: RawConnectOptions): void {
+    const conn = new RawConnection(url, opts, socket);
+    if (opts.pool) opts.pool.give(conn);
+    else conn.destroy();
   }
 
   /** An idle connection to this origin from the pool (unless `fresh`), else a new one, for `user`. */
@@ -506,7 +530,7 @@ export class RawConnectionPool {
   }
 }
 
-function connectError(e: unknown, url: URL, side: Side | undefined): NetworkError {
+export function connectError(e: unknown, url: URL, side: Side | undefined): NetworkError {
   const err = e as Error & { code?: string };
   return new NetworkError(`${url.host}: ${err.code ?? err.message}`, { side, cause: e });
 }
@@ -539,7 +563,7 @@ async function retryIfStale<T>(attempt: (fresh: boolean) => Promise<T>): Promise
  * head is in; the body is then taken with `pipeInto`, piece by piece, as the sink takes it.
  * Once the whole body has been taken and written, the connection goes back to its pool.
  */
-export class RawBodyReader {
+export class RawBodyReader implements BodyReader {
   readonly head: ResponseHead;
   /** Body bytes not yet taken. */
   remaining: number;
@@ -766,7 +790,7 @@ export class RawBodyReader {
    * before it is written. Resolves when all are written; rejects with the first failure on
    * either side (bytes moved so far are in `sink.written`).
    */
-  pipeInto(sink: RawUpload, length: number, inspect: (piece: Buffer) => void, signal?: AbortSignal): Promise<void> {
+  pipeInto(sink: UploadSink, length: number, inspect: (piece: Buffer) => void, signal?: AbortSignal): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (length > this.remaining) return Promise.reject(new NetworkError(`asked for ${length} bytes, the response has ${this.remaining} left`, { side: this.side, retryable: false }));
     return new Promise<void>((resolve, reject) => {
@@ -909,6 +933,47 @@ export class RawBodyReader {
 /** A streamed answer body (what src/transport/http.ts calls a ResponseBody). */
 export type ResponseBodyStream = AsyncIterable<Uint8Array> & { dump(): Promise<void>; destroy(): void };
 
+/**
+ * Where a pipe writes a blob's bytes: the body of an upload request whose length is known up
+ * front, on an HTTP/1.1 connection (RawUpload) or an HTTP/2 stream (src/transport/h2.ts).
+ */
+export interface UploadSink {
+  /** Body bytes handed on so far. */
+  readonly written: number;
+  /** A write is still pending: the memory it was given must not change yet. */
+  readonly busy: boolean;
+  /** Bytes written and not yet sent on (backpressure for readers whose pieces are their own). */
+  readonly buffered: number;
+  /** Write one piece; true when it was taken at once (its memory is free again). `done` when it is. */
+  write(piece: Buffer, done: (err?: Error) => void): boolean;
+  /** Told of a failure (or of an early answer) while the reader is writing. */
+  onFailure: ((e: Error) => void) | undefined;
+  /** The server has answered (possibly before the whole body was sent). */
+  readonly hasAnswer: boolean;
+  /** The answer: head and (bounded) body. An abort of `signal` gives up waiting (a cancel does not wait for it). */
+  response(signal?: AbortSignal): Promise<ResponseHead & { body: Buffer }>;
+  close(): void;
+}
+
+/**
+ * A 2xx answer's body, read as it arrives: piped into an upload (`pipeInto`, the blob pipe) or
+ * handed out as a stream of copies. HTTP/1.1 (RawBodyReader) or HTTP/2 (src/transport/h2.ts).
+ */
+export interface BodyReader {
+  readonly head: ResponseHead;
+  /** Body bytes not yet taken. */
+  readonly remaining: number;
+  /** Move the next `length` bytes into `sink`, each piece shown to `inspect` before it is written. */
+  pipeInto(sink: UploadSink, length: number, inspect: (piece: Buffer) => void, signal?: AbortSignal): Promise<void>;
+  stream(signal?: AbortSignal): ResponseBodyStream;
+  close(): void;
+}
+
+/** A reader (as openRawBody gives one), not a declined answer. */
+export function isBodyReader(r: BodyReader | RawGetDeclined): r is BodyReader {
+  return !('declined' in r);
+}
+
 /** Does this complete answer leave the connection ready for the next request (its body exactly as long as it said)? */
 function answerEndsCleanly(head: ResponseHead, body: Buffer): boolean {
   if (head.headers['transfer-encoding'] !== undefined) return false;
@@ -921,7 +986,7 @@ function answerEndsCleanly(head: ResponseHead, body: Buffer): boolean {
  * then `response()` reads the answer. The answer may also come early (a registry refusing
  * the request before the body is in): writes then fail and `response()` has it.
  */
-export class RawUpload {
+export class RawUpload implements UploadSink {
   /** Body bytes handed to the kernel so far. */
   written = 0;
   onFailure: ((e: Error) => void) | undefined;
@@ -975,7 +1040,7 @@ export class RawUpload {
 
   /** Connect (or take an idle connection) and send the request head. */
   static open(
-    method: 'PUT' | 'PATCH',
+    method: 'PUT' | 'PATCH' | 'POST',
     req: PreparedRequest,
     contentLength: number,
     opts: RawConnectOptions,
@@ -1007,6 +1072,10 @@ export class RawUpload {
   /** A write is still with the kernel: the memory it was given must not change yet. */
   get busy(): boolean {
     return this.conn.socket.writableLength > 0;
+  }
+
+  get buffered(): number {
+    return this.conn.socket.writableLength;
   }
 
   /** Write one piece; true when the kernel took all of it at once (the piece's memory is free again). */

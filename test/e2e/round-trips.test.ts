@@ -4,12 +4,13 @@
 //   - the destination's HEADs (does it have the blob?) run ahead of the transfers, so the next
 //     blob's HEAD does not wait for the previous blob's upload;
 //   - a small blob's download starts while its upload session (POST) is being opened;
-//   - the destination's manifest HEAD (is the tag up to date?) goes out with the source's manifest GET.
+//   - the destination's manifest HEAD (is the tag up to date?) goes out with the source's manifest GET;
+//   - an index's children are written at once (the index after them).
 // One transfer at a time (--concurrency 1), so the order is the engine's, not luck's. Nothing
 // is inferred from when requests arrived: a condition releases each held answer.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pushLargeImage } from '../harness/fixtures.ts';
+import { pushLargeImage, pushMultiArch } from '../harness/fixtures.ts';
 import type { ProxiedRequest } from '../harness/fault-proxy.ts';
 import { runFerry, tempStateHome } from './ferry-cli.ts';
 import { startProxiedRegistries, type ProxiedRegistries } from './proxied-registries.ts';
@@ -88,5 +89,27 @@ describe('round trips on a slow registry', () => {
     assert.ok(get, 'the source manifest was fetched');
     assert.equal(dstHeads(), 1, 'one HEAD of the destination tag');
     assert.equal(get.held, 'condition', "the source's manifest was answered only when its hold ran out: the destination HEAD waited for it");
+  });
+
+  test("an index's children go up at once, not one after another, and the index after them", async () => {
+    const idx = await pushMultiArch(regs.srcC, 'trips/multi', 'v1');
+    const children = idx.children!.map((c) => c.digest);
+    regs.dstProxy.resetLog();
+    const dstLog = regs.dstProxy.requests;
+    const childPuts = () => dstLog.filter((q) => q.method === 'PUT' && children.some((d) => q.path.endsWith(`/manifests/${d}`)));
+    // The first child's write is not answered until every child's write has gone out.
+    regs.dstProxy.addRule({ action: 'hold', method: 'PUT', path: /\/manifests\/sha256:/, times: 1, until: () => childPuts().length >= children.length });
+    try {
+      const r = await runFerry(['copy', '--json', `${regs.srcProxy.host}/trips/multi:v1`, `${regs.dstProxy.host}/trips/multi-copy:v1`], { env });
+      assert.equal(r.code, 0, r.stderr);
+    } finally {
+      regs.dstProxy.clearRules();
+    }
+    assert.equal((await regs.dstC.verifyImage('trips/multi-copy', 'v1')).digest, idx.digest);
+    const puts = childPuts();
+    assert.equal(puts.length, children.length, 'each child written once');
+    assert.equal(puts[0]!.held, 'condition', "the first child's write was answered only when its hold ran out: the others waited for it");
+    const tagPut = dstLog.find((q) => q.method === 'PUT' && q.path.endsWith('/manifests/v1'));
+    assert.ok(tagPut && puts.every((p) => p.doneAt !== undefined && p.doneAt <= tagPut.at), 'the index went up after its children were answered');
   });
 });

@@ -8,6 +8,7 @@ import { BURST_SECONDS, EcrQuotas, ecrActionOf, ECR_API_RATES, QUOTA_HEADROOM } 
 import { createLogger } from '../../src/log/logger.ts';
 import { FerryError } from '../../src/errors.ts';
 import { FakeClock } from '../harness/fake-clock.ts';
+import { TransferLimits } from '../../src/copy/limits.ts';
 import { createRng, SUITE_SEED } from '../harness/seed.ts';
 
 const HOST = 'registry.example:5000';
@@ -203,6 +204,29 @@ describe('flow control: AIMD and the pace', () => {
     const p = flow.admit(url(), 'GET', ac.signal);
     ac.abort();
     await assert.rejects(p, (e: unknown) => e instanceof FerryError && e.name === 'AbortedError');
+  });
+});
+
+describe('flow control: a registry reached over HTTP/2', () => {
+  test('its ceiling is the multiplexed one, the transfer limits follow it, and a limit cut by throttling stays cut', async () => {
+    const clock = new FakeClock();
+    const flow = new FlowControl({ ceiling: 8, multiplexedCeiling: 32, clock, windowMs: 1000, ecr: new EcrQuotas({ clock }) });
+    const limits = new TransferLimits(flow.globalCeiling, flow);
+    const OTHER = 'http1.example:443';
+    assert.equal(flow.globalCeiling, 32);
+    assert.equal(limits.hostLimit(HOST), 8, 'not yet known to multiplex: the HTTP/1.1 ceiling');
+    flow.multiplexed(HOST);
+    assert.equal(flow.concurrency(HOST), 32);
+    assert.equal(limits.hostLimit(HOST), 32);
+    assert.equal(limits.hostLimit(OTHER), 8, 'another registry keeps its own');
+    // Throttled: halved from 32, and learning again that it multiplexes does not undo the cut.
+    const t = await flow.admit(url(), 'HEAD');
+    flow.settle(t, { status: 503, headers: {} });
+    assert.equal(flow.concurrency(HOST), 16);
+    flow.multiplexed(HOST);
+    assert.equal(flow.concurrency(HOST), 16);
+    // A process-wide --concurrency caps it all the same.
+    assert.equal(new TransferLimits(4, flow).hostLimit(HOST), 4);
   });
 });
 

@@ -7,7 +7,7 @@
 // plainly the bytes (redirect loops, refusals, chunked encoding) take the regular path.
 import { FerryError, NetworkError } from '../../errors.ts';
 import { parseDigest, type Digest } from '../../reference/digest.ts';
-import type { RawBodyReader, RawUpload } from '../../transport/raw-http.ts';
+import type { BodyReader, UploadSink } from '../../transport/raw-http.ts';
 import { RegistrySource } from './source.ts';
 import type { ImageSource } from '../types.ts';
 import type { RegistryClient } from '../../registry/client.ts';
@@ -45,13 +45,13 @@ export interface PipeRequest {
 
 /** The source side of a pipe: the blob's bytes from the hasher's offset on, hashed as they pass. */
 export class PipedBlobRead {
-  private reader: RawBodyReader | undefined;
-  private readonly open: (offset: number) => Promise<RawBodyReader | undefined>;
+  private reader: BodyReader | undefined;
+  private readonly open: (offset: number) => Promise<BodyReader | undefined>;
   private readonly hasher: BlobHasher;
   private readonly req: PipeRequest;
   private readonly expectedHex: string;
 
-  private constructor(req: PipeRequest, hasher: BlobHasher, first: RawBodyReader, open: (offset: number) => Promise<RawBodyReader | undefined>) {
+  private constructor(req: PipeRequest, hasher: BlobHasher, first: BodyReader, open: (offset: number) => Promise<BodyReader | undefined>) {
     this.req = req;
     this.hasher = hasher;
     this.reader = first;
@@ -70,7 +70,7 @@ export class PipedBlobRead {
   }
 
   /** Write the next `length` bytes into `sink`; a broken download is opened again from where it broke. */
-  async pipeInto(sink: RawUpload, length: number, signal?: AbortSignal): Promise<void> {
+  async pipeInto(sink: UploadSink, length: number, signal?: AbortSignal): Promise<void> {
     const { req } = this;
     let left = length;
     let stalls = 0;

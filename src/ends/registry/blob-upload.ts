@@ -135,7 +135,12 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       ({ location, checkpoint } = continuation);
       continuation = undefined;
     } else {
-      if (!chunked) whole = openWholeBlob(counting, pipeOk.allowed);
+      if (!chunked) {
+        whole = openWholeBlob(counting, pipeOk.allowed);
+        // A failure while the session is still being opened (the copy stopped: another blob failed)
+        // surfaces where it is awaited, not as an unhandled rejection that ends the process.
+        whole.catch(() => undefined);
+      }
       const session = await dst.startUpload(repo, req.signal).catch(async (e: unknown) => {
         await whole?.then((w) => w.close(), () => undefined);
         throw e;

@@ -72,6 +72,10 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
     this.referrers = new RegistryReferrers(client, repository);
   }
 
+  warm(): void {
+    this.client.warm();
+  }
+
   headManifest(target: string, signal?: AbortSignal): Promise<ManifestHead | undefined> {
     return this.client.headManifest(this.repository, target, signal);
   }

@@ -19,6 +19,10 @@ export class RegistrySource implements ImageSource {
     this.description = `${client.registry}/${repository}`;
   }
 
+  warm(): void {
+    this.client.warm();
+  }
+
   getManifest(target: string, signal?: AbortSignal): Promise<FetchedManifest | undefined> {
     return this.client.getManifest(this.repository, target, signal);
   }

@@ -11,6 +11,10 @@ export interface TransferTuning {
   bodyTimeoutMs?: number;
   /** A response body slower than this is stalled too (undefined: the transport's default, under 16 KiB/s for 30 s). */
   readFloor?: ReadFloor;
+  /** HTTP/2 to registries that offer it (undefined: on). */
+  http2?: boolean;
+  /** HTTP/2 connections to one registry at most (undefined: the transport's default). */
+  http2Connections?: number;
 }
 
 export function transferTuning(env: NodeJS.ProcessEnv): TransferTuning {
@@ -20,7 +24,29 @@ export function transferTuning(env: NodeJS.ProcessEnv): TransferTuning {
     upload: { ...uploadTuning(env), ...ecrLayerTuning(env), ...pipeTuning(env) },
     ...(bodyTimeoutMs !== undefined ? { bodyTimeoutMs } : {}),
     ...(floor !== undefined ? { readFloor: floor } : {}),
+    ...http2Tuning(env),
   };
+}
+
+/**
+ * FERRY_HTTP2: `off` speaks HTTP/1.1 to every registry (default `on`: HTTP/2 where a registry
+ * offers it by ALPN, src/transport/h2.ts). FERRY_HTTP2_CONNECTIONS: the most HTTP/2 connections
+ * to one registry (1-64; default 8).
+ */
+export function http2Tuning(env: NodeJS.ProcessEnv): Pick<TransferTuning, 'http2' | 'http2Connections'> {
+  const out: Pick<TransferTuning, 'http2' | 'http2Connections'> = {};
+  const onOff = env.FERRY_HTTP2?.trim().toLowerCase();
+  if (onOff) {
+    if (onOff !== 'on' && onOff !== 'off') throw new UsageError(`FERRY_HTTP2 must be on or off, not "${env.FERRY_HTTP2}"`);
+    out.http2 = onOff === 'on';
+  }
+  const raw = env.FERRY_HTTP2_CONNECTIONS?.trim();
+  if (raw) {
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw) || n < 1 || n > 64) throw new UsageError(`FERRY_HTTP2_CONNECTIONS must be a whole number from 1 to 64, not "${raw}"`);
+    out.http2Connections = n;
+  }
+  return out;
 }
 
 /**
