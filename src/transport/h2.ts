@@ -29,7 +29,7 @@ import type { ClientHttp2Session, ClientHttp2Stream, IncomingHttpHeaders, Incomi
 import type { TLSSocket } from 'node:tls';
 import { AbortedError, NetworkError, type Side } from '../errors.ts';
 import { FloorWatch, SlowBodyError, type ReadFloor } from './read-floor.ts';
-import { MAX_ERROR_BODY_BYTES, connectError, timeoutError, type BodyReader, type PreparedRequest, type RawGetDeclined, type ResponseBodyStream, type ResponseHead, type UploadSink } from './raw-http.ts';
+import { MAX_ERROR_BODY_BYTES, bodyStream, connectError, timeoutError, type BodyReader, type PreparedRequest, type RawGetDeclined, type ResponseBodyStream, type ResponseHead, type UploadSink } from './raw-http.ts';
 import type { TlsSessions } from './tls-sessions.ts';
 
 export interface H2Options {
@@ -807,17 +807,7 @@ export class H2BodyReader implements BodyReader {
       h2.off('data', onData);
       if (!this.ended) this.close();
     };
-    return {
-      [Symbol.asyncIterator]: () => ({
-        next,
-        return: async () => {
-          stop();
-          return { value: undefined, done: true };
-        },
-      }),
-      dump: async () => stop(),
-      destroy: stop,
-    };
+    return bodyStream(next, stop);
   }
 
   close(): void {

@@ -877,18 +877,8 @@ export class RawBodyReader implements BodyReader {
       finished();
       if (this.remaining > 0 || this.pending) this.close();
     };
-    return {
-      [Symbol.asyncIterator]: () => ({
-        next,
-        return: async () => {
-          stop();
-          return { value: undefined, done: true };
-        },
-      }),
-      // Not read to the end: the connection is closed rather than drained (it may be a large blob).
-      dump: async () => stop(),
-      destroy: stop,
-    };
+    // Not read to the end: the connection is closed rather than drained (it may be a large blob).
+    return bodyStream(next, stop);
   }
 
   private nextPiece(): Promise<Buffer | undefined> {
@@ -932,6 +922,21 @@ export class RawBodyReader implements BodyReader {
 
 /** A streamed answer body (what src/transport/http.ts calls a ResponseBody). */
 export type ResponseBodyStream = AsyncIterable<Uint8Array> & { dump(): Promise<void>; destroy(): void };
+
+/** A body read piece by piece (`next`); leaving it early (`return`, `dump`, `destroy`) calls `stop`. */
+export function bodyStream(next: () => Promise<IteratorResult<Uint8Array>>, stop: () => void): ResponseBodyStream {
+  return {
+    [Symbol.asyncIterator]: () => ({
+      next,
+      return: async () => {
+        stop();
+        return { value: undefined, done: true };
+      },
+    }),
+    dump: async () => stop(),
+    destroy: stop,
+  };
+}
 
 /**
  * Where a pipe writes a blob's bytes: the body of an upload request whose length is known up
