@@ -25,6 +25,7 @@ import { DEFAULT_SETTINGS, type RunnerSettings } from './contract.ts';
 import { ControlPlaneClient } from './control-plane-client.ts';
 import { Readiness, controlPlaneCheck, startHealthServer, type HealthServer } from './health.ts';
 import { runJob, type JobContext, type JobOutcome } from './job.ts';
+import type { HeartbeatWindow } from './lease.ts';
 import { heapCapWarning, heapLimitMiB } from './memory.ts';
 import { createAgentMetrics, type AgentMetrics } from './metrics.ts';
 import { flushPendingResults } from './results.ts';
@@ -51,8 +52,8 @@ export class Agent {
   private readonly localCloud: CloudCredentials;
   private wake: (() => void) | undefined;
   private started = Date.now();
-  /** When the control plane last accepted a heart-beat (it extends every lease this instance holds). */
-  private lastHeartbeatAt: number | undefined;
+  /** The last heart-beat the control plane accepted (it extends every lease this instance holds). */
+  private lastHeartbeat: HeartbeatWindow | undefined;
   /** Outcomes of the jobs this process ran, for tests and the exit summary. */
   readonly outcomes: Array<{ job_id: string; outcome: JobOutcome }> = [];
   health: HealthServer | undefined;
@@ -169,7 +170,7 @@ export class Agent {
       logger: this.log,
       hardStop: this.hardStop.signal,
       leaseMs: settings.lease_s * 1000,
-      lastHeartbeatAt: () => this.lastHeartbeatAt,
+      lastHeartbeat: () => this.lastHeartbeat,
       destinationClient: (registry) => {
         let c = destinations.get(registry);
         if (!c) {
@@ -307,7 +308,7 @@ export class Agent {
       try {
         const sent = Date.now();
         await client.heartbeat({ alive_time_s: (sent - this.started) / 1000, jobs_running: this.running.size }, { signal: this.hardStop.signal });
-        this.lastHeartbeatAt = sent;
+        this.lastHeartbeat = { sent, answered: Date.now() };
       } catch (e) {
         if (this.hardStop.signal.aborted) return;
         this.log.debug({ problem: (e as Error).message }, 'heartbeat failed');

@@ -314,7 +314,9 @@ export class ControlPlaneClient {
     const body = this.json(res);
     const o = checkShape(record, body, (e) => this.malformed(res, e));
     const out: RunnerSettings = { ...DEFAULT_SETTINGS };
-    const limits: Record<keyof RunnerSettings, [number, number]> = { heartbeat_interval_s: [1, 300], poll_interval_s: [1, 300], lease_s: [5, 3600] };
+    // A lease is never taken as longer than the control plane gives it (the agent would write on
+    // after another replica may have attached); only an absurd one under a second is raised.
+    const limits: Record<keyof RunnerSettings, [number, number]> = { heartbeat_interval_s: [1, 300], poll_interval_s: [1, 300], lease_s: [1, 3600] };
     for (const key of Object.keys(limits) as Array<keyof RunnerSettings>) {
       const v = o[key];
       if (v === undefined || v === null) continue;

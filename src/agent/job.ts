@@ -9,7 +9,8 @@
 // replica attached) stops at once and reports nothing: its transfers stop, its upload sessions
 // are deleted (the replica that holds the job has no journal of them; blobs already in the
 // local registry stay, and it finds them there). When nothing has extended the lease for
-// longer than the lease lasts, the job asks with a PATCH before it goes on.
+// longer than the lease lasts, the job asks with a PATCH before it goes on, and every write to
+// the destination waits for that answer (src/agent/lease.ts).
 import { AbortedError, FerryError, contractCode, toFerryError } from '../errors.ts';
 import type { Logger } from '../log/logger.ts';
 import { Keychain, type CredentialProvider } from '../auth/credentials.ts';
@@ -28,6 +29,7 @@ import type { AgentConfig } from './config.ts';
 import { shouldStop, type ResultBody } from './contract.ts';
 import { ControlPlaneError, isNotHeld, type ControlPlaneClient } from './control-plane-client.ts';
 import { ExecutionCredentials } from './credentials.ts';
+import { JobLease, type HeartbeatWindow } from './lease.ts';
 import type { AgentMetrics } from './metrics.ts';
 import type { Plan } from './plan.ts';
 import { reportResult } from './results.ts';
@@ -55,20 +57,12 @@ export interface JobContext {
   hardStop: AbortSignal;
   /** How long a lease lasts (the runner settings' lease_s). */
   leaseMs: number;
-  /** When the last heart-beat the control plane accepted went out (it extends the leases this instance holds). */
-  lastHeartbeatAt: () => number | undefined;
+  /** The last heart-beat the control plane accepted (it extends the leases this instance holds). */
+  lastHeartbeat: () => HeartbeatWindow | undefined;
 }
 
 export type JobOutcome = 'succeeded' | 'failed' | 'cancelled' | 'timed-out' | 'abandoned' | 'not-held';
 type StoppedBy = 'cancelled' | 'timed-out' | 'not-held';
-
-/** What the job knows about its execution's lease, and how it learns it was taken over. */
-interface Lease {
-  /** When the control plane last extended it for this job (a PATCH or progress accepted). */
-  extendedAt: number;
-  /** Answered EXECUTION_NOT_HELD: stop the job now. */
-  lost(e: ControlPlaneError): void;
-}
 
 const STATUS_WATCH_MS = 1000;
 const PROGRESS_EVERY_MS = 2000;
@@ -87,13 +81,17 @@ export async function runJob(ctx: JobContext, jobId: string, execId: string, res
     stoppedBy = s;
     work.abort();
   };
-  const lease: Lease = {
-    extendedAt: Date.now(),
-    lost: (e) => {
+  const lease = new JobLease({
+    leaseMs: ctx.leaseMs,
+    lastHeartbeat: ctx.lastHeartbeat,
+    confirm: () => ctx.client.updateStatus(jobId, execId, 'in-progress', { signal: work.signal }).then(() => undefined),
+    onLost: (e) => {
       if (!stoppedBy) log.warn({ problem: e.message }, 'another instance holds this execution now (this one was frozen or cut off past its lease): stopping the job');
       stop('not-held');
     },
-  };
+    isNotHeld,
+    logger: log,
+  });
   const watcher = watchStatus(ctx, jobId, execId, work, lease, log, stop);
   ctx.metrics.jobsRunning.inc();
   try {
@@ -133,7 +131,7 @@ export async function runJob(ctx: JobContext, jobId: string, execId: string, res
   }
 }
 
-async function fail(ctx: JobContext, jobId: string, execId: string, err: FerryError, lease: Lease, log: Logger): Promise<JobOutcome> {
+async function fail(ctx: JobContext, jobId: string, execId: string, err: FerryError, lease: JobLease, log: Logger): Promise<JobOutcome> {
   const code = contractCode(err);
   log.error({ code, side: err.side, status: err.status }, err.message);
   if (err.side) ctx.metrics.recordRegistryError(err.side, code);
@@ -173,28 +171,16 @@ function abandon(ctx: JobContext, log: Logger): JobOutcome {
  * has extended the lease for longer than it lasts (this process was frozen, or could not reach
  * the control plane), make sure the execution is still this instance's before going on.
  */
-async function watchStatus(ctx: JobContext, jobId: string, execId: string, work: AbortController, lease: Lease, log: Logger, onStop: (s: StoppedBy) => void): Promise<void> {
+async function watchStatus(ctx: JobContext, jobId: string, execId: string, work: AbortController, lease: JobLease, log: Logger, onStop: (s: StoppedBy) => void): Promise<void> {
   while (!work.signal.aborted) {
     try {
       await sleep(STATUS_WATCH_MS, work.signal);
     } catch {
       return;
     }
-    // A heart-beat extends the lease only if it went out before the lease ran out: one sent
-    // after a gap (the process thawed) may have been too late, and only a PATCH can tell.
-    const beat = ctx.lastHeartbeatAt();
-    if (beat !== undefined && beat > lease.extendedAt && beat - lease.extendedAt <= ctx.leaseMs) lease.extendedAt = beat;
-    if (Date.now() - lease.extendedAt > ctx.leaseMs) {
-      log.info({ lease_ms: ctx.leaseMs, since_extended_ms: Date.now() - lease.extendedAt }, 'the lease may have run out: checking that this instance still holds the execution');
-      try {
-        const sent = Date.now();
-        await ctx.client.updateStatus(jobId, execId, 'in-progress', { signal: work.signal });
-        lease.extendedAt = sent;
-      } catch (e) {
-        if (work.signal.aborted) return;
-        if (isNotHeld(e)) return lease.lost(e);
-        log.debug({ problem: (e as Error).message }, 'lease check failed');
-      }
+    if (lease.mayHaveRunOut()) {
+      await lease.check();
+      if (work.signal.aborted || lease.isLost) return;
     }
     try {
       const s = await ctx.client.jobStatus(jobId, { signal: work.signal });
@@ -212,7 +198,7 @@ async function watchStatus(ctx: JobContext, jobId: string, execId: string, work:
 }
 
 /** Execution status updates: retried a few times in the background, never blocking the copy. */
-async function sendStatus(ctx: JobContext, jobId: string, execId: string, status: 'initializing' | 'in-progress' | 'cleaning-up', lease: Lease, log: Logger, signal: AbortSignal): Promise<void> {
+async function sendStatus(ctx: JobContext, jobId: string, execId: string, status: 'initializing' | 'in-progress' | 'cleaning-up', lease: JobLease, log: Logger, signal: AbortSignal): Promise<void> {
   try {
     let sent = 0;
     const attempt = (s?: AbortSignal) => {
@@ -220,7 +206,7 @@ async function sendStatus(ctx: JobContext, jobId: string, execId: string, status
       return ctx.client.updateStatus(jobId, execId, status, s ? { signal: s } : {});
     };
     const delivery = await deliver(`status ${status}`, attempt, { logger: log, signal, maxAttempts: 8, context: { job_id: jobId, exec_id: execId } });
-    if (delivery.delivered) lease.extendedAt = Math.max(lease.extendedAt, sent);
+    if (delivery.delivered) lease.extended(sent);
     else if (isNotHeld(delivery.error)) lease.lost(delivery.error);
   } catch {
     // aborted: the job ended first
@@ -251,7 +237,7 @@ async function untilDone<T>(fn: () => Promise<T>, what: string, signal: AbortSig
   }
 }
 
-async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: string, signal: AbortSignal, lease: Lease, log: Logger): Promise<CopyReport> {
+async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: string, signal: AbortSignal, lease: JobLease, log: Logger): Promise<CopyReport> {
   const source = plan.source.ref;
   const destination = plan.destination.ref;
   const sourceCredentials = sourceProvider(ctx, plan, jobId, execId, log);
@@ -275,7 +261,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     lastProgress = now;
     const body = { bytes_done: p.bytes_done, bytes_total: p.bytes_total, blobs_done: p.blobs_done, blobs_total: p.blobs_total };
     ctx.client.reportProgress(jobId, execId, body, { signal }).then(
-      () => (lease.extendedAt = Math.max(lease.extendedAt, now)),
+      () => lease.extended(now),
       (e: Error) => (isNotHeld(e) ? lease.lost(e) : log.debug({ problem: e.message }, 'progress report failed')),
     );
   };
@@ -293,6 +279,7 @@ async function copyForPlan(ctx: JobContext, plan: Plan, jobId: string, execId: s
     logger: log,
     cache: ctx.cache,
     signal,
+    beforeWrite: () => lease.beforeWrite(),
     onProgress,
   });
 }

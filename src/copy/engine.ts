@@ -36,6 +36,12 @@ export interface CopyRequest {
    * with an AbortedError. The caller bounds the wait by aborting `signal` with SUSPEND.
    */
   park?: AbortSignal;
+  /**
+   * Awaited before each write to the destination begins (a blob's upload or mount, a manifest, a
+   * referrers index); a rejection fails the copy. The agent holds writes here while it is not
+   * sure it still holds the job (a process frozen past its lease must not write once it thaws).
+   */
+  beforeWrite?: () => Promise<void>;
   onProgress?: (p: CopyProgress) => void;
   dryRun?: boolean;
 }
@@ -189,10 +195,12 @@ class CopyRun {
     for (const node of referrerRoots) await this.pushTree(node, pushed, undefined);
     await this.listReferrers(pending.subjects, referrers.sourceIndexes);
     for (const { tag, node } of pending.tags) {
+      await this.mayWrite();
       await this.dst.putManifest(tag, node.bytes, node.mediaType, signal);
       this.stats.manifests_written++;
     }
     if (!upToDate && referrerRoots.length > 0 && destination.tag) {
+      await this.mayWrite();
       await this.dst.putManifest(destination.tag, root.bytes, root.mediaType, signal);
       this.stats.manifests_written++;
     }
@@ -316,6 +324,7 @@ class CopyRun {
     if (!update) return;
     await Promise.all(
       [...subjects].map(async ([subject, referrers]) => {
+        await this.mayWrite();
         const done = await update(subject, referrers, { signal: this.signal, known: this.cache, proposed: sourceIndexes.get(subject) });
         if (done === 'written') this.stats.manifests_written++;
         this.log.debug({ subject, referrers: referrers.length, listing: done }, 'referrers listed');
@@ -414,12 +423,13 @@ class CopyRun {
       this.progress.active = this.progress.active.filter((a) => a !== active);
       this.emit();
     };
-    const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name, park: this.req.park };
+    const copy: BlobContext = { signal, logger: this.log, sourceName: this.req.source.name, park: this.req.park, beforeWrite: this.req.beforeWrite };
     if (await present) {
       await this.dst.blobPresent?.(b, copy);
       return finish('skipped');
     }
     this.parked();
+    await this.mayWrite();
     // Without its bytes where the end can: a mount from the source, or from where another copy put it.
     const reused = await this.dst.reuseBlob?.(b, this.src, copy);
     if (reused) return finish(reused);
@@ -463,6 +473,11 @@ class CopyRun {
     return this.src.networkHost !== undefined ? [dst, this.src.networkHost] : [dst];
   }
 
+  /** The caller's say before a write begins (CopyRequest.beforeWrite). */
+  private async mayWrite(): Promise<void> {
+    await this.req.beforeWrite?.();
+  }
+
   /** Parked: nothing new begins. */
   private parked(): void {
     if (this.req.park?.aborted) throw new AbortedError('stopping: nothing new begins');
@@ -483,9 +498,11 @@ class CopyRun {
       if (pushing) return pushing;
     }
     this.parked();
-    const put = this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.signal).then(() => {
-      this.stats.manifests_written++;
-    });
+    const put = this.mayWrite()
+      .then(() => this.dst.putManifest(tag ?? node.digest, node.bytes, node.mediaType, this.signal))
+      .then(() => {
+        this.stats.manifests_written++;
+      });
     if (tag === undefined) pushed.set(node.digest, put);
     await put;
   }

@@ -143,6 +143,12 @@ export interface CopyContext {
    * begin nothing new, bring what is in flight to a point the next run can continue from.
    */
   park?: AbortSignal | undefined;
+  /**
+   * Awaited just before each request that writes to the end (an upload opened, a chunk or the
+   * commit sent, a mount); a rejection fails the write. The agent holds writes here while it is
+   * not sure it still holds the job (CopyRequest.beforeWrite).
+   */
+  beforeWrite?: (() => Promise<void>) | undefined;
 }
 
 /** The copy a blob belongs to, while its transfer runs. */

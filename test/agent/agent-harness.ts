@@ -141,7 +141,7 @@ export function startAgent(world: AgentWorld, stateDir: string, args: string[] =
     exited,
     waitForLog(pattern, timeoutMs = 60_000) {
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern} in agent logs:\n${logs.slice(-3000)}`)), timeoutMs);
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${pattern} in agent logs:\n${logDigest(logs)}`)), timeoutMs);
         waiters.push({
           pattern,
           resolve: (l) => {
@@ -190,4 +190,11 @@ export function worldForSuite(): SuiteWorld {
     await ctx.world?.stop();
   });
   return ctx;
+}
+
+/** For a failure message: the agent's lines at info and above (debug lines bury them), then its last lines. */
+export function logDigest(logs: string): string {
+  const lines = logs.split('\n');
+  const notable = lines.filter((l) => !/^\{"level":(10|20),/.test(l)).slice(-40);
+  return `${notable.join('\n').slice(-8000)}\n--- the last lines ---\n${lines.slice(-8).join('\n').slice(-3000)}`;
 }

@@ -187,6 +187,9 @@ describe('control-plane client', () => {
       assert.deepEqual(await a.settings(), { heartbeat_interval_s: 3, poll_interval_s: 7, lease_s: 30 });
       cp.setSettings('missing');
       assert.deepEqual(await a.settings(), DEFAULT_SETTINGS);
+      // A short lease is taken as it is (never as longer than given), the heart-beat shortened to fit it.
+      cp.setSettings({ heartbeat_interval_s: 5, poll_interval_s: 1, lease_s: 4 });
+      assert.deepEqual(await a.settings(), { heartbeat_interval_s: 1, poll_interval_s: 1, lease_s: 4 });
       cp.setSettings({ lease_s: 'forever' as unknown as number });
       await rejectsWith(a.settings(), (e) => {
         assert.equal(e.kind, 'malformed');

@@ -48,15 +48,25 @@ describe('a replica paused past its lease', () => {
     const img = await pushLargeImage(vendorC, 'org_p/app', 'v1', { layerCount: 2, layerSize: 4 * MiB });
     const layers = img.blobs.filter((b) => !(b.mediaType ?? '').includes('config')).map((b) => b.digest.split(':')[1]);
     const layerGet = new RegExp(`/blobs/sha256:(${layers.join('|')})`);
-    // The first replica's two layer downloads hang after their headers, so it is mid-transfer
-    // (upload sessions open) when it is paused; the second replica's take 2 s each, so it is
-    // still copying when the first one comes back.
-    proxy.addRule({ method: 'GET', path: layerGet, action: 'stall', ms: 120_000, then: 'continue', times: 2 });
+    // The first replica copies the config, then waits on both layers with their upload sessions
+    // open: one layer's download hangs after its headers, the other's answer is held back. It is
+    // frozen there, idle, and the held answer is let through while it is frozen: when it thaws, the
+    // bytes of a layer are waiting for it, and it must ask before it writes them. The second
+    // replica's downloads take 2 s each, so it is still copying when the first one comes back.
+    let releaseHeld = false;
+    proxy.addRule({ method: 'GET', path: layerGet, action: 'stall', ms: 120_000, then: 'continue', times: 1 });
+    proxy.addRule({ method: 'GET', path: layerGet, action: 'hold', until: () => releaseHeld, maxMs: 120_000, times: 1 });
     proxy.addRule({ method: 'GET', path: layerGet, action: 'delay', ms: 2000 });
     const jobId = world.cp.enqueueJob(plan(world, 'org_p/app', 'v1', DST, {}, proxy.host));
+    const config = img.blobs.find((b) => (b.mediaType ?? '').includes('config'))!.digest.split(':')[1]!;
+    const configStored = () => existsSync(join(world.local.storageDir, 'docker/registry/v2/repositories', DST, '_layers/sha256', config, 'link'));
 
     const a = startAgent(world, tempState(), ['--exit-when-idle']);
-    await waitFor('the first replica to open an upload session', () => liveUploads(world, DST).length > 0, 60_000);
+    await waitFor(
+      'the first replica to store the config and wait on both layers, their upload sessions open',
+      () => configStored() && liveUploads(world, DST).length >= 2 && proxy.requests.filter((r) => r.method === 'GET' && layerGet.test(r.path)).length >= 2,
+      60_000,
+    );
     const aInstance = world.cp.job(jobId).executions[0]!.instance_id;
     a.proc.kill('SIGSTOP');
     try {
@@ -65,6 +75,8 @@ describe('a replica paused past its lease', () => {
       await waitFor('the second replica to attach the execution', () => world.cp.job(jobId).executions[0]!.attachHistory.length > 0, 60_000);
       const bInstance = world.cp.job(jobId).executions[0]!.instance_id;
       assert.notEqual(bInstance, aInstance);
+      releaseHeld = true;
+      await waitFor('the held layer to be answered', () => proxy.requests.some((r) => r.held !== undefined), 10_000);
       a.proc.kill('SIGCONT');
       await a.waitForLog(/another instance holds this execution now/, 30_000);
       assert.equal(await a.exited, 0, a.logs().slice(-3000));
@@ -97,10 +109,16 @@ describe('a replica paused past its lease', () => {
       const log = world.local.logs().split('\n');
       const manifestPuts = log.filter((l) => new RegExp(`"PUT /v2/${DST}/manifests/v1 HTTP/1.1" 201`).test(l));
       assert.equal(manifestPuts.length, 1, 'the tag was written more than once');
-      for (const b of img.blobs) {
-        const hex = b.digest.split(':')[1]!;
+      for (const blob of img.blobs) {
+        const hex = blob.digest.split(':')[1]!;
         const commits = log.filter((l) => new RegExp(`"(PUT|POST) /v2/${DST}/blobs/uploads/[^"]*digest=sha256(:|%3A)${hex}[^"]*" 201`).test(l));
-        assert.ok(commits.length <= 1, `blob ${b.digest} was committed ${commits.length} times`);
+        if (commits.length > 1) {
+          const mentions = (logs: string) => logs.split('\n').filter((l) => l.includes(hex)).join('\n');
+          assert.fail(
+            `blob ${blob.digest} (${blob.mediaType}) was committed ${commits.length} times:\n${log.filter((l) => l.includes(hex)).join('\n')}\n` +
+              `--- paused replica:\n${mentions(a.logs())}\n--- other replica:\n${mentions(b.logs())}`,
+          );
+        }
       }
       assert.ok(log.some((l) => new RegExp(`"DELETE /v2/${DST}/blobs/uploads/[^"]+" 204`).test(l)), 'the paused replica did not delete its upload sessions');
       assert.deepEqual(liveUploads(world, DST), [], 'upload sessions left open');

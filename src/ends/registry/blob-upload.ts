@@ -59,6 +59,8 @@ export interface BlobUploadRequest {
    * a prefix to hash it, waiting to retry) stops at once.
    */
   park?: AbortSignal | undefined;
+  /** Awaited just before each request that writes (CopyContext.beforeWrite). */
+  beforeWrite?: (() => Promise<void>) | undefined;
   /** Bytes sent to the destination (re-sent bytes count again). */
   onBytes?: (n: number) => void;
   /** Record open chunked uploads here, and continue the one a previous process left behind. */
@@ -141,7 +143,10 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
         // surfaces where it is awaited, not as an unhandled rejection that ends the process.
         whole.catch(() => undefined);
       }
-      const session = await dst.startUpload(repo, req.signal).catch(async (e: unknown) => {
+      const session = await (async () => {
+        await req.beforeWrite?.();
+        return dst.startUpload(repo, req.signal);
+      })().catch(async (e: unknown) => {
         await whole?.then((w) => w.close(), () => undefined);
         throw e;
       });
@@ -167,6 +172,9 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       } else {
         const source = await (whole ?? openWholeBlob(counting, pipeOk.allowed));
         try {
+          // The bytes of a small blob are read before its one request goes out.
+          if ('bytes' in source) await source.bytes;
+          await req.beforeWrite?.();
           if ('pipe' in source) {
             await dst.pipeUpload(repo, location, 0, size, digest, source.pipe, req.signal);
             logger.debug({ digest, size }, 'blob piped registry to registry');
@@ -322,6 +330,7 @@ async function uploadChunked(
       if (offset === size) {
         // The registry holds every byte (a cut final request it kept whole): only the commit is left.
         // The digest was checked when the hash was brought to this offset.
+        await req.beforeWrite?.();
         await dst.commitUpload(repo, location, digest, Buffer.alloc(0), 0, req.signal);
         return;
       }
@@ -342,6 +351,7 @@ async function uploadChunked(
       while (offset < size) {
         // Parked: stop between chunks, the session journaled at what the registry acknowledged.
         if (req.park?.aborted) throw SUSPEND;
+        await req.beforeWrite?.();
         const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
         if (offset + length === size) {
           // The last bytes ride on the commit PUT: one request fewer.

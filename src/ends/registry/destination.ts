@@ -174,6 +174,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
   async reuseBlob(b: BlobRef, source: ImageSource, copy: BlobContext): Promise<'mounted' | 'skipped' | undefined> {
     const from = this.mountSource(source);
     if (from !== undefined) {
+      await copy.beforeWrite?.();
       if (await this.client.mountBlob(this.repository, b.digest, from, copy.signal)) {
         this.placements?.record(this.client.registry, b.digest, this.repository);
         return 'mounted';
@@ -217,6 +218,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         logger: o.logger,
         signal: o.signal,
         park: o.park,
+        beforeWrite: o.beforeWrite,
         onBytes: o.onBytes,
         journal: this.journal,
         sourceName: o.sourceName,
@@ -247,6 +249,7 @@ export class RegistryDestination implements ImageDestination, Required<Destinati
         continue;
       }
       let mounted = false;
+      await copy.beforeWrite?.();
       try {
         mounted = await this.client.mountBlob(this.repository, b.digest, holder, signal);
       } catch (e) {

@@ -147,6 +147,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
   for (let attempt = 1; ; attempt++) {
     try {
       if (!state) {
+        await req.beforeWrite?.();
         const opened = await api.initiate(repo, req.signal);
         state = { uploadId: opened.uploadId, offset: 0, checkpoint: undefined, partBytes: partBytesFor(req.tuning, opened.partSize), journaled: false };
         // Journaled before the first byte goes out: a crash at any point leaves an entry the next run continues or drops.
@@ -157,6 +158,7 @@ export async function uploadEcrLayer(req: BlobUploadRequest, api: EcrLayerApi): 
         // The first answer about a journaled upload tells what ECR really held from before.
         acknowledgedBefore = Math.max(acknowledgedBefore, held);
       });
+      await req.beforeWrite?.();
       const outcome = await api.complete(repo, state.uploadId, digest, req.signal);
       if (outcome === 'exists') logger.info({ digest }, 'ECR already had the layer');
       await journal?.remove(key);
@@ -307,6 +309,7 @@ async function sendPart(
   const end = first + bytes.byteLength;
   for (let tries = 1; ; tries++) {
     let last: number;
+    await req.beforeWrite?.();
     try {
       last = await api.uploadPart(req.destinationRepository, uploadId, first, bytes, req.signal);
     } catch (e) {
