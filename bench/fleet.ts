@@ -1,7 +1,7 @@
 // Syncing a fleet of images (the `fleet` and `warm` workloads): every tool with its own best
 // parallelism. Peers: their CLI, one process per image, several at once. ferry: one agent fed
 // by the reference control plane (`ferryFleetSync`), or CLI processes like the peers.
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startControlPlane } from '../test/harness/control-plane.ts';
 import { runGroup, runMeasured, type ProcessMeasure } from './measure.ts';
@@ -139,10 +139,12 @@ export async function syncWithAgent(agent: AgentSettings, jobs: FleetJob[], ctx:
       ...(agent.concurrency ? ['--concurrency', String(agent.concurrency)] : []),
       '--exit-when-idle',
       '--log-level',
-      'warn',
+      process.env.FERRY_BENCH_AGENT_LOG ? 'debug' : 'warn',
     ];
     const r = await runMeasured({ cmd: agent.ferryCommand[0]!, args, env: { ...process.env, DOCKER_CONFIG: ctx.dockerConfig } }, ctx.timeoutMs);
     if (process.env.FERRY_BENCH_DEBUG) process.stderr.write(`--- ferry agent stderr (tail) ---\n${r.stderr.slice(-4000)}\n`);
+    // A trace of one sync (every job's and request's timing, at debug level): appended to the file named.
+    if (process.env.FERRY_BENCH_AGENT_LOG) appendFileSync(process.env.FERRY_BENCH_AGENT_LOG, r.stderr);
     const failures: string[] = [];
     if (r.exitCode !== 0) failures.push(`ferry agent exited ${r.exitCode}${r.timedOut ? ' (timed out)' : ''}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
     ids.forEach((id, i) => {

@@ -27,7 +27,8 @@ export interface Command {
   env?: NodeJS.ProcessEnv;
 }
 
-const MAX_CAPTURE = 256 * 1024;
+// A trace asked for (FERRY_BENCH_AGENT_LOG, bench/fleet.ts) is kept whole.
+const MAX_CAPTURE = process.env.FERRY_BENCH_AGENT_LOG ? 64 * 1024 * 1024 : 256 * 1024;
 
 let timeDir: string | undefined;
 let seq = 0;
