@@ -116,7 +116,9 @@ export class Agent {
       ...(cfg.transfer.http2 !== undefined ? { http2: cfg.transfer.http2 } : {}),
       ...(cfg.transfer.http2Connections !== undefined ? { http2Sessions: cfg.transfer.http2Connections } : {}),
       // One flow controller for every job: a registry's pause, pace and limits are everyone's.
-      concurrency: cfg.concurrency,
+      // Without --concurrency, a registry's ceiling goes by its protocol (8 over HTTP/1.1).
+      ...(cfg.registryConcurrency !== undefined ? { concurrency: cfg.registryConcurrency } : {}),
+      processConcurrency: cfg.concurrency,
       logger: this.log,
     });
     this.metrics.observeFlow(() => transport.flow.stats());

@@ -40,6 +40,11 @@ export interface TransportOptions {
    * ceiling. Undefined: by how the registry is reached, 8 over HTTP/1.1, 64 over HTTP/2.
    */
   concurrency?: number;
+  /**
+   * Blob transfers at once in the whole process (the agent's shared limit): no registry's ceiling
+   * is above it, so a throttled registry's first halving counts.
+   */
+  processConcurrency?: number;
   /** For the flow controller's lines (a registry starts or stops throttling). */
   logger?: Logger;
   /** The flow controller to use (default: one of this transport's own). */
@@ -115,7 +120,9 @@ export class HttpTransport {
     this.plainHttp = new Set((opts.plainHttp ?? []).map((h) => h.toLowerCase()));
     this.userAgent = opts.userAgent ?? 'ferry';
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 30_000;
-    this.flow = opts.flow ?? new FlowControl({ ceiling: opts.concurrency ?? HTTP1_CONCURRENCY, multiplexedCeiling: opts.concurrency ?? HTTP2_CONCURRENCY, logger: opts.logger });
+    const cap = (n: number) => Math.min(n, opts.processConcurrency ?? n);
+    this.flow =
+      opts.flow ?? new FlowControl({ ceiling: cap(opts.concurrency ?? HTTP1_CONCURRENCY), multiplexedCeiling: cap(opts.concurrency ?? HTTP2_CONCURRENCY), logger: opts.logger });
     this.readFloor = opts.readFloor ?? DEFAULT_READ_FLOOR;
     const connect: Record<string, unknown> = { timeout: opts.connectTimeoutMs ?? 30_000 };
     const extraCa = loadCaFiles(opts.caFiles ?? []);

@@ -73,7 +73,8 @@ describe('agent configuration', () => {
     assert.equal(c.localRegistryCredential, undefined);
     assert.deepEqual(c.plainHttp, []);
     assert.equal(c.maxJobs, 2);
-    assert.equal(c.concurrency, 8);
+    assert.equal(c.concurrency, 24);
+    assert.equal(c.registryConcurrency, undefined, 'unset: each registry by its protocol');
     assert.equal(c.healthAddr, undefined);
     assert.equal(c.logLevel, 'info');
     assert.equal(c.shutdownGraceS, 30);
@@ -87,6 +88,7 @@ describe('agent configuration', () => {
     const c = await load({ env: { ...BASE_ENV, FERRY_CONFIG: file, FERRY_CONCURRENCY: '4', FERRY_LOG_LEVEL: 'warn' }, flags: { 'log-level': 'error' } });
     assert.equal(c.maxJobs, 5, 'file');
     assert.equal(c.concurrency, 4, 'env over file');
+    assert.equal(c.registryConcurrency, 4, 'set: also the most towards one registry');
     assert.equal(c.logLevel, 'error', 'flag over env');
     assert.equal(c.shutdownGraceS, 12);
     assert.equal(c.stateDir, join(dir, 'state'), 'relative paths resolve against the working directory');
@@ -199,7 +201,8 @@ describe('agent configuration', () => {
       .parse();
     const c = await load({ env: BASE_ENV, flags: argv as Record<string, unknown> });
     assert.equal(c.maxJobs, 4);
-    assert.equal(c.concurrency, 8, 'a flag left unset does not hide the default chain');
+    assert.equal(c.concurrency, 24, 'a flag left unset does not hide the default chain');
+    assert.equal(c.registryConcurrency, undefined);
     assert.deepEqual(c.plainHttp, ['a.local', 'b.local']);
     assert.equal(c.exitWhenIdle, true);
     assert.equal(c.runnerId, 'r-1');

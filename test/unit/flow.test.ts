@@ -9,6 +9,8 @@ import { createLogger } from '../../src/log/logger.ts';
 import { FerryError } from '../../src/errors.ts';
 import { FakeClock } from '../harness/fake-clock.ts';
 import { TransferLimits } from '../../src/copy/limits.ts';
+import { HTTP1_CONCURRENCY, HttpTransport } from '../../src/transport/http.ts';
+import { AGENT_CONCURRENCY } from '../../src/agent/config.ts';
 import { createRng, SUITE_SEED } from '../harness/seed.ts';
 
 const HOST = 'registry.example:5000';
@@ -227,6 +229,24 @@ describe('flow control: a registry reached over HTTP/2', () => {
     assert.equal(flow.concurrency(HOST), 16);
     // A process-wide --concurrency caps it all the same.
     assert.equal(new TransferLimits(4, flow).hostLimit(HOST), 4);
+  });
+
+  test('the agent without --concurrency: 8 towards an HTTP/1.1 registry, its process-wide 24 towards an HTTP/2 one, and the first cut counts', async () => {
+    const transport = new HttpTransport({ processConcurrency: AGENT_CONCURRENCY });
+    try {
+      const flow = transport.flow;
+      const limits = new TransferLimits(AGENT_CONCURRENCY, flow);
+      const OTHER = 'http1.example:443';
+      assert.equal(limits.hostLimit(OTHER), HTTP1_CONCURRENCY);
+      flow.multiplexed(HOST);
+      assert.equal(limits.hostLimit(HOST), AGENT_CONCURRENCY);
+      assert.equal(flow.concurrency(HOST), AGENT_CONCURRENCY, 'the ceiling is the process-wide limit, not 64');
+      const t = await flow.admit(url(), 'HEAD');
+      flow.settle(t, { status: 503, headers: {} });
+      assert.equal(limits.hostLimit(HOST), AGENT_CONCURRENCY / 2, 'throttled: halved from what was in use');
+    } finally {
+      await transport.close();
+    }
   });
 });
 
