@@ -129,6 +129,12 @@ if (values['ferry-fleet'] !== 'agent' && values['ferry-fleet'] !== 'cli') {
   process.exit(2);
 }
 const node = process.execPath;
+/** Node running a bundle with the flags its shebang starts Node with, as running it directly would. */
+function bundleCommand(entry: string, extraNodeArgs: string[]): string[] {
+  const shebang = readFileSync(entry, 'utf8').split('\n', 1)[0] ?? '';
+  const shebangFlags = shebang.startsWith('#!') ? shebang.split(/\s+/).filter((a) => a.startsWith('--')) : [];
+  return [node, ...shebangFlags, ...extraNodeArgs, entry];
+}
 const nodeArgs = list(values['ferry-node-args']) ?? [];
 const singleExecutable = join(root, 'dist/ferry');
 let ferryCommand: string[];
@@ -149,10 +155,7 @@ if (values.ferry === 'source') {
     console.error('bench: dist/ferry.mjs not found (npm run build), or drop --no-build');
     process.exit(1);
   }
-  // The flags the bundle's shebang starts Node with, as running it directly would.
-  const shebang = readFileSync(entry, 'utf8').split('\n', 1)[0] ?? '';
-  const shebangFlags = shebang.startsWith('#!') ? shebang.split(/\s+/).filter((a) => a.startsWith('--')) : [];
-  ferryCommand = [node, ...shebangFlags, ...nodeArgs, entry];
+  ferryCommand = bundleCommand(entry, nodeArgs);
   ferryLabel = 'node dist/ferry.mjs (the bundle)';
 } else if (values.ferry === 'binary') {
   if (!values['no-build']) {
@@ -187,7 +190,9 @@ const outDir = values.out ? resolve(values.out) : join(root, quick ? 'bench/.wor
 const tool = {
   ferryCommand,
   ferryLabel,
-  baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? [node, values['ferry-baseline']] : [values['ferry-baseline']]) : undefined,
+  // A baseline bundle runs under its own shebang's flags too (the heap and young-generation caps):
+  // without them it ran with V8's defaults beside a capped ferry, and the two were not comparable.
+  baselineCommand: values['ferry-baseline'] ? (/\.(m?js|ts)$/.test(values['ferry-baseline']) ? bundleCommand(resolve(values['ferry-baseline']), []) : [values['ferry-baseline']]) : undefined,
   craneJobs: int(values['crane-jobs'], 'crane-jobs'),
   orasConcurrency: int(values['oras-concurrency'], 'oras-concurrency'),
   ferryConcurrency: int(values['ferry-concurrency'], 'ferry-concurrency'),
