@@ -55,7 +55,7 @@ test('the docs speak of the project: no "issue N" of the team\'s tracker', () =>
   const files = ['README.md', ...readdirSync(`${root}docs`).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
   for (const f of files) {
     const text = readFileSync(`${root}${f}`, 'utf8');
-    const m = /\b[Ii]ssues? #?\d+\b|\(issue\b|\bthe issue\b/.exec(text);
+    const m = /\b[Ii]ssues?[ -]#?\d+\b|\(issue\b|\bthe issue\b/.exec(text);
     assert.equal(m, null, `${f} mentions "${m?.[0]}": say what the project does, not which ticket asked for it`);
   }
 });
