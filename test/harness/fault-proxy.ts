@@ -134,6 +134,11 @@ export interface FaultProxyOptions {
    * answered 429 TOOMANYREQUESTS "You have reached your pull rate limit".
    */
   pullLimit?: { limit: number; remaining: number; windowS: number };
+  /**
+   * A slow uplink: request bodies (uploads) cross at this many bytes a second in all, shared by
+   * every request at once, as on one link. The client's writes back up behind it.
+   */
+  uploadBytesPerSecond?: number;
 }
 
 export interface FaultProxy {
@@ -185,6 +190,8 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
   const timers = new Set<NodeJS.Timeout>();
   let proxyHost = '';
   let uploaded = 0;
+  /** With uploadBytesPerSecond: when the uplink is free for the next piece of any request body. */
+  let uplinkFreeAt = 0;
   let throttled = 0;
   const bucket = opts.throttle ? { tokens: opts.throttle.burst ?? opts.throttle.perSecond, at: Date.now() } : undefined;
   let pullsLeft = opts.pullLimit?.remaining;
@@ -334,6 +341,23 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
       });
       req.on('close', () => {
         if (!complete) upstream.destroy(); // the client died mid-body: the registry never hears of it
+      });
+    } else if (opts.uploadBytesPerSecond) {
+      // Each piece leaves when the link is free for it; the client is not read meanwhile.
+      const rate = opts.uploadBytesPerSecond;
+      req.on('data', (chunk: Buffer) => {
+        req.pause();
+        const start = Math.max(Date.now(), uplinkFreeAt);
+        uplinkFreeAt = start + (chunk.byteLength / rate) * 1000;
+        setTimeout(() => {
+          if (upstream.destroyed) return;
+          upstream.write(chunk);
+          req.resume();
+        }, uplinkFreeAt - Date.now());
+      });
+      req.on('end', () => setTimeout(() => upstream.end(), Math.max(0, uplinkFreeAt - Date.now())));
+      req.on('close', () => {
+        if (!req.complete) upstream.destroy();
       });
     } else {
       req.pipe(upstream);

@@ -24,6 +24,7 @@ import { clientFor, type OciClient } from '../harness/oci-client.ts';
 import { pushLargeImage, type PushedManifest } from '../harness/fixtures.ts';
 import { tempStateHome } from '../e2e/ferry-cli.ts';
 import { MiB, journalFiles, mib, spawnFerry, type FerryChild } from './helpers.ts';
+import { waitFor } from '../harness/wait.ts';
 
 const LAYERS = [160, 128, 96, 48, 40, 24, 16].map((m) => m * MiB);
 /** The smaller image of the tests that hold a chunk: two chunked layers and one that goes up in one request, with 8 MiB chunks. */
@@ -135,6 +136,38 @@ describe('Ctrl-C and SIGTERM during ferry copy', () => {
     await check();
     assert.deepEqual(left, [], 'no upload session left in the registry');
     assert.ok(ratio <= 1.15, `uploaded ${ratio.toFixed(3)} × the image`);
+  });
+
+  // On a slow link a blob's one request, or a 64 MiB chunk, outlasts the grace, and distribution
+  // 2.8 cannot continue a cut request. Chunks sized by time (8 MiB first) finish within it.
+  test('a slow uplink (3 MiB/s): Ctrl-C waits only for the first chunks; distribution 2.8 continues every session, none is left', async () => {
+    const dst = await startDistribution();
+    const proxy = await startFaultProxy(dst.host, { uploadBytesPerSecond: 3 * MiB });
+    stops.push(() => proxy.stop(), () => dst.stop());
+    const state = tempStateHome();
+    const args = ['copy', '--json', '--state-dir', state, `${src.host}/int/small:v1`, `${proxy.host}/int/slow:v1`];
+    const grace = 15;
+    const f = spawnFerry(args, { FERRY_INTERRUPT_GRACE_SECONDS: String(grace) });
+    await waitFor('the first MiB uploaded', () => proxy.uploadedBytes() >= 1 * MiB, 30_000, 20);
+    const signalled = Date.now();
+    f.child.kill('SIGINT');
+    const r = await f.done;
+    const waited = (Date.now() - signalled) / 1000;
+    const journaled = [...journalFiles(state).values()].map((d) => d?.entry).filter(Boolean);
+    const again = await spawnFerry(args).done;
+    const left = distributionSessions(dst, 'int/slow');
+    const t = again.json?.transfer;
+    console.log(
+      `# slow uplink: the first run stopped ${waited.toFixed(1)} s after SIGINT (grace ${grace} s), ${journaled.length} journaled (at ${journaled.map((e: any) => mib(e.offset)).join(', ')} MiB); ` +
+        `re-run resumed ${t?.blobs_resumed}, restarted ${t?.blobs_restarted}; ${left.length} session(s) left; both runs ${mib(proxy.uploadedBytes())} MiB = ${(proxy.uploadedBytes() / smallBytes).toFixed(3)} × the image`,
+    );
+    assert.equal(r.code, 130, r.stderr.slice(-3000));
+    assert.ok(waited < grace, `stopped ${waited.toFixed(1)} s after the signal`);
+    assert.equal(again.code, 0, again.stderr.slice(-3000));
+    assert.equal(t.blobs_restarted, 0, 'no upload was cut: every parked session is continued');
+    assert.ok(t.blobs_resumed >= 2, 'both chunked layers continue from their first chunk');
+    assert.deepEqual(left, [], 'no upload session left in distribution 2.8');
+    assert.equal((await clientFor(dst).verifyImage('int/slow', 'v1')).digest, small.digest);
   });
 
   /**

@@ -19,8 +19,16 @@ import { JOURNAL_VERSION, SUSPEND, suspending, type JournalEntry, type UploadJou
 export interface UploadTuning {
   /** Blobs up to this size go up in one PUT. */
   monolithicMaxBytes: number;
-  /** PATCH size for larger blobs (raised to the registry's OCI-Chunk-Min-Length). */
+  /** PATCH size for larger blobs (raised to the registry's OCI-Chunk-Min-Length); with `chunkSeconds`, the largest chunk. */
   chunkBytes: number;
+  /**
+   * Chunks sized by time, not bytes: each PATCH is sized to take about this long at the rate the
+   * upload's previous chunk went, between `firstChunkBytes` and `chunkBytes`, and blobs larger than
+   * two first chunks go up chunked. Unset: fixed `chunkBytes` chunks.
+   */
+  chunkSeconds?: number;
+  /** With `chunkSeconds`: the first chunk of a blob (nothing measured yet), and the unit every chunk is a multiple of. */
+  firstChunkBytes?: number;
   /** Whole-blob attempts (a restart after the registry dropped the session counts as one). */
   attempts: number;
   /** ECR destinations: blobs from this size on go through ECR's layer-upload API (default: src/ends/registry/ecr-layer-upload.ts). */
@@ -43,6 +51,64 @@ export const DEFAULT_UPLOAD_TUNING: UploadTuning = {
   chunkBytes: 64 * 1024 * 1024,
   attempts: 4,
 };
+
+// What a chunk in flight costs when the copy stops is the time it takes: a Ctrl-C lets it finish
+// (within FERRY_INTERRUPT_GRACE_SECONDS, 30 s), and distribution 2.8 cannot continue a request that
+// was cut. On a slow link a 64 MiB request outlasts the grace: measured across a WAN lab link of
+// 40 Mbit/s shared by 8 uploads (~0.6 MB/s each), Ctrl-C 6 s into a copy of 8 × 64 MiB layers
+// waited the whole 30 s, then the re-run started all 8 layers over and 8 sessions stayed behind
+// in distribution 2.8. So the default sizes chunks by time: the first one 8 MiB, the next ones
+// what the upload moves in 10 s (8 to 64 MiB). On a fast link that is one request more for a
+// blob over 16 MiB (8 MiB, then the rest), and the same 64 MiB chunks after it.
+export const TIMED_CHUNKS: Pick<UploadTuning, 'chunkSeconds' | 'firstChunkBytes'> = {
+  chunkSeconds: 10,
+  firstChunkBytes: 8 * 1024 * 1024,
+};
+
+/**
+ * The length of each chunk of one upload: fixed (`chunkBytes`), or timed (`chunkSeconds`): sized
+ * from the rate the previous chunk went at, a multiple of the first chunk's size so that every
+ * boundary is one (the hash checkpoints of the regular read are taken there).
+ */
+export class ChunkSizer {
+  /** Every chunk boundary is a multiple of this. */
+  readonly unit: number;
+  private readonly max: number;
+  private readonly seconds: number;
+  private bytesPerSecond: number | undefined;
+
+  constructor(tuning: UploadTuning, minChunk = 0) {
+    const timed = timedChunks(tuning) && minChunk <= tuning.firstChunkBytes!;
+    this.max = Math.max(tuning.chunkBytes, minChunk);
+    this.unit = timed ? tuning.firstChunkBytes! : this.max;
+    this.seconds = timed ? tuning.chunkSeconds! : 0;
+  }
+
+  /** How many bytes the chunk starting at `offset` takes (the last one: the rest). */
+  next(offset: number, size: number): number {
+    let target = this.seconds === 0 ? this.max : this.unit;
+    if (this.seconds > 0 && this.bytesPerSecond !== undefined) {
+      const units = Math.floor((this.bytesPerSecond * this.seconds) / this.unit);
+      target = Math.min(this.max, Math.max(1, units) * this.unit);
+    }
+    // A chunk that starts off a boundary (the registry kept part of a cut one) ends on the next.
+    return Math.min(target - (offset % this.unit), size - offset);
+  }
+
+  /** A chunk of `bytes` was acknowledged `ms` after it started. */
+  went(bytes: number, ms: number): void {
+    if (bytes > 0) this.bytesPerSecond = bytes / Math.max(ms, 1) * 1000;
+  }
+}
+
+function timedChunks(tuning: UploadTuning): boolean {
+  return (tuning.chunkSeconds ?? 0) > 0 && (tuning.firstChunkBytes ?? 0) > 0;
+}
+
+/** Whether a blob of `size` goes up in chunks (where the registry takes PATCH). */
+export function goesUpChunked(tuning: UploadTuning, size: number): boolean {
+  return size > tuning.monolithicMaxBytes || (timedChunks(tuning) && size > 2 * tuning.firstChunkBytes!);
+}
 export interface BlobUploadRequest {
   source: ImageSource;
   destination: RegistryClient;
@@ -93,7 +159,7 @@ interface Continuation {
 export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResult> {
   const { destination: dst, destinationRepository: repo, digest, size, logger, journal } = req;
   if (req.park?.aborted) throw SUSPEND;
-  const chunked = dst.profile.chunkedUploads && size > req.tuning.monolithicMaxBytes;
+  const chunked = dst.profile.chunkedUploads && goesUpChunked(req.tuning, size);
   const result: BlobUploadResult = { restarts: 0, resumes: 0, resumedFromJournal: false, bytesResent: 0, bytesRereadForHash: 0 };
   const key = { registry: dst.registry, repository: repo, digest };
   // Bytes a previous process got acknowledged (journal): everything this process sends beyond
@@ -128,7 +194,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
   const pipeOk = { allowed: true };
   for (let attempt = 1; ; attempt++) {
     let location: URL;
-    let chunkBytes = req.tuning.chunkBytes;
+    let minChunk = 0;
     let checkpoint: HashCheckpoint | undefined;
     // A blob that goes up in one request starts reading its source while the session is opened:
     // the download's first round trip and the POST's overlap instead of following each other.
@@ -151,7 +217,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
         throw e;
       });
       location = session.location;
-      chunkBytes = Math.max(chunkBytes, session.minChunk);
+      minChunk = session.minChunk;
     }
     const record = journal
       ? async (l: URL, offset: number) => {
@@ -165,7 +231,7 @@ export async function uploadBlob(req: BlobUploadRequest): Promise<BlobUploadResu
       if (chunked) {
         // Journaled before the first byte goes out, so a crash at any point leaves a session the next run can continue or delete.
         await record?.(location, checkpoint?.offset ?? 0);
-        await uploadChunked(counting, location, chunkBytes, result, checkpoint, pipeOk, async (l, offset) => {
+        await uploadChunked(counting, location, new ChunkSizer(req.tuning, minChunk), result, checkpoint, pipeOk, async (l, offset) => {
           location = l;
           if (offset !== undefined) await record?.(l, offset);
         });
@@ -311,7 +377,7 @@ export async function discardJournaled(req: Pick<BlobUploadRequest, 'destination
 async function uploadChunked(
   req: BlobUploadRequest,
   startLocation: URL,
-  chunkBytes: number,
+  chunks: ChunkSizer,
   result: BlobUploadResult,
   from: HashCheckpoint | undefined,
   pipeOk: { allowed: boolean },
@@ -342,7 +408,7 @@ async function uploadChunked(
           size,
           from: checkpoint,
           hasher,
-          alignTo: chunkBytes,
+          alignTo: chunks.unit,
           signal: req.signal,
           onResume: downloadResumed(logger, digest, size),
         });
@@ -352,7 +418,7 @@ async function uploadChunked(
         // Parked: stop between chunks, the session journaled at what the registry acknowledged.
         if (req.park?.aborted) throw SUSPEND;
         await req.beforeWrite?.();
-        const length = Math.min(chunkBytes - (offset % chunkBytes), size - offset);
+        const length = chunks.next(offset, size);
         if (offset + length === size) {
           // The last bytes ride on the commit PUT: one request fewer.
           if (pipe) {
@@ -363,9 +429,11 @@ async function uploadChunked(
           }
           return;
         }
+        const started = performance.now();
         const r = pipe
           ? await dst.pipeUpload(repo, location, offset, length, undefined, pipe, req.signal)
           : await dst.patchChunk(repo, location, offset, length, counted(cursor!.take(length), req.onBytes), req.signal);
+        chunks.went(length, performance.now() - started);
         if (r.acknowledged !== undefined && r.acknowledged !== offset + length) throw misacknowledged(r.acknowledged, offset + length, digest);
         location = r.location;
         offset += length;

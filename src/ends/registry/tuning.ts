@@ -2,7 +2,7 @@
 // (README, "Transfer tuning"). Bad values are usage errors that name the variable.
 import { UsageError } from '../../errors.ts';
 import { DEFAULT_READ_FLOOR, type ReadFloor } from '../../transport/read-floor.ts';
-import { DEFAULT_UPLOAD_TUNING, type UploadTuning } from './blob-upload.ts';
+import { DEFAULT_UPLOAD_TUNING, TIMED_CHUNKS, type UploadTuning } from './blob-upload.ts';
 import { ecrLayerTuning } from './ecr-layer-upload.ts';
 
 export interface TransferTuning {
@@ -80,13 +80,14 @@ export function readFloor(env: NodeJS.ProcessEnv): ReadFloor | undefined {
 }
 
 /**
- * FERRY_UPLOAD_CHUNK_BYTES sets the PATCH size of chunked uploads (default 64 MiB), and blobs
- * larger than one chunk are chunked: smaller chunks bound what an interruption costs (at most one
- * chunk re-sent where the registry reports upload status) at the price of more requests.
+ * FERRY_UPLOAD_CHUNK_BYTES sets a fixed PATCH size for chunked uploads, and blobs larger than one
+ * chunk are chunked: smaller chunks bound what an interruption costs (at most one chunk re-sent
+ * where the registry reports upload status) at the price of more requests. Unset: chunks sized by
+ * time (TIMED_CHUNKS: 8 MiB first, then what 10 s carry, up to 64 MiB).
  */
 export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
   const raw = env.FERRY_UPLOAD_CHUNK_BYTES?.trim();
-  if (!raw) return DEFAULT_UPLOAD_TUNING;
+  if (!raw) return { ...DEFAULT_UPLOAD_TUNING, ...TIMED_CHUNKS };
   const n = Number(raw);
   if (!Number.isSafeInteger(n) || n < 1024 * 1024 || n > 1024 * 1024 * 1024) {
     throw new UsageError(`FERRY_UPLOAD_CHUNK_BYTES must be a whole number of bytes from 1 MiB to 1 GiB, not "${raw}"`);
