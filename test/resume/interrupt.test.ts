@@ -10,8 +10,8 @@
 //     runs out instead, the re-run continues the cut chunk where the registry kept its bytes, and
 //     restarts that blob on distribution 2.8 (which refuses to delete its session: ferry says so);
 //   - on a terminal, the progress display stops drawing and the last line is readable.
-// Default tuning (64 MiB chunks, blobs up to 64 MiB in one request): the image mixes chunked and
-// one-request layers, as a real 512 MiB image does.
+// Default tuning (chunks by time: 8 MiB, then 64 MiB on loopback; blobs up to 16 MiB in one
+// request): the image mixes chunked and one-request layers, as a real 512 MiB image does.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
