@@ -8,9 +8,9 @@ import { UsageError } from '../errors.ts';
 import { SUSPEND } from '../ends/registry/journal.ts';
 
 /**
- * As the agent's --shutdown-grace. A chunk in flight is sized to take about 10 s at the rate its
- * upload went (8 MiB for a blob's first; src/ends/registry/blob-upload.ts TIMED_CHUNKS), and a
- * blob of up to 16 MiB goes in one request. A second Ctrl-C does not wait.
+ * As the agent's --shutdown-grace. A chunk in flight is sized to take about 15 s at the rate its
+ * upload went (16 MiB for a blob's first; src/ends/registry/blob-upload.ts TIMED_CHUNKS), and a
+ * blob of up to 32 MiB goes in one request. A second Ctrl-C does not wait.
  */
 export const DEFAULT_INTERRUPT_GRACE_MS = 30_000;
 

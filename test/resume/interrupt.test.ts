@@ -10,7 +10,7 @@
 //     runs out instead, the re-run continues the cut chunk where the registry kept its bytes, and
 //     restarts that blob on distribution 2.8 (which refuses to delete its session: ferry says so);
 //   - on a terminal, the progress display stops drawing and the last line is readable.
-// Default tuning (chunks by time: 8 MiB, then 64 MiB on loopback; blobs up to 16 MiB in one
+// Default tuning (chunks by time: 16 MiB, then 64 MiB on loopback; blobs up to 32 MiB in one
 // request): the image mixes chunked and one-request layers, as a real 512 MiB image does.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -139,14 +139,16 @@ describe('Ctrl-C and SIGTERM during ferry copy', () => {
   });
 
   // On a slow link a blob's one request, or a 64 MiB chunk, outlasts the grace, and distribution
-  // 2.8 cannot continue a cut request. Chunks sized by time (8 MiB first) finish within it.
-  test('a slow uplink (3 MiB/s): Ctrl-C waits only for the first chunks; distribution 2.8 continues every session, none is left', async () => {
+  // 2.8 cannot continue a cut request. Chunks sized by time (16 MiB first) finish within it.
+  test('a slow uplink (4 MiB/s): Ctrl-C waits only for the first chunks; distribution 2.8 continues every session, none is left', async () => {
+    const slow = await pushLargeImage(srcC, 'int/slow', 'v1', { layerSizes: [48 * MiB, 40 * MiB] });
+    const slowBytes = slow.blobs.reduce((n, b) => n + b.size, 0);
     const dst = await startDistribution();
-    const proxy = await startFaultProxy(dst.host, { uploadBytesPerSecond: 3 * MiB });
+    const proxy = await startFaultProxy(dst.host, { uploadBytesPerSecond: 4 * MiB });
     stops.push(() => proxy.stop(), () => dst.stop());
     const state = tempStateHome();
-    const args = ['copy', '--json', '--state-dir', state, `${src.host}/int/small:v1`, `${proxy.host}/int/slow:v1`];
-    const grace = 15;
+    const args = ['copy', '--json', '--state-dir', state, `${src.host}/int/slow:v1`, `${proxy.host}/int/slow:v1`];
+    const grace = 20;
     const f = spawnFerry(args, { FERRY_INTERRUPT_GRACE_SECONDS: String(grace) });
     await waitFor('the first MiB uploaded', () => proxy.uploadedBytes() >= 1 * MiB, 30_000, 20);
     const signalled = Date.now();
@@ -159,15 +161,15 @@ describe('Ctrl-C and SIGTERM during ferry copy', () => {
     const t = again.json?.transfer;
     console.log(
       `# slow uplink: the first run stopped ${waited.toFixed(1)} s after SIGINT (grace ${grace} s), ${journaled.length} journaled (at ${journaled.map((e: any) => mib(e.offset)).join(', ')} MiB); ` +
-        `re-run resumed ${t?.blobs_resumed}, restarted ${t?.blobs_restarted}; ${left.length} session(s) left; both runs ${mib(proxy.uploadedBytes())} MiB = ${(proxy.uploadedBytes() / smallBytes).toFixed(3)} × the image`,
+        `re-run resumed ${t?.blobs_resumed}, restarted ${t?.blobs_restarted}; ${left.length} session(s) left; both runs ${mib(proxy.uploadedBytes())} MiB = ${(proxy.uploadedBytes() / slowBytes).toFixed(3)} × the image`,
     );
     assert.equal(r.code, 130, r.stderr.slice(-3000));
     assert.ok(waited < grace, `stopped ${waited.toFixed(1)} s after the signal`);
     assert.equal(again.code, 0, again.stderr.slice(-3000));
     assert.equal(t.blobs_restarted, 0, 'no upload was cut: every parked session is continued');
-    assert.ok(t.blobs_resumed >= 2, 'both chunked layers continue from their first chunk');
+    assert.equal(t.blobs_resumed, 2, 'both layers continue from their first chunk');
     assert.deepEqual(left, [], 'no upload session left in distribution 2.8');
-    assert.equal((await clientFor(dst).verifyImage('int/slow', 'v1')).digest, small.digest);
+    assert.equal((await clientFor(dst).verifyImage('int/slow', 'v1')).digest, slow.digest);
   });
 
   /**

@@ -83,7 +83,7 @@ export function readFloor(env: NodeJS.ProcessEnv): ReadFloor | undefined {
  * FERRY_UPLOAD_CHUNK_BYTES sets a fixed PATCH size for chunked uploads, and blobs larger than one
  * chunk are chunked: smaller chunks bound what an interruption costs (at most one chunk re-sent
  * where the registry reports upload status) at the price of more requests. Unset: chunks sized by
- * time (TIMED_CHUNKS: 8 MiB first, then what 10 s carry, up to 64 MiB).
+ * time (TIMED_CHUNKS: 16 MiB first, then what 15 s carry, up to 64 MiB).
  */
 export function uploadTuning(env: NodeJS.ProcessEnv): UploadTuning {
   const raw = env.FERRY_UPLOAD_CHUNK_BYTES?.trim();
