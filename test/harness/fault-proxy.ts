@@ -294,11 +294,11 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
     res.on('close', () => {
       if (!res.writableFinished) upstream.destroy(); // the client went away
     });
-    upstream.on('error', () => {
+    upstream.on('error', (e: Error) => {
       if (!res.headersSent && !req.socket.destroyed) {
         entry.status = 502;
         res.writeHead(502, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'fault proxy: upstream connection failed' }] }));
+        res.end(JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: `fault proxy: upstream connection failed (${e.message})` }] }));
       } else {
         req.socket.destroy();
       }
@@ -345,17 +345,26 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
     } else if (opts.uploadBytesPerSecond) {
       // Each piece leaves when the link is free for it; the client is not read meanwhile.
       const rate = opts.uploadBytesPerSecond;
+      // 'end' can come while the last piece still waits for the link: the body ends after it.
+      let waiting = 0;
+      let ended = false;
       req.on('data', (chunk: Buffer) => {
         req.pause();
+        waiting++;
         const start = Math.max(Date.now(), uplinkFreeAt);
         uplinkFreeAt = start + (chunk.byteLength / rate) * 1000;
         setTimeout(() => {
+          waiting--;
           if (upstream.destroyed) return;
           upstream.write(chunk);
+          if (ended && waiting === 0) upstream.end();
           req.resume();
         }, uplinkFreeAt - Date.now());
       });
-      req.on('end', () => setTimeout(() => upstream.end(), Math.max(0, uplinkFreeAt - Date.now())));
+      req.on('end', () => {
+        ended = true;
+        if (waiting === 0) upstream.end();
+      });
       req.on('close', () => {
         if (!req.complete) upstream.destroy();
       });

@@ -166,8 +166,9 @@ describe('Ctrl-C and SIGTERM during ferry copy', () => {
     assert.equal(r.code, 130, r.stderr.slice(-3000));
     assert.ok(waited < grace, `stopped ${waited.toFixed(1)} s after the signal`);
     assert.equal(again.code, 0, again.stderr.slice(-3000));
-    assert.equal(t.blobs_restarted, 0, 'no upload was cut: every parked session is continued');
-    assert.equal(t.blobs_resumed, 2, 'both layers continue from their first chunk');
+    const logs = `first run:\n${r.stderr.slice(-3000)}\nre-run:\n${again.stderr.slice(-3000)}`;
+    assert.equal(t.blobs_restarted, 0, `no upload was cut: every parked session is continued\n${logs}`);
+    assert.equal(t.blobs_resumed, 2, `both layers continue from their first chunk\n${logs}`);
     assert.deepEqual(left, [], 'no upload session left in distribution 2.8');
     assert.equal((await clientFor(dst).verifyImage('int/slow', 'v1')).digest, slow.digest);
   });
