@@ -91,7 +91,8 @@ export class ChunkSizer {
   /** How many bytes the chunk starting at `offset` takes (the last one: the rest). */
   next(offset: number, size: number): number {
     const rest = size - offset;
-    let target = this.seconds === 0 ? this.max : this.unit;
+    // Fixed chunks: the unit is the chunk. Timed: one unit until a rate is known.
+    let target = this.unit;
     if (this.seconds > 0 && this.bytesPerSecond !== undefined) {
       const units = Math.floor((this.bytesPerSecond * this.seconds) / this.unit);
       target = Math.min(this.max, Math.max(1, units) * this.unit);
