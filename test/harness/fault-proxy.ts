@@ -353,13 +353,15 @@ export async function startFaultProxy(targetHost: string, opts: FaultProxyOption
         waiting++;
         const start = Math.max(Date.now(), uplinkFreeAt);
         uplinkFreeAt = start + (chunk.byteLength / rate) * 1000;
-        setTimeout(() => {
+        const timer = setTimeout(() => {
+          timers.delete(timer);
           waiting--;
           if (upstream.destroyed) return;
           upstream.write(chunk);
           if (ended && waiting === 0) upstream.end();
           req.resume();
         }, uplinkFreeAt - Date.now());
+        timers.add(timer);
       });
       req.on('end', () => {
         ended = true;
